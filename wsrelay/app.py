@@ -1,0 +1,21 @@
+"""The app factory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .relay import Relay
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """A Flask app serving the relay; ``config`` overrides ``WSRELAY_*`` from the environment."""
+    app = Flask("wsrelay", template_folder=TEMPLATES)
+    app.config.from_mapping(config or {})
+    Relay(app)
+    return app

@@ -1,0 +1,24 @@
+"""Brokers: where ids, history and cross-process delivery live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Broker, BrokerUnavailable, History
+from .memory import MemoryBroker
+
+__all__ = ["Broker", "BrokerUnavailable", "History", "MemoryBroker", "broker_from_config"]
+
+
+def broker_from_config(config: dict[str, Any]) -> Broker:
+    """The broker named by ``WSRELAY_BROKER_URL``."""
+    url = config["WSRELAY_BROKER_URL"]
+    options = {
+        "history_size": config["WSRELAY_HISTORY_SIZE"],
+        "history_ttl": config["WSRELAY_HISTORY_TTL"],
+    }
+    if url.startswith("memory:"):
+        return MemoryBroker(**options)
+    from .redis import RedisBroker
+
+    return RedisBroker(url, **options)

@@ -1,0 +1,102 @@
+"""The broker interface: ids, bounded history and carrying messages to the hub.
+
+A broker is the only place where a channel's order is decided. The hub asks
+it to publish and to read history, tells it which channels have local
+subscribers (``watch``), and receives every message of those channels through
+the ``deliver`` callback given to :meth:`Broker.start`, in id order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..ids import MessageId
+from ..message import Message
+
+Deliver = Callable[[Message], None]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker cannot accept or read messages right now (answered 503 / 1013)."""
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What a channel retains after a cursor.
+
+    ``cursor`` is the id to resume from next time: the last message returned,
+    or the channel's current position when nothing is newer. ``reset`` says
+    the cursor was older than what is retained (or from another epoch), so
+    messages may have been missed: a gap is reported, never silent.
+    """
+
+    messages: list[Message]
+    cursor: MessageId
+    reset: bool = False
+
+
+def read_after(
+    retained: list[Message], epoch: int, last_seq: int, since: MessageId | None
+) -> History:
+    """Select the retained messages after ``since``: the rule every broker shares.
+
+    ``retained`` are the channel's messages in order, ``epoch``/``last_seq``
+    its current position.
+    """
+    cursor = MessageId(epoch, last_seq)
+    if since is None:
+        return History([], cursor)
+    if since.epoch != epoch or since.seq > last_seq:
+        return History(list(retained), cursor, reset=True)
+    first_seq = retained[0].id.seq if retained else last_seq + 1
+    if first_seq > since.seq + 1:
+        return History(list(retained), cursor, reset=True)
+    return History([m for m in retained if m.id.seq > since.seq], cursor)
+
+
+class Broker(ABC):
+    """Assigns ids, keeps bounded history, carries messages between processes."""
+
+    #: True when other processes publish into and read from the same channels.
+    shared: ClassVar[bool] = False
+
+    def __init__(self, *, history_size: int, history_ttl: float) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._deliver: Deliver | None = None
+
+    def start(self, deliver: Deliver) -> None:
+        """Begin handing every message of a watched channel to ``deliver``."""
+        self._deliver = deliver
+
+    @abstractmethod
+    def publish(
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+    ) -> Message:
+        """Give the message its id, retain it and deliver it; return it once accepted.
+
+        Raise :class:`BrokerUnavailable` when it cannot be accepted.
+        """
+
+    @abstractmethod
+    def history(self, channel: str, since: MessageId | None) -> History:
+        """The retained messages of ``channel`` after ``since`` (none when ``since`` is None)."""
+
+    def watch(self, channel: str) -> None:  # noqa: B027 - optional hook
+        """The first local subscriber of ``channel`` arrived."""
+
+    def unwatch(self, channel: str) -> None:  # noqa: B027 - optional hook
+        """The last local subscriber of ``channel`` left."""
+
+    def sweep(self) -> None:  # noqa: B027 - optional hook
+        """Drop what has expired; called periodically by the hub."""
+
+    def status(self) -> dict[str, object]:
+        """A small report for health checks."""
+        return {"broker": type(self).__name__, "ok": True}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and greenlets."""

@@ -1,0 +1,212 @@
+"""One accepted WebSocket: the only reader and the only writer of its socket.
+
+The reader runs in the request's own greenlet. Writes are non-blocking and
+happen when the hub's flusher asks; only when the kernel buffer is full does
+a writer greenlet exist, to wait for the socket and finish the queue. An
+idle connection therefore costs no greenlet but its request's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import gevent
+from geventwebsocket.exceptions import WebSocketError
+
+from .broker import BrokerUnavailable
+from .outbox import Outbox
+from .protocol import CloseCode, WebSocketSession
+
+if TYPE_CHECKING:
+    from .hub import MessageServer
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+_ids = itertools.count(1)
+_PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class ConnectionClosed(WebSocketError):
+    """The peer went away; a ``WebSocketError`` so seed-002 style code still catches it."""
+
+
+class WebSocketConnection:
+    """A subscriber of one channel that may also publish to it (raw mode)."""
+
+    __slots__ = (
+        "_abort_timer",
+        "channel",
+        "close_timeout",
+        "echo",
+        "held",
+        "hub",
+        "id",
+        "last_seen",
+        "outbox",
+        "rfile",
+        "session",
+        "sock",
+        "state",
+        "writer",
+    )
+
+    def __init__(
+        self, sock: socket.socket, rfile, hub: MessageServer, channel: str, *,
+        max_message_size: int, buffer_limit: int, close_timeout: float, echo: bool = True,
+    ) -> None:
+        self.sock = sock
+        self.rfile = rfile
+        self.hub = hub
+        self.channel = channel
+        self.echo = echo
+        self.id = f"{_PREFIX}-{next(_ids)}"
+        self.held = None
+        self.last_seen = time.monotonic()
+        self.session = WebSocketSession(max_message_size=max_message_size)
+        self.outbox = Outbox(buffer_limit)
+        self.writer: gevent.Greenlet | None = None
+        self.state = "open"  # open -> closing -> closed
+        self.close_timeout = close_timeout
+        self._abort_timer: gevent.Greenlet | None = None
+
+    # -- reading (the request greenlet) -------------------------------------------------
+
+    def run(self, since=None) -> None:
+        """Subscribe, replay what was missed, then relay until the connection ends."""
+        try:
+            self.hub.subscribe(self.channel, self, since)
+        except BrokerUnavailable:
+            self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+        try:
+            self._read_loop()
+        finally:
+            self._release()
+
+    def _read_loop(self) -> None:
+        session = self.session
+        while self.state != "closed":
+            try:
+                data = self.rfile.read1(READ_SIZE)
+            except (OSError, ValueError):  # reset, or the socket was closed under us
+                return
+            if not data:
+                session.receive_eof()
+                return
+            self.last_seen = time.monotonic()
+            for message in session.receive_data(data):
+                if self.state != "open":
+                    break
+                try:
+                    self.hub.publish(
+                        self.channel, message.data, binary=message.binary, sender=self.id
+                    )
+                except BrokerUnavailable:
+                    self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
+            self._queue_session_output()
+            if session.finished:
+                self._finish_writes_and_close()
+                return
+
+    # -- writing ----------------------------------------------------------------------
+
+    def push(self, frame: bytes) -> None:
+        """Queue a frame (called by the hub); close the connection if it cannot keep up."""
+        if self.state != "open":
+            return
+        if not self.outbox.push(frame):
+            self.close(CloseCode.TRY_AGAIN_LATER, "too slow: outbound buffer full")
+            return
+        self.hub.mark_dirty(self)
+
+    def flush(self) -> None:
+        """Write queued bytes without blocking; leave the rest to a writer greenlet."""
+        if self.writer is not None or self.state == "closed":
+            return
+        outbox = self.outbox
+        while outbox:
+            data = outbox.peek()
+            try:
+                written = self.sock.send(data, 0, 0.0)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError:
+                self.abort()
+                return
+            outbox.consume(written)
+            if written < len(data):
+                self.writer = gevent.spawn(self._drain)
+                return
+
+    def _drain(self) -> None:
+        """Wait for the socket to take the rest of the queue (only for slow sockets)."""
+        try:
+            while self.outbox and self.state != "closed":
+                data = self.outbox.peek()
+                self.outbox.consume(self.sock.send(data))
+        except OSError:
+            self.abort()
+        finally:
+            self.writer = None
+
+    def _queue_session_output(self) -> None:
+        data, _eof = self.session.take_output()
+        if data:
+            self.outbox.push(data)  # control frames are never refused
+            self.hub.mark_dirty(self)
+            self.flush()
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the peer has ``close_timeout`` to answer."""
+        if self.state != "open":
+            return
+        self.state = "closing"
+        self.hub.unsubscribe(self.channel, self)
+        if code == CloseCode.TRY_AGAIN_LATER:
+            self.outbox.drop_unstarted()
+        self.session.close(code, reason)
+        self._queue_session_output()
+        self._abort_timer = gevent.spawn_later(self.close_timeout, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now: no handshake, socket closed, resources freed."""
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self.hub.unsubscribe(self.channel, self)
+        self._close_socket()
+
+    def _finish_writes_and_close(self) -> None:
+        """The closing handshake is done: let the last frames out, then close TCP."""
+        writer = self.writer
+        if writer is not None:
+            writer.join(self.close_timeout)
+        self.state = "closed"
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None and writer is not gevent.getcurrent():
+            writer.kill(block=False)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+    def _release(self) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.kill(block=False)
+            self._abort_timer = None
+        self.hub.unsubscribe(self.channel, self)
+        if self.state != "closed":
+            self.state = "closed"
+            self._close_socket()
+        self.outbox.drop_unstarted()
+        self.outbox = Outbox(0)

@@ -1,0 +1,51 @@
+"""A published message and its encodings for the HTTP transports."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ids import MessageId
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a channel, as the broker stored it.
+
+    ``data`` is always bytes (text is kept as its UTF-8 encoding) so the
+    WebSocket transport relays the very bytes it received. ``sender`` names
+    the connection that published it (for ``echo=0``); it is not part of
+    the public contract.
+    """
+
+    channel: str
+    id: MessageId
+    data: bytes
+    binary: bool = False
+    sender: str | None = None
+    time: float = field(default=0.0, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as an item of a long-poll answer."""
+        if self.binary:
+            return {
+                "id": str(self.id),
+                "data": base64.b64encode(self.data).decode("ascii"),
+                "encoding": "base64",
+            }
+        return {"id": str(self.id), "data": self.data.decode("utf-8")}
+
+    def to_sse(self) -> bytes:
+        """The message as one Server-Sent Event.
+
+        Text travels as-is, one ``data:`` line per line (the browser joins
+        them with ``\\n``). An SSE field cannot hold ``\\r`` or arbitrary
+        bytes, so binary data and text holding ``\\r`` travel as an event
+        named ``json`` whose data is the long-poll item (base64 for binary).
+        """
+        head = b"id: " + str(self.id).encode("ascii") + b"\n"
+        if self.binary or b"\r" in self.data:
+            return head + b"event: json\ndata: " + json.dumps(self.to_json()).encode() + b"\n\n"
+        return head + b"".join(b"data: " + line + b"\n" for line in self.data.split(b"\n")) + b"\n"

@@ -1,0 +1,69 @@
+"""The bytes waiting to be written to one socket: bounded, and written in large pieces."""
+
+from __future__ import annotations
+
+from collections import deque
+
+#: How much one write takes at most; frames are joined up to this size.
+WRITE_SIZE = 256 * 1024
+
+
+class Outbox:
+    """Whole frames queued for one socket, and how much of the first was written.
+
+    Joining queued frames into one write is what makes fan-out cheap: one
+    system call per socket per batch instead of one per message. Joined
+    chunks always end on a frame boundary, so dropping every chunk that has
+    not started leaves a valid stream.
+    """
+
+    __slots__ = ("_chunks", "_offset", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0
+        self.size = 0
+        self.limit = limit
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def push(self, frame: bytes) -> bool:
+        """Queue a frame; return False when the outbox is now over its limit."""
+        self._chunks.append(frame)
+        self.size += len(frame)
+        return self.size <= self.limit
+
+    def peek(self) -> memoryview:
+        """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
+        chunks = self._chunks
+        if len(chunks) > 1 and len(chunks[0]) - self._offset < WRITE_SIZE:
+            parts = [chunks.popleft()[self._offset :]]
+            total = len(parts[0])
+            while chunks and total + len(chunks[0]) <= WRITE_SIZE:
+                total += len(chunks[0])
+                parts.append(chunks.popleft())
+            chunks.appendleft(b"".join(parts))
+            self._offset = 0
+        return memoryview(chunks[0])[self._offset :] if chunks else memoryview(b"")
+
+    def consume(self, written: int) -> None:
+        """Forget ``written`` bytes that reached the socket."""
+        self.size -= written
+        chunks = self._chunks
+        offset = self._offset + written
+        while chunks and offset >= len(chunks[0]):
+            offset -= len(chunks.popleft())
+        self._offset = offset
+
+    def drop_unstarted(self) -> None:
+        """Drop every frame not yet begun; keep the rest of a partly written one."""
+        if self._offset and self._chunks:
+            head = self._chunks[0]
+            self._chunks.clear()
+            self._chunks.append(head)
+            self.size = len(head) - self._offset
+        else:
+            self._chunks.clear()
+            self._offset = 0
+            self.size = 0
