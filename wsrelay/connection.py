@@ -20,7 +20,7 @@ import gevent
 from geventwebsocket.exceptions import WebSocketError
 
 from .broker import BrokerUnavailable
-from .outbox import Outbox
+from .outbox import WRITE_SIZE, Outbox
 from .protocol import CloseCode, WebSocketSession
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class WebSocketConnection:
         "_abort_timer",
         "channel",
         "close_timeout",
+        "dirty",
         "echo",
         "held",
         "hub",
@@ -68,6 +69,7 @@ class WebSocketConnection:
         self.echo = echo
         self.id = f"{_PREFIX}-{next(_ids)}"
         self.held = None
+        self.dirty = False
         self.last_seen = time.monotonic()
         self.session = WebSocketSession(max_message_size=max_message_size)
         self.outbox = Outbox(buffer_limit)
@@ -86,6 +88,10 @@ class WebSocketConnection:
             self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
         try:
             self._read_loop()
+        except Exception:
+            log.exception("connection %s failed", self.id)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            self._finish_writes_and_close()
         finally:
             self._release()
 
@@ -122,8 +128,8 @@ class WebSocketConnection:
             return
         if not self.outbox.push(frame):
             self.close(CloseCode.TRY_AGAIN_LATER, "too slow: outbound buffer full")
-            return
-        self.hub.mark_dirty(self)
+        elif self.outbox.size >= WRITE_SIZE and self.writer is None:
+            self.flush()  # a publisher that never yields must not fill fast readers' queues
 
     def flush(self) -> None:
         """Write queued bytes without blocking; leave the rest to a writer greenlet."""
@@ -159,7 +165,6 @@ class WebSocketConnection:
         data, _eof = self.session.take_output()
         if data:
             self.outbox.push(data)  # control frames are never refused
-            self.hub.mark_dirty(self)
             self.flush()
 
     # -- closing ------------------------------------------------------------------------

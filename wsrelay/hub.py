@@ -34,6 +34,8 @@ class Subscriber(Protocol):
     #: While not None, the subscriber is replaying history and live messages wait here.
     held: list[Message] | None
     last_seen: float
+    #: Owned by the hub: True while the subscriber waits in the flusher's list.
+    dirty: bool
 
     def push(self, frame: bytes) -> None: ...
 
@@ -56,7 +58,6 @@ class MessageServer:
         self._channels: dict[str, set[Subscriber]] = {}
         self._waiters: dict[str, set[Event]] = {}
         self._dirty: list[Subscriber] = []
-        self._dirty_set: set[int] = set()
         self._wakeup = Event()
         self._greenlets: list[gevent.Greenlet] = []
         broker.start(self.deliver)
@@ -96,6 +97,9 @@ class MessageServer:
                     subscriber.held.append(message)
                 elif subscriber.echo or subscriber.id != sender:
                     subscriber.push(frame)
+                    if not subscriber.dirty:
+                        subscriber.dirty = True
+                        self._dirty.append(subscriber)
             self._wakeup.set()
         waiters = self._waiters.get(message.channel)
         if waiters:
@@ -103,11 +107,11 @@ class MessageServer:
                 event.set()
 
     def mark_dirty(self, subscriber: Subscriber) -> None:
-        """A subscriber has frames queued; the flusher will write them."""
-        key = id(subscriber)
-        if key not in self._dirty_set:
-            self._dirty_set.add(key)
+        """A subscriber queued frames of its own (control frames); the flusher will write them."""
+        if not subscriber.dirty:
+            subscriber.dirty = True
             self._dirty.append(subscriber)
+        self._wakeup.set()
 
     def _flusher(self) -> None:
         while True:
@@ -118,8 +122,8 @@ class MessageServer:
     def flush_pending(self) -> None:
         """Write every dirty subscriber's queue, each in one non-blocking write."""
         dirty, self._dirty = self._dirty, []
-        self._dirty_set.clear()
         for subscriber in dirty:
+            subscriber.dirty = False
             try:
                 subscriber.flush()
             except Exception:  # a bug in one subscriber must not stop the others
@@ -133,9 +137,11 @@ class MessageServer:
 
         Live messages that arrive while history is read are held, then
         queued after it without the ones history already held: no gap, no
-        duplicate, whatever the broker's latency.
+        duplicate, whatever the broker's latency. Without ``since`` the read
+        still fixes where "live" starts, so a message already in flight from
+        another worker is not delivered as if it were new.
         """
-        subscriber.held = [] if since is not None else None
+        subscriber.held = []
         self._add_interest(channel, self._channels, subscriber)
         try:
             page = self.broker.history(channel, since)
@@ -148,7 +154,7 @@ class MessageServer:
         for message in held:
             if message.id > page.cursor and (subscriber.echo or subscriber.id != message.sender):
                 subscriber.push(encode_frame(message.data, binary=message.binary))
-        self._wakeup.set()
+        self.mark_dirty(subscriber)
         return page
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
@@ -211,4 +217,4 @@ class MessageServer:
                 subscriber.abort()
             else:
                 subscriber.push(PING_FRAME)
-        self._wakeup.set()
+                self.mark_dirty(subscriber)

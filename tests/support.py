@@ -1,0 +1,323 @@
+"""Helpers for tests: server processes, redis-server, raw WebSocket frames."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+import websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """A wsrelay server running as its own process, as a user would start it."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: str) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+    @classmethod
+    def serve(cls, env: dict[str, str] | None = None, port: int | None = None) -> ServerProcess:
+        """``python manage.py serve`` on a free port."""
+        port = port or free_port()
+        args = [PYTHON, "manage.py", "serve", "--port", str(port), "--no-access-log"]
+        return cls.start(args, port, env)
+
+    @classmethod
+    def gunicorn(
+        cls, *extra: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServerProcess:
+        """``gunicorn -c gunicorn.conf.py`` on a free port."""
+        port = port or free_port()
+        args = [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
+                *extra]
+        return cls.start(args, port, env)
+
+    @classmethod
+    def start(cls, args: list[str], port: int, env: dict[str, str] | None) -> ServerProcess:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept for the process's life
+            prefix="wsrelay-", suffix=".log", delete=False
+        )
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        server = cls(proc, port, log.name)
+        server.wait_ready()
+        return server
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, timeout, message=f"server not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(10)
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
+
+    def health(self) -> dict:
+        return requests.get(self.url + "/healthz", timeout=5).json()
+
+    def ws(self, path: str, **kwargs) -> WSClient:
+        """A real WebSocket client (the ``websocket-client`` library) on ``path``."""
+        return WSClient(self.ws_url + path, **kwargs)
+
+
+class Refused(Exception):
+    """The server answered the handshake with an HTTP error."""
+
+    def __init__(self, status: int, body: bytes, headers: dict) -> None:
+        super().__init__(f"HTTP {status}: {body!r}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class Closed(Exception):
+    """The server closed the WebSocket; ``code`` and ``reason`` of its close frame."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"closed {code} {reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+class WSClient:
+    """A blocking WebSocket client with no threads, so it runs in a gevent-patched process."""
+
+    def __init__(self, url: str, origin: str | None = None, timeout: float = 5,
+                 subprotocols: list[str] | None = None) -> None:
+        try:
+            self.conn = websocket.create_connection(
+                url, timeout=timeout, origin=origin, subprotocols=subprotocols,
+                suppress_origin=origin is None,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            raise Refused(exc.status_code, exc.resp_body or b"", exc.resp_headers or {}) from None
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    def __enter__(self) -> WSClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.conn.send(data)
+        else:
+            self.conn.send_binary(data)
+
+    def recv(self, timeout: float = 5) -> str | bytes:
+        """The next message; TimeoutError if none comes, Closed if the server closes."""
+        self.conn.settimeout(timeout)
+        try:
+            opcode, data = self.conn.recv_data(control_frame=False)
+        except websocket.WebSocketTimeoutException:
+            raise TimeoutError from None
+        except websocket.WebSocketConnectionClosedException:
+            raise Closed(self.close_code, self.close_reason) from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            self.close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            self.close_reason = data[2:].decode("utf-8", "replace")
+            raise Closed(self.close_code, self.close_reason)
+        return data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame and read the server's answer (kept in ``close_code``)."""
+        if not self.conn.connected:
+            return
+        try:
+            self.conn.send_close(code, reason.encode())
+            self.conn.settimeout(5)
+            while True:
+                frame = self.conn.recv_frame()
+                if frame is None or frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                    if frame is not None and len(frame.data) >= 2:
+                        self.close_code = int.from_bytes(frame.data[:2], "big")
+                        self.close_reason = frame.data[2:].decode("utf-8", "replace")
+                    break
+        except (websocket.WebSocketException, OSError):
+            pass
+        finally:
+            self.conn.shutdown()
+
+
+class RedisServer:
+    """A real redis-server process on a free port, without persistence."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, directory: str) -> None:
+        self.proc = proc
+        self.port = port
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    @classmethod
+    def start(cls, port: int | None = None) -> RedisServer:
+        port = port or free_port()
+        directory = tempfile.mkdtemp(prefix="wsrelay-redis-")
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", directory],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        server = cls(proc, port, directory)
+        wait_until(server.ping, 10, message="redis-server did not start")
+        return server
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every key and subscription is gone."""
+        self.stop()
+        fresh = RedisServer.start(self.port)
+        self.proc = fresh.proc
+
+
+# -- raw WebSocket, for what a polite client never sends ---------------------------------
+
+def handshake_request(path: str, port: int, **headers: str) -> bytes:
+    fields = {
+        "Host": f"127.0.0.1:{port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    for name, value in headers.items():
+        key = name.replace("_", "-")
+        if value is None:
+            fields.pop(key, None)
+        else:
+            fields[key] = value
+    lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_http_head(sock: socket.socket) -> tuple[int, bytes]:
+    """Read a response head; return its status and any bytes that followed it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), rest
+
+
+@contextlib.contextmanager
+def raw_websocket(port: int, path: str) -> Iterator[tuple[socket.socket, bytes]]:
+    """An upgraded TCP socket, and bytes already read past the 101."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(handshake_request(path, port))
+        status, rest = read_http_head(sock)
+        assert status == 101, status
+        yield sock, rest
+    finally:
+        sock.close()
+
+
+def client_frame(
+    opcode: int, data: bytes, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """A client frame built by hand (RFC 6455 5.2), valid or not, as a hostile client would."""
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | int(opcode)])
+    length = len(data)
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
+    if not mask:
+        return head + data
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split unmasked server frames into (opcode, payload); a truncated tail is left out."""
+    frames = []
+    offset = 0
+    while offset + 2 <= len(data):
+        opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
+        head = 2
+        if length == 126:
+            length, head = struct.unpack("!H", data[offset + 2 : offset + 4])[0], 4
+        elif length == 127:
+            length, head = struct.unpack("!Q", data[offset + 2 : offset + 10])[0], 10
+        if offset + head + length > len(data):
+            break
+        frames.append((opcode, data[offset + head : offset + head + length]))
+        offset += head + length
+    return frames

@@ -1,0 +1,39 @@
+import pytest
+
+from wsrelay.config import DEFAULTS, OPTIONS, ConfigError, from_environ, validate
+
+
+def test_every_option_has_a_default_and_help():
+    for option in OPTIONS:
+        assert option.name.startswith("WSRELAY_")
+        assert option.help
+
+
+def test_environment_values_are_parsed():
+    values = from_environ({
+        "WSRELAY_HISTORY_SIZE": "50", "WSRELAY_ALLOWED_ORIGINS": "https://a.example, https://b",
+        "WSRELAY_PING_INTERVAL": "2.5", "WSRELAY_WORKERS_CHECK": "off", "UNRELATED": "x",
+    })
+    assert values == {
+        "WSRELAY_HISTORY_SIZE": 50,
+        "WSRELAY_ALLOWED_ORIGINS": ("https://a.example", "https://b"),
+        "WSRELAY_PING_INTERVAL": 2.5,
+        "WSRELAY_WORKERS_CHECK": False,
+    }
+
+
+@pytest.mark.parametrize(
+    "name,value", [("WSRELAY_HISTORY_SIZE", "-1"), ("WSRELAY_HISTORY_SIZE", "lots"),
+                   ("WSRELAY_WORKERS_CHECK", "maybe"), ("WSRELAY_PING_TIMEOUT", "0")]
+)
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        from_environ({name: value})
+
+
+def test_validate_refuses_impossible_combinations():
+    validate(DEFAULTS)
+    with pytest.raises(ConfigError, match="SUBSCRIBER_BUFFER"):
+        validate({**DEFAULTS, "WSRELAY_SUBSCRIBER_BUFFER": DEFAULTS["WSRELAY_MAX_MESSAGE_SIZE"]})
+    with pytest.raises(ConfigError, match="scheme"):
+        validate({**DEFAULTS, "WSRELAY_BROKER_URL": "kafka://x"})

@@ -1,0 +1,91 @@
+"""The WebSocket connection over a real socketpair, with the hub and a memory broker."""
+
+import socket
+
+import gevent
+import pytest
+
+from tests.support import client_frame, server_frames
+from wsrelay.broker import MemoryBroker
+from wsrelay.connection import WebSocketConnection
+from wsrelay.hub import MessageServer
+
+
+@pytest.fixture
+def hub():
+    hub = MessageServer(MemoryBroker(history_size=100, history_ttl=60))
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+def connect(hub, *, buffer_limit=1 << 20, close_timeout=5.0, rcvbuf=None, channel="c"):
+    ours, theirs = socket.socketpair()
+    if rcvbuf:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    connection = WebSocketConnection(
+        ours, ours.makefile("rb"), hub, channel, max_message_size=65536,
+        buffer_limit=buffer_limit, close_timeout=close_timeout,
+    )
+    runner = gevent.spawn(connection.run, None)
+    gevent.sleep(0)
+    return connection, theirs, runner
+
+
+def read_until_close(sock: socket.socket) -> list[tuple[int, bytes]]:
+    sock.settimeout(5)
+    data = b""
+    while not server_frames(data) or server_frames(data)[-1][0] != 0x8:
+        chunk = sock.recv(65536)
+        assert chunk, "ended without a close frame"
+        data += chunk
+    return server_frames(data)
+
+
+def test_messages_in_and_out(hub):
+    _connection, peer, runner = connect(hub)
+    peer.sendall(client_frame(0x1, b"hello"))
+    peer.settimeout(5)
+    assert server_frames(peer.recv(100)) == [(0x1, b"hello")]
+    peer.sendall(client_frame(0x8, (1000).to_bytes(2, "big")))
+    assert read_until_close(peer)[-1] == (0x8, (1000).to_bytes(2, "big"))
+    runner.join(5)
+    assert runner.dead
+    assert hub.counts()["subscribers"] == 0
+
+
+def test_overflow_sends_1013_after_the_frames_that_fit(hub):
+    connection, peer, runner = connect(hub, buffer_limit=100_000, rcvbuf=4096)
+    sent = [bytes([i]) * 20_000 for i in range(40)]
+    for data in sent:
+        hub.publish("c", data)
+    assert connection.state == "closing"
+    assert hub.counts()["subscribers"] == 0, "unsubscribed at once"
+    frames = read_until_close(peer)
+    data_frames, (opcode, body) = frames[:-1], frames[-1]
+    assert data_frames == [(0x2, d) for d in sent[: len(data_frames)]], "whole frames, in order"
+    assert len(data_frames) < len(sent)
+    assert (opcode, body[:2]) == (0x8, (1013).to_bytes(2, "big"))
+    peer.sendall(client_frame(0x8, (1013).to_bytes(2, "big")))
+    runner.join(5)
+    assert runner.dead
+
+
+def test_peer_that_never_answers_the_close_is_aborted(hub):
+    connection, peer, runner = connect(hub, close_timeout=0.2)
+    connection.close(1001, "going away")
+    runner.join(5)
+    assert runner.dead
+    assert connection.state == "closed"
+    assert read_until_close(peer)[-1][1][:2] == (1001).to_bytes(2, "big")
+
+
+def test_reset_peer_is_pruned(hub):
+    _connection, peer, runner = connect(hub)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()
+    runner.join(5)
+    assert runner.dead
+    assert hub.counts()["subscribers"] == 0
+    hub.publish("c", "nobody listens")  # must not raise

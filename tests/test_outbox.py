@@ -1,0 +1,54 @@
+from wsrelay.outbox import WRITE_SIZE, Outbox
+
+
+def drain(outbox: Outbox, step: int) -> bytes:
+    out = b""
+    while outbox:
+        chunk = bytes(outbox.peek())[:step]
+        outbox.consume(len(chunk))
+        out += chunk
+    return out
+
+
+def test_frames_come_out_in_order_whatever_the_write_sizes():
+    frames = [bytes([i]) * (i * 7 + 1) for i in range(60)]
+    for step in (1, 3, 64, 10_000):
+        outbox = Outbox(10**9)
+        for frame in frames:
+            outbox.push(frame)
+        assert drain(outbox, step) == b"".join(frames)
+        assert outbox.size == 0
+
+
+def test_small_frames_are_joined_into_one_write_up_to_the_write_size():
+    outbox = Outbox(10**9)
+    for _ in range(10_000):
+        outbox.push(b"x" * 100)
+    assert len(outbox.peek()) == WRITE_SIZE // 100 * 100
+
+
+def test_push_reports_overflow():
+    outbox = Outbox(250)
+    assert outbox.push(b"a" * 100)
+    assert outbox.push(b"b" * 100)
+    assert not outbox.push(b"c" * 100)
+
+
+def test_drop_unstarted_keeps_the_rest_of_a_partly_written_frame():
+    outbox = Outbox(10**9)
+    for frame in (b"AAAA", b"BBBB", b"CCCC"):
+        outbox.push(frame)
+    outbox.consume(2)  # "AA" of the first frame went out
+    outbox.drop_unstarted()
+    rest = drain(outbox, 100)
+    # what stays ends on a frame boundary and completes the partly sent frame
+    assert rest.startswith(b"AA")
+    assert rest in (b"AA", b"AABBBBCCCC")
+
+
+def test_drop_unstarted_with_nothing_written_drops_everything():
+    outbox = Outbox(10**9)
+    outbox.push(b"abc")
+    outbox.drop_unstarted()
+    assert not outbox
+    assert outbox.size == 0

@@ -1,0 +1,129 @@
+"""The Sans-I/O session: bytes in, messages and close frames out."""
+
+import struct
+
+import pytest
+from websockets.frames import Close, Frame, Opcode
+
+from tests.support import client_frame
+from wsrelay.protocol import (
+    PING_FRAME,
+    CloseCode,
+    InboundMessage,
+    WebSocketSession,
+    close_frame,
+    encode_frame,
+)
+
+
+def session(limit: int = 1 << 20) -> WebSocketSession:
+    return WebSocketSession(max_message_size=limit)
+
+
+def sent_close(s: WebSocketSession) -> tuple[int, str]:
+    data, _eof = s.take_output()
+    frame = parse_server_frame(data)
+    assert frame.opcode is Opcode.CLOSE
+    close = Close.parse(frame.data)
+    return close.code, close.reason
+
+
+def parse_server_frame(data: bytes) -> Frame:
+    assert data[0] & 0x80, "FIN set"
+    assert not data[1] & 0x80, "server frames are not masked"
+    length = data[1] & 0x7F
+    offset = 2
+    if length == 126:
+        (length,) = struct.unpack("!H", data[2:4])
+        offset = 4
+    elif length == 127:
+        (length,) = struct.unpack("!Q", data[2:10])
+        offset = 10
+    return Frame(Opcode(data[0] & 0x0F), data[offset : offset + length])
+
+
+def test_text_and_binary_messages():
+    s = session()
+    data = client_frame(Opcode.TEXT, "héllo".encode()) + client_frame(Opcode.BINARY, b"\x00\xff")
+    assert s.receive_data(data) == [
+        InboundMessage("héllo".encode(), False), InboundMessage(b"\x00\xff", True)
+    ]
+
+
+def test_fragments_are_assembled_even_split_mid_frame():
+    s = session()
+    wire = (client_frame(Opcode.TEXT, b"ab", fin=False) + client_frame(Opcode.CONT, b"cd", False)
+            + client_frame(Opcode.PING, b"p") + client_frame(Opcode.CONT, b"ef"))
+    messages = []
+    for i in range(len(wire)):
+        messages += s.receive_data(wire[i : i + 1])
+    assert messages == [InboundMessage(b"abcdef", False)]
+    pong = parse_server_frame(s.take_output()[0])
+    assert (pong.opcode, pong.data) == (Opcode.PONG, b"p")
+
+
+def test_utf8_split_across_fragments_is_valid():
+    s = session()
+    text = "€".encode()
+    wire = client_frame(Opcode.TEXT, text[:1], fin=False) + client_frame(Opcode.CONT, text[1:])
+    assert s.receive_data(wire) == [InboundMessage(text, False)]
+
+
+def test_invalid_utf8_fails_at_the_first_bad_fragment():
+    s = session()
+    assert s.receive_data(client_frame(Opcode.TEXT, b"ok\xff", fin=False)) == []
+    assert sent_close(s)[0] == CloseCode.INVALID_DATA
+    assert s.finished
+
+
+def test_too_big_is_refused_from_the_header():
+    s = session(limit=1000)
+    header = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 2**62) + b"mask"
+    assert s.receive_data(header) == []
+    assert sent_close(s)[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+def test_too_big_across_fragments():
+    s = session(limit=1000)
+    s.receive_data(client_frame(Opcode.BINARY, b"x" * 600, fin=False))
+    s.receive_data(client_frame(Opcode.CONT, b"x" * 600))
+    assert sent_close(s)[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+@pytest.mark.parametrize("wire", [
+    client_frame(Opcode.TEXT, b"unmasked", mask=False),
+    client_frame(Opcode.CONT, b"no start"),
+    client_frame(3, b""),                                            # reserved opcode
+    client_frame(Opcode.TEXT, b"x", rsv=4),                          # RSV1, no extension
+    client_frame(Opcode.PING, b"x" * 126),                           # control frame too long
+    client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.TEXT, b"b"),
+])
+def test_protocol_errors_close_with_1002(wire):
+    s = session()
+    assert s.receive_data(wire) == []
+    assert sent_close(s)[0] == CloseCode.PROTOCOL_ERROR
+
+
+def test_close_handshake_echoes_the_code():
+    s = session()
+    s.receive_data(client_frame(Opcode.CLOSE, Close(1000, "bye").serialize()))
+    assert sent_close(s) == (1000, "bye")
+    assert s.finished
+    assert s.close_code == 1000
+
+
+def test_server_close_carries_code_and_reason():
+    s = session()
+    s.close(CloseCode.TRY_AGAIN_LATER, "x" * 300)
+    code, reason = sent_close(s)
+    assert code == 1013
+    assert len(reason.encode()) <= 123
+    assert not s.open
+
+
+def test_prebuilt_frames():
+    frame = parse_server_frame(encode_frame(b"x" * 70000, binary=True))
+    assert (frame.opcode, len(frame.data)) == (Opcode.BINARY, 70000)
+    assert parse_server_frame(PING_FRAME).opcode is Opcode.PING
+    close = Close.parse(parse_server_frame(close_frame(1008, "no")).data)
+    assert (close.code, close.reason) == (1008, "no")

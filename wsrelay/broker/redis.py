@@ -1,0 +1,432 @@
+"""The distributed broker: many workers and hosts share channels through Redis.
+
+Why it is built this way:
+
+* **One order per channel, decided inside Redis.** A Lua script assigns the
+  id, appends the message to the channel's history and PUBLISHes it, all in
+  one atomic step, so every worker sees the same ids in the same order and
+  a message is in the history before any worker can receive it live.
+* **Ids are stream ids.** ``MessageId(epoch, seq)`` is stored as the Redis
+  stream id ``<epoch>-<seq>``. The epoch is Redis ``TIME`` (ms) when the
+  channel's state was created; the state expires with the history
+  (``history_ttl``, refreshed on use), so a channel that went idle, or a
+  Redis that lost its data, starts a new epoch and old cursors read as
+  ``reset`` instead of silently skipping messages.
+* **History uses the shared rule.** A second script reads the position and
+  the retained messages atomically; :func:`~wsrelay.broker.base.read_after`
+  then decides exactly as in :class:`MemoryBroker`.
+* **Keys use one Redis Cluster hash tag per channel:** ``<prefix>:{<channel>}:state``
+  (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
+  ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``.
+* **One pub/sub connection per broker (per worker)**, read by one listener
+  greenlet that hands messages to the hub in id order. It subscribes to a
+  channel only while the hub has local subscribers for it. A subscription
+  counts as active once Redis acknowledged it: :meth:`RedisBroker.history`
+  waits for that, so whatever history does not return arrives live.
+* **Faults are visible, never silent.** Commands have timeouts and no
+  retries (a retried publish could be stored twice) and raise
+  :class:`BrokerUnavailable`. The listener reconnects with jittered
+  exponential backoff, resubscribes, and replays from history what was
+  published while it was away (dropping duplicates by id) before going live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import gevent
+import redis
+from gevent.event import Event
+from gevent.lock import Semaphore
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..ids import MessageId
+from ..message import Message
+from .base import Broker, BrokerUnavailable, Deliver, History, read_after
+
+log = logging.getLogger(__name__)
+
+# KEYS: state, log. ARGV[1]: the lowest epoch a new state may take, ARGV[2]: TTL in ms.
+_PRELUDE = """
+local state, log = KEYS[1], KEYS[2]
+local ttl = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+-- The channel's position; a missing state starts a new epoch, after any older one.
+local function position()
+  local s = redis.call('HMGET', state, 'epoch', 'seq')
+  if s[1] then return tonumber(s[1]), tonumber(s[2]) end
+  local epoch = math.max(now, tonumber(ARGV[1]))
+  if redis.call('EXISTS', log) == 1 then  -- history without state: never reuse its epoch
+    local info = redis.call('XINFO', 'STREAM', log)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        epoch = math.max(epoch, tonumber(string.match(info[i + 1], '^%d+')) + 1)
+      end
+    end
+    redis.call('DEL', log)
+  end
+  redis.call('HSET', state, 'epoch', string.format('%d', epoch), 'seq', '0')
+  return epoch, 0
+end
+
+-- Drop retained messages older than the TTL (entries are in time order).
+local function trim_age()
+  local cutoff = now - ttl
+  while true do
+    local batch = redis.call('XRANGE', log, '-', '+', 'COUNT', 32)
+    local old = {}
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][2]) >= cutoff then break end
+      old[#old + 1] = entry[1]
+    end
+    if #old > 0 then redis.call('XDEL', log, unpack(old)) end
+    if #old < 32 then return end
+  end
+end
+"""
+
+# ARGV[3]: size, [4]: binary '0'/'1', [5]: sender ('' for none), [6]: data, [7]: pub/sub channel.
+_PUBLISH = _PRELUDE + """
+local epoch = position()
+local seq = redis.call('HINCRBY', state, 'seq', 1)
+local sender = ARGV[5]
+local message = string.format('%d %d %d %s %d\\n', epoch, seq, now, ARGV[4], #sender)
+  .. sender .. ARGV[6]
+redis.call('XADD', log, 'MAXLEN', ARGV[3], string.format('%d-%d', epoch, seq),
+  't', string.format('%d', now), 'm', message)
+trim_age()
+redis.call('PEXPIRE', state, ttl)
+redis.call('PEXPIRE', log, ttl)
+redis.call('PUBLISH', ARGV[7], message)
+return {epoch, seq, now}
+"""
+
+# ARGV[3], [4]: the cursor's epoch and seq ('' for none). Returns the position, the
+# first retained entry (for the gap check) and the entries after the cursor.
+_READ = _PRELUDE + """
+local epoch, seq = position()
+redis.call('PEXPIRE', state, ttl)
+trim_age()
+if ARGV[3] == '' then return {epoch, seq, {}, {}} end
+local since_epoch, since_seq = tonumber(ARGV[3]), tonumber(ARGV[4])
+if since_epoch ~= epoch or since_seq > seq then
+  return {epoch, seq, {}, redis.call('XRANGE', log, '-', '+')}
+end
+local start = string.format('%d-%d', epoch, since_seq + 1)
+return {epoch, seq, redis.call('XRANGE', log, '-', '+', 'COUNT', 1),
+  redis.call('XRANGE', log, start, '+')}
+"""
+
+
+def _decode(channel: str, payload: bytes) -> Message:
+    """A message as the scripts encode it: ``epoch seq ms binary sender_len\\n`` sender data."""
+    head, _, rest = payload.partition(b"\n")
+    epoch, seq, ms, binary, sender_len = (int(part) for part in head.split())
+    sender = rest[:sender_len].decode("utf-8") if sender_len else None
+    return Message(channel, MessageId(epoch, seq), rest[sender_len:], bool(binary), sender,
+                   ms / 1000)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the user info or a ``password=`` query item)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        user = user.split(":", 1)[0]
+        netloc = f"{user}@{host}" if user else host
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k.lower() != "password"])
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+@dataclass(eq=False)
+class _Watch:
+    """A channel this worker subscribes to, and how far it has been handed to the hub."""
+
+    channel: str
+    key: bytes
+    count: int = 1
+    subscribed: Event = field(default_factory=Event)
+    #: The last id handed to the hub; live messages at or below it are duplicates.
+    delivered: MessageId | None = None
+    #: The channel's position when the subscription was last confirmed.
+    floor: MessageId | None = None
+
+
+class RedisBroker(Broker):
+    """Ids, history and delivery shared by every process and host on one Redis."""
+
+    shared = True
+
+    def __init__(
+        self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
+        timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
+        max_connections: int = 64,
+    ) -> None:
+        super().__init__(history_size=history_size, history_ttl=history_ttl)
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self.heartbeat = heartbeat
+        self.backoff = backoff
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        )
+        pool.connection_kwargs["decode_responses"] = False
+        self._redis = redis.Redis(connection_pool=pool)
+        self._publish_script = self._redis.register_script(_PUBLISH)
+        self._read_script = self._redis.register_script(_READ)
+        self._ttl_ms = max(1, round(history_ttl * 1000))
+        self._last_epoch = 0
+        #: Client name of the pub/sub connection (``CLIENT LIST`` shows it).
+        self.listener_name = f"{prefix}-listener-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._watches: dict[str, _Watch] = {}
+        self._by_key: dict[bytes, _Watch] = {}
+        self._listener: gevent.Greenlet | None = None
+        self._conn: redis.connection.AbstractConnection | None = None
+        self._send_lock = Semaphore()
+        #: Watches whose SUBSCRIBE (or None: UNSUBSCRIBE) Redis has yet to acknowledge, in order.
+        self._acks: deque[tuple[bytes, _Watch | None]] = deque()
+        self._connected = False
+        self._commands_ok = True
+        self._error: str | None = None
+        self._connections = 0
+        self._closed = False
+
+    # -- the Broker interface ---------------------------------------------------------
+
+    def start(self, deliver: Deliver) -> None:
+        super().start(deliver)
+        self._ensure_listener()
+
+    def publish(
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+    ) -> Message:
+        data = bytes(data)
+        state, log_key, topic = self._keys(channel)
+        epoch, seq, ms = self._call(self._publish_script, [state, log_key], [
+            self.history_size, int(binary), sender or "", data, topic,
+        ])
+        return Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
+
+    def history(self, channel: str, since: MessageId | None) -> History:
+        """Read history; for a watched channel, only once its subscription is active.
+
+        So a caller that watches, then reads, gets every later message live.
+        """
+        watch = self._watches.get(channel)
+        if watch is not None and not watch.subscribed.wait(self.timeout):
+            raise BrokerUnavailable("the message broker is unavailable (not subscribed)")
+        return self._read(channel, since)
+
+    def watch(self, channel: str) -> None:
+        """Subscribe (asynchronously: a following :meth:`history` waits until it is active)."""
+        watch = self._watches.get(channel)
+        if watch is not None:
+            watch.count += 1
+            return
+        watch = _Watch(channel, self._keys(channel)[2].encode())
+        self._watches[channel] = self._by_key[watch.key] = watch
+        self._ensure_listener()
+        self._send("SUBSCRIBE", watch)
+
+    def unwatch(self, channel: str) -> None:
+        watch = self._watches.get(channel)
+        if watch is None:
+            return
+        watch.count -= 1
+        if watch.count <= 0:
+            del self._watches[channel], self._by_key[watch.key]
+            self._send("UNSUBSCRIBE", watch)
+
+    def sweep(self) -> None:
+        """Keep the position of watched channels alive, as long as they have subscribers."""
+        states = [self._keys(channel)[0] for channel in self._watches]
+        if not states:
+            return
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for state in states:
+                    pipe.pexpire(state, self._ttl_ms)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "broker": "redis",
+            "ok": self._connected and self._commands_ok,
+            "url": redact(self.url),
+            "listener": "connected" if self._connected else "disconnected",
+            "watched": len(self._watches),
+            "reconnects": max(0, self._connections - 1),
+            "error": self._error,
+        }
+
+    def close(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            self._listener.kill(block=True, timeout=self.timeout)
+            self._listener = None
+        self._redis.connection_pool.disconnect()
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _keys(self, channel: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}:{{{channel}}}"
+        return f"{base}:state", f"{base}:log", base
+
+    def _call(self, script, keys: list[str], args: list) -> list:
+        try:
+            result = script(keys, [self._last_epoch + 1, self._ttl_ms, *args])
+        except redis.RedisError as exc:
+            self._failed(exc)
+            raise BrokerUnavailable("the message broker is unavailable") from exc
+        self._commands_ok = True
+        self._last_epoch = max(self._last_epoch, result[0])
+        return result
+
+    def _read(self, channel: str, since: MessageId | None) -> History:
+        state, log_key, _ = self._keys(channel)
+        cursor = ["", ""] if since is None else [since.epoch, since.seq]
+        epoch, seq, first, after = self._call(self._read_script, [state, log_key], cursor)
+        retained = [_decode(channel, fields[-1]) for _, fields in after]
+        if first and (not after or first[0][0] != after[0][0]):
+            retained.insert(0, _decode(channel, first[0][1][-1]))
+        return read_after(retained, epoch, seq, since)
+
+    def _failed(self, exc: Exception) -> None:
+        if self._commands_ok:
+            log.warning("redis command failed: %s", exc)
+        self._commands_ok = False
+        self._error = f"{type(exc).__name__}: {exc}"
+
+    # -- the listener -------------------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None and not self._closed:
+            self._listener = gevent.spawn(self._listen)
+
+    def _send(self, command: str, watch: _Watch) -> None:
+        """SUBSCRIBE/UNSUBSCRIBE now if connected; else the listener subscribes on connect."""
+        with self._send_lock:
+            conn = self._conn
+            if conn is None:
+                return
+            self._acks.append((watch.key, watch if command == "SUBSCRIBE" else None))
+            try:
+                conn.send_command(command, watch.key)
+            except redis.RedisError as exc:
+                log.debug("%s %s failed: %s", command, watch.channel, exc)
+                self._conn = None  # the listener notices and starts over
+
+    def _listen(self) -> None:
+        """Connect, subscribe, read; on any failure start over after a jittered backoff."""
+        least, most = self.backoff
+        delay = least
+        pool = self._redis.connection_pool
+        while not self._closed:
+            conn = pool.connection_class(**{
+                **pool.connection_kwargs, "client_name": self.listener_name, "protocol": 2,
+            })
+            began = time.monotonic()
+            try:
+                conn.connect()
+                with self._send_lock:
+                    watches = list(self._watches.values())
+                    if watches:
+                        self._acks.extend((watch.key, watch) for watch in watches)
+                        conn.send_command("SUBSCRIBE", *(watch.key for watch in watches))
+                    self._conn = conn
+                if self._connections:
+                    log.info("redis listener connected again")
+                self._connections += 1
+                self._connected, self._commands_ok, self._error = True, True, None
+                self._read_replies(conn)
+            except (redis.RedisError, BrokerUnavailable) as exc:
+                if self._connected or self._error is None:
+                    log.warning("redis listener disconnected: %s", exc)
+                self._error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a bug must not end delivery for good
+                log.exception("redis listener failed")
+                self._error = f"{type(exc).__name__}: {exc}"
+            finally:
+                with self._send_lock:
+                    self._conn = None
+                    self._acks.clear()
+                self._connected = False
+                for watch in self._watches.values():
+                    watch.subscribed.clear()
+                with contextlib.suppress(Exception):
+                    conn.disconnect()
+            if time.monotonic() - began > most:
+                delay = least
+            gevent.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, most)
+
+    def _read_replies(self, conn: redis.connection.AbstractConnection) -> None:
+        pinged = False
+        while True:
+            # Never let redis-py reconnect this connection quietly, without subscriptions.
+            if self._conn is not conn:
+                raise redis.ConnectionError("sending to Redis failed")
+            if not conn.can_read(timeout=self.heartbeat):
+                if pinged:
+                    raise redis.TimeoutError("no answer to PING")
+                with self._send_lock:
+                    if self._conn is conn:
+                        conn.send_command("PING")
+                pinged = True
+                continue
+            reply = conn.read_response()
+            pinged = False
+            if not isinstance(reply, list):  # PONG outside subscribed mode
+                continue
+            kind = reply[0]
+            if kind == b"message":
+                watch = self._by_key.get(reply[1])
+                if watch is not None:
+                    self._hand_over(watch, _decode(watch.channel, reply[2]))
+            elif kind in (b"subscribe", b"unsubscribe") and self._acks:
+                key, watch = self._acks.popleft()
+                if key != reply[1]:
+                    raise redis.ConnectionError(f"unexpected {kind!r} {reply[1]!r}")
+                if watch is not None and self._watches.get(watch.channel) is watch:
+                    self._subscribed(watch)
+
+    def _subscribed(self, watch: _Watch) -> None:
+        """Redis confirmed a subscription: replay what was missed since the last one."""
+        start = watch.delivered or watch.floor
+        page = self._read(watch.channel, start)
+        if start is not None:
+            if page.reset and page.cursor.epoch == start.epoch:
+                log.warning("channel %s: messages were lost while disconnected", watch.channel)
+            for message in page.messages:
+                self._hand_over(watch, message)
+        watch.floor = page.cursor
+        watch.subscribed.set()
+
+    def _hand_over(self, watch: _Watch, message: Message) -> None:
+        """Give a message to the hub once: drop ids at or below the last one delivered."""
+        last = watch.delivered
+        if last is not None and message.id.epoch == last.epoch and message.id.seq <= last.seq:
+            return
+        watch.delivered = message.id
+        if self._deliver is not None:
+            try:
+                self._deliver(message)
+            except Exception:
+                log.exception("delivering %s on %s failed", message.id, message.channel)
