@@ -25,7 +25,7 @@ class ApiError(Exception):
         return response
 
 
-_API_PREFIXES = ("/ws/", "/poll/", "/sse/", "/publish/", "/healthz", "/static/")
+_API_PREFIXES = ("/ws/", "/poll/", "/sse/", "/publish/", "/healthz", "/readyz", "/static/")
 
 
 def _http_error(exc: HTTPException) -> Response | HTTPException:

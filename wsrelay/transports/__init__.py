@@ -11,6 +11,7 @@ def create_blueprint() -> Blueprint:
     bp = Blueprint("wsrelay", __name__)
     bp.add_url_rule("/", view_func=pages.index)
     bp.add_url_rule("/healthz", view_func=pages.healthz)
+    bp.add_url_rule("/readyz", view_func=pages.readyz)
     bp.add_url_rule("/ws/<path:channel>", view_func=websocket.upgrade, websocket=True)
     bp.add_url_rule(
         "/ws/<path:channel>", endpoint="ws_plain", view_func=websocket.not_upgraded,

@@ -11,10 +11,19 @@ def index() -> str:
     return render_template("index.html")
 
 
-def healthz() -> Response:
-    """The process serves; the broker's state and the hub's numbers for a look."""
+def _report() -> dict:
     status = relay().hub.broker.status()
-    body = {"status": "ok" if status.get("ok") else "degraded", **status, **relay().hub.counts()}
+    return {"status": "ok" if status.get("ok") else "degraded", **status, **relay().hub.counts()}
+
+
+def healthz() -> Response:
+    """The process serves (always 200 while it does); the broker's state for a look."""
+    return jsonify(_report())
+
+
+def readyz() -> Response:
+    """Whether to send this worker new clients: 503 while its broker is unreachable."""
+    body = _report()
     response = jsonify(body)
-    response.status_code = 200
+    response.status_code = 200 if body["ok"] else 503
     return response
