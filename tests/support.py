@@ -113,6 +113,18 @@ class ServerProcess:
     def health(self) -> dict:
         return requests.get(self.url + "/healthz", timeout=5).json()
 
+    def rss(self) -> int:
+        """Resident memory of the server process in bytes (``manage.py serve`` only: under
+        gunicorn ``proc`` is the arbiter, not a worker)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/<pid>/status")
+
+    def open_files(self) -> int:
+        """File descriptors the server process holds: each socket it has not closed counts."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     def ws(self, path: str, **kwargs) -> WSClient:
         """A real WebSocket client (the ``websocket-client`` library) on ``path``."""
         return WSClient(self.ws_url + path, **kwargs)
@@ -141,11 +153,13 @@ class WSClient:
     """A blocking WebSocket client with no threads, so it runs in a gevent-patched process."""
 
     def __init__(self, url: str, origin: str | None = None, timeout: float = 5,
-                 subprotocols: list[str] | None = None) -> None:
+                 subprotocols: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         try:
             self.conn = websocket.create_connection(
                 url, timeout=timeout, origin=origin, subprotocols=subprotocols,
                 suppress_origin=origin is None,
+                header=[f"{name}: {value}" for name, value in (headers or {}).items()],
             )
         except websocket.WebSocketBadStatusException as exc:
             raise Refused(exc.status_code, exc.resp_body or b"", exc.resp_headers or {}) from None
@@ -306,16 +320,24 @@ def client_frame(
 
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Split unmasked server frames into (opcode, payload); a truncated tail is left out."""
+    """Split unmasked server frames into (opcode, payload); a truncated tail is left out.
+
+    Fails on what a server must never send: a masked, fragmented or RSV-marked frame.
+    """
     frames = []
     offset = 0
     while offset + 2 <= len(data):
-        opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
-        head = 2
+        first, second = data[offset], data[offset + 1]
+        assert first & 0xF0 == 0x80, f"a server frame with FIN and no RSV bits: {first:#04x}"
+        assert not second & 0x80, "a server frame is not masked"
+        opcode, length = first & 0x0F, second & 0x7F
+        head = {126: 4, 127: 10}.get(length, 2)
+        if offset + head > len(data):
+            break
         if length == 126:
-            length, head = struct.unpack("!H", data[offset + 2 : offset + 4])[0], 4
+            (length,) = struct.unpack("!H", data[offset + 2 : offset + 4])
         elif length == 127:
-            length, head = struct.unpack("!Q", data[offset + 2 : offset + 10])[0], 10
+            (length,) = struct.unpack("!Q", data[offset + 2 : offset + 10])
         if offset + head + length > len(data):
             break
         frames.append((opcode, data[offset + head : offset + head + length]))

@@ -89,3 +89,24 @@ def test_reset_peer_is_pruned(hub):
     assert runner.dead
     assert hub.counts()["subscribers"] == 0
     hub.publish("c", "nobody listens")  # must not raise
+
+
+def test_frames_the_request_reader_already_buffered_are_read_first(hub):
+    """A client may send frames right behind its handshake; the request's reader holds them."""
+    ours, peer = socket.socketpair()
+    peer.sendall(client_frame(0x1, b"early") + client_frame(0x1, b"bird"))
+    rfile = ours.makefile("rb")
+    assert rfile.peek(1), "the frames wait in the reader's buffer, not in the socket"
+    connection = WebSocketConnection(
+        ours, rfile, hub, "c", max_message_size=65536, buffer_limit=1 << 20, close_timeout=5.0,
+    )
+    runner = gevent.spawn(connection.run, None)
+    peer.settimeout(5)
+    data = b""
+    while len(server_frames(data)) < 2:
+        data += peer.recv(100)
+    assert server_frames(data) == [(0x1, b"early"), (0x1, b"bird")]
+    peer.sendall(client_frame(0x1, b"later"))  # and then from the socket itself
+    assert server_frames(peer.recv(100)) == [(0x1, b"later")]
+    connection.close(1000, "")
+    runner.kill()

@@ -1,6 +1,10 @@
 """Both ways a request reaches the view: wsrelay's handler, and gevent-websocket's own."""
 
+import socket
+import time
+
 import pytest
+import requests
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
@@ -55,3 +59,48 @@ def test_relay_handler_answers_ordinary_requests_normally():
         assert response.json()["status"] == "ok"
     finally:
         server.stop()
+
+
+# -- what a request may make the server hold or read -------------------------------------
+
+def raw_request(server, head: bytes, body: bytes = b"") -> tuple[bytes, float]:
+    """Send a request head (and the start of a body); return the whole answer, read until
+    the server closes the connection, and how long the close took."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("headers", [
+    b"X-Big: " + b"x" * 70_000 + b"\r\n",
+    b"".join(b"X-%d: %s\r\n" % (i, b"y" * 1000) for i in range(70)),
+    b"".join(b"X-%d: y\r\n" % i for i in range(100)),
+], ids=["one-huge-line", "70-KB-in-total", "100-lines"])
+def test_oversized_headers_are_431(server, headers):
+    answer, _ = raw_request(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"headers_too_large" in answer
+    assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+def test_headers_within_the_limits_are_served(server):
+    headers = b"".join(b"X-%d: %s\r\n" % (i, b"y" * 600) for i in range(90))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("path,status", [("/publish/{channel}", 413), ("/publish/bad$", 400)])
+def test_a_refused_body_is_not_read(server, channel, path, status):
+    """A body announced at 10 GB, of which 100 bytes come: the refusal comes at once, says
+    Connection: close, and the server hangs up instead of waiting for the rest."""
+    head = (f"POST {path.format(channel=channel)} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: text/plain\r\nContent-Length: 10000000000\r\n\r\n").encode()
+    answer, closed_after = raw_request(server, head, b"x" * 100)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"\r\nConnection: close\r\n" in answer
+    assert closed_after < 2

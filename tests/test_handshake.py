@@ -8,7 +8,8 @@ from wsrelay.handshake import accept_key, is_upgrade_request, switching_protocol
 
 def environ(**overrides):
     base = {
-        "REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_UPGRADE": "websocket",
+        "REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "relay.example",
+        "HTTP_UPGRADE": "websocket",
         "HTTP_CONNECTION": "keep-alive, Upgrade", "HTTP_SEC_WEBSOCKET_VERSION": "13",
         "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
     }
@@ -35,6 +36,7 @@ def test_upgrade_detection_follows_tokens():
     ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"x" * 15).decode()}, 400),
     ({"REQUEST_METHOD": "POST"}, 405),
     ({"SERVER_PROTOCOL": "HTTP/1.0"}, 400),
+    ({"HTTP_HOST": None}, 400),
 ])
 def test_bad_handshakes(overrides, status):
     with pytest.raises(ApiError) as info:

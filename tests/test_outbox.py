@@ -52,3 +52,19 @@ def test_drop_unstarted_with_nothing_written_drops_everything():
     outbox.drop_unstarted()
     assert not outbox
     assert outbox.size == 0
+
+
+def test_drop_unstarted_after_a_partial_write_and_more_frames_keeps_a_valid_stream():
+    """The partly written frame is finished even when frames queued after it were joined."""
+    frames = [b"A" * 4, b"B" * 4, b"C" * 4]
+    outbox = Outbox(10**9)
+    outbox.push(frames[0])
+    outbox.push(frames[1])
+    written = bytes(outbox.peek())[:2]  # "AA" went out, then the socket was full
+    outbox.consume(2)
+    outbox.push(frames[2])
+    outbox.peek()
+    outbox.consume(0)  # the socket took nothing this time
+    outbox.drop_unstarted()  # the subscriber is closed for being too slow
+    stream = written + drain(outbox, 100)
+    assert stream in {b"".join(frames[:n]) for n in range(1, 4)}, stream

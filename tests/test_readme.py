@@ -27,6 +27,8 @@ def test_every_option_is_documented_with_its_default():
             default = int(default)
         if isinstance(default, float) and default.is_integer():
             default = int(default)
+        if isinstance(default, tuple) and default:
+            default = " ".join(default)
         if default in ("", ()):
             assert "empty" in row.group(1)
         else:

@@ -1,7 +1,8 @@
-"""``python manage.py ...``: serve, publish."""
+"""``python manage.py ...``: serve, publish, token, bench."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -13,6 +14,10 @@ import gevent
 from gevent.pywsgi import WSGIServer
 
 from .app import create_app
+from .auth import DEFAULT_TTL, Tokens
+from .bench.command import bench
+from .broker import BrokerUnavailable
+from .config import DEFAULTS, ConfigError, from_environ
 from .handler import RelayHandler
 
 
@@ -27,7 +32,10 @@ def cli() -> None:
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 def serve(host: str, port: int, access_log: bool) -> None:
     """Serve the relay on gevent (in-memory broker unless WSRELAY_BROKER_URL says otherwise)."""
-    app = create_app()
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     server = WSGIServer(
         (host, port), app, handler_class=RelayHandler, log="default" if access_log else None
     )
@@ -55,18 +63,62 @@ def publish(channel: str, message: str, url: str) -> None:
     app = create_app()
     relay = app.extensions["wsrelay"]
     if relay.hub.broker.shared:
-        click.echo(relay.publish(channel, message).id)
-        relay.close()
+        try:
+            click.echo(relay.publish(channel, message).id)
+        except (ValueError, BrokerUnavailable) as exc:  # bad channel, too large, no Redis
+            raise click.ClickException(str(exc)) from None
+        finally:
+            relay.close()
         return
     relay.close()
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if app.config["WSRELAY_SECRET_KEY"]:  # the server shares it: private channels work too
+        with contextlib.suppress(ValueError):  # a bad name: the server will say what is wrong
+            token = relay.tokens.issue(channel, publish=True, ttl=60)
+            headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
         f"{url.rstrip('/')}/publish/{channel}", data=message.encode("utf-8"),
-        headers={"Content-Type": "text/plain; charset=utf-8"}, method="POST",
+        headers=headers, method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             click.echo(json.load(response)["id"])
     except urllib.error.HTTPError as exc:
-        raise click.ClickException(json.load(exc).get("message", str(exc))) from None
+        try:
+            reason = json.load(exc)["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = f"{url} answered HTTP {exc.code} {exc.reason}: is it a wsrelay server?"
+        raise click.ClickException(reason) from None
     except urllib.error.URLError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc.reason}") from None
+
+
+@cli.command()
+@click.option("--channel", "pattern", required=True,
+              help="the channel, or a glob of channels (e.g. 'private-team-*')")
+@click.option("--publish", is_flag=True, help="grant publishing too (subscribing always is)")
+@click.option("--ttl", default=DEFAULT_TTL, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="seconds the token is valid")
+def token(pattern: str, publish: bool, ttl: float) -> None:
+    """Print a signed, expiring token for the channels matching --channel.
+
+    Signed with WSRELAY_SECRET_KEY, which the servers must share. Clients pass
+    it as ?token=... (browsers' WebSockets) or 'Authorization: Bearer ...'.
+    """
+    try:
+        secret = {**DEFAULTS, **from_environ()}["WSRELAY_SECRET_KEY"]
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not secret:
+        raise click.ClickException(
+            "WSRELAY_SECRET_KEY is not set. Set it to the key of the servers that will check "
+            "the token (without one a server signs with a random key of its own, and no "
+            "token opens its private channels)."
+        )
+    try:
+        click.echo(Tokens(secret).issue(pattern, publish=publish, ttl=ttl))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from None
+
+
+cli.add_command(bench)

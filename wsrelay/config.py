@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     """An option with a value wsrelay cannot run with."""
 
 
+ENVIRONMENTS = ("development", "production")
+#: Shorter keys are refused in production: a token signed with one could be forged.
+MIN_SECRET_LENGTH = 32
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -35,6 +40,13 @@ def _word_list(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(",", " ").split() if part)
 
 
+def _key_prefix(text: str) -> str:
+    if not text or any(c in text for c in "{} \t\r\n"):
+        raise ValueError("must be non-empty, without braces (they make Redis Cluster hash tags) "
+                         "or white space")
+    return text
+
+
 def _flag(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -42,6 +54,20 @@ def _flag(text: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return value
+
+
+def _environment(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ENVIRONMENTS:
+        raise ValueError("must be development or production")
+    return lowered
 
 
 @dataclass(frozen=True)
@@ -54,7 +80,10 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("WSRELAY_BROKER_URL", "memory://", str,
-           "`memory://` (one process) or `redis://host:port/db` (many processes and hosts)"),
+           "`memory://` (one process) or `redis://host:port/db`, `rediss://…`, `unix:///path` "
+           "(many processes and hosts)"),
+    Option("WSRELAY_REDIS_PREFIX", "wsrelay", _key_prefix,
+           "prefix of every Redis key and pub/sub channel (several relays can share one Redis)"),
     Option("WSRELAY_HISTORY_SIZE", 1000, _positive_int,
            "messages retained per channel for `since` resume, long-poll and SSE"),
     Option("WSRELAY_HISTORY_TTL", 300.0, _positive_float,
@@ -65,8 +94,28 @@ OPTIONS: tuple[Option, ...] = (
            "bytes queued to one slow WebSocket subscriber before it is closed with 1013"),
     Option("WSRELAY_ALLOWED_ORIGINS", (), _word_list,
            "browser origins allowed besides the server's own (space/comma separated, `*`: any)"),
+    Option("WSRELAY_REQUIRE_ORIGIN", False, _flag,
+           "1: refuse requests without `Origin` (browsers only); 0: allow curl and services"),
+    Option("WSRELAY_ENV", "development", _environment,
+           "`production` refuses to start without a WSRELAY_SECRET_KEY of 32+ characters"),
     Option("WSRELAY_SECRET_KEY", "", str,
-           "key for signing tokens; empty means a random key per process"),
+           "key for signing tokens; empty means a random key per process (development only)"),
+    Option("WSRELAY_REQUIRE_TOKEN", False, _flag,
+           "1: every channel needs a token; 0: only `private-*` channels do"),
+    Option("WSRELAY_PUBLISH_RATE", 100.0, _positive_float,
+           "messages per second one WebSocket (or one client IP over HTTP) may publish"),
+    Option("WSRELAY_PUBLISH_BURST", 200, _positive_int,
+           "messages a publisher may send at once above the rate"),
+    Option("WSRELAY_MAX_CONNECTIONS_PER_IP", 256, _positive_int,
+           "open WebSockets, SSE streams and held long-polls of one client IP"),
+    Option("WSRELAY_MAX_STREAMS", 5000, _positive_int,
+           "concurrent SSE streams and long-polls of one worker"),
+    Option("WSRELAY_LIMITS_EXEMPT", ("127.0.0.1", "::1", "::ffff:127.0.0.1"), _word_list,
+           "client addresses without per-IP cap or publish rate (a proxy on this host)"),
+    Option("WSRELAY_HTTP_IDLE_TIMEOUT", 30.0, _positive_float,
+           "seconds a client has to send a request head, and an idle keep-alive connection lasts"),
+    Option("WSRELAY_PROXY_HOPS", 0, _non_negative_int,
+           "reverse proxies in front that set X-Forwarded-For (the client IP is read from it)"),
     Option("WSRELAY_PING_INTERVAL", 20.0, _positive_float,
            "seconds between the server's WebSocket pings"),
     Option("WSRELAY_PING_TIMEOUT", 20.0, _positive_float,
@@ -110,4 +159,11 @@ def validate(config: Mapping[str, Any]) -> None:
     if scheme not in {"memory", "redis", "rediss", "unix"}:
         raise ConfigError(
             f"WSRELAY_BROKER_URL: unknown scheme {scheme!r} (memory://, redis://, rediss://, unix://)"
+        )
+    secret = config["WSRELAY_SECRET_KEY"]
+    if config["WSRELAY_ENV"] == "production" and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"WSRELAY_ENV=production needs a WSRELAY_SECRET_KEY of at least {MIN_SECRET_LENGTH} "
+            "characters, the same on every worker and host (tokens are signed with it); make one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )

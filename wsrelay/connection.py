@@ -3,7 +3,8 @@
 The reader runs in the request's own greenlet. Writes are non-blocking and
 happen when the hub's flusher asks; only when the kernel buffer is full does
 a writer greenlet exist, to wait for the socket and finish the queue. An
-idle connection therefore costs no greenlet but its request's.
+idle connection therefore costs no greenlet but its request's; a token's
+expiry is a libev timer, which spawns a greenlet only when it fires.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .protocol import CloseCode, WebSocketSession
 
 if TYPE_CHECKING:
     from .hub import MessageServer
+    from .limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,19 @@ class WebSocketConnection:
 
     __slots__ = (
         "_abort_timer",
+        "_expiry",
         "channel",
         "close_timeout",
         "dirty",
         "echo",
+        "expires",
         "held",
         "hub",
         "id",
         "last_seen",
+        "may_publish",
         "outbox",
+        "publish_limit",
         "rfile",
         "session",
         "sock",
@@ -61,7 +67,12 @@ class WebSocketConnection:
     def __init__(
         self, sock: socket.socket, rfile, hub: MessageServer, channel: str, *,
         max_message_size: int, buffer_limit: int, close_timeout: float, echo: bool = True,
+        may_publish: bool = True, publish_limit: TokenBucket | None = None,
+        expires: float | None = None,
     ) -> None:
+        """``may_publish``: whether the client's messages are published (else the first one
+        closes it with 1008); ``publish_limit``: their rate; ``expires``: the Unix time its
+        token expires, when it is closed with 1008."""
         self.sock = sock
         self.rfile = rfile
         self.hub = hub
@@ -77,6 +88,10 @@ class WebSocketConnection:
         self.state = "open"  # open -> closing -> closed
         self.close_timeout = close_timeout
         self._abort_timer: gevent.Greenlet | None = None
+        self.may_publish = may_publish
+        self.publish_limit = publish_limit
+        self.expires = expires
+        self._expiry = None  # the libev timer that closes the connection when its token expires
 
     # -- reading (the request greenlet) -------------------------------------------------
 
@@ -86,6 +101,11 @@ class WebSocketConnection:
             self.hub.subscribe(self.channel, self, since)
         except BrokerUnavailable:
             self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+        if self.expires is not None:
+            self._expiry = gevent.get_hub().loop.timer(max(0.0, self.expires - time.time()))
+            self._expiry.start(
+                gevent.spawn, self.close, CloseCode.POLICY_VIOLATION, "token expired"
+            )
         try:
             self._read_loop()
         except Exception:
@@ -99,7 +119,7 @@ class WebSocketConnection:
         session = self.session
         while self.state != "closed":
             try:
-                data = self.rfile.read1(READ_SIZE)
+                data = self._receive()
             except (OSError, ValueError):  # reset, or the socket was closed under us
                 return
             if not data:
@@ -107,7 +127,17 @@ class WebSocketConnection:
                 return
             self.last_seen = time.monotonic()
             for message in session.receive_data(data):
+                if message.replies:
+                    self.outbox.push(message.replies)  # pongs the client asked for first
+                    self.hub.mark_dirty(self)
                 if self.state != "open":
+                    break
+                if not self.may_publish:
+                    self.close(CloseCode.POLICY_VIOLATION, "not allowed to publish")
+                    break
+                limit = self.publish_limit
+                if limit is not None and not limit.take(self.last_seen):
+                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                     break
                 try:
                     self.hub.publish(
@@ -119,6 +149,27 @@ class WebSocketConnection:
             if session.finished:
                 self._finish_writes_and_close()
                 return
+
+    def _receive(self) -> bytes:
+        """The next bytes from the client; ``b""`` at EOF.
+
+        ``sock.recv`` allocates its buffer only once data is there, whereas the
+        request's buffered reader holds a ``READ_SIZE`` buffer for as long as it
+        waits: 64 KiB per idle connection. The reader is read once, without
+        waiting, for what it took in past the handshake, then closed.
+        """
+        rfile, self.rfile = self.rfile, None
+        if rfile is not None:
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(0.0)
+            try:
+                data = rfile.read1(READ_SIZE)  # b"" when nothing came yet
+            finally:
+                self.sock.settimeout(timeout)
+                rfile.close()  # frees its 8 KiB buffer; the socket stays open
+            if data:
+                return data
+        return self.sock.recv(READ_SIZE)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -191,6 +242,9 @@ class WebSocketConnection:
 
     def _finish_writes_and_close(self) -> None:
         """The closing handshake is done: let the last frames out, then close TCP."""
+        if self.state == "open":  # no frame may follow the close frame
+            self.state = "closing"
+            self.hub.unsubscribe(self.channel, self)
         writer = self.writer
         if writer is not None:
             writer.join(self.close_timeout)
@@ -209,6 +263,9 @@ class WebSocketConnection:
         if self._abort_timer is not None:
             self._abort_timer.kill(block=False)
             self._abort_timer = None
+        if self._expiry is not None:
+            self._expiry.close()
+            self._expiry = None
         self.hub.unsubscribe(self.channel, self)
         if self.state != "closed":
             self.state = "closed"

@@ -25,14 +25,19 @@ class ApiError(Exception):
         return response
 
 
-_API_PREFIXES = ("/ws/", "/poll/", "/sse/", "/publish/", "/healthz", "/readyz", "/static/")
+_API_ROOTS = ("/ws", "/poll", "/sse", "/publish", "/healthz", "/readyz", "/static")
+
+
+def _is_api_path(path: str) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in _API_ROOTS)
 
 
 def _http_error(exc: HTTPException) -> Response | HTTPException:
-    if not request.path.startswith(_API_PREFIXES) and exc.code == 404:
+    if exc.code == 404 and not _is_api_path(request.path):
         return exc
     code = (exc.name or "error").lower().replace(" ", "_")
-    return ApiError(exc.code or 500, code, exc.description or exc.name).response()
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}  # e.g. Allow
+    return ApiError(exc.code or 500, code, exc.description or exc.name, headers).response()
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -6,17 +6,103 @@ hands the view a :class:`DeferredWebSocket` in ``environ['wsgi.websocket']``
 instead: the view checks channel, origin and token, then either returns an
 ordinary error response or calls :meth:`DeferredWebSocket.accept`, which
 writes the 101 and gives it the socket.
+
+It also bounds the one thing pywsgi lets a client take for ever: the time
+to send a request head. A connection that sends nothing, or its head too
+slowly (slowloris), is closed after ``WSRELAY_HTTP_IDLE_TIMEOUT``; the
+clock stops once the head is in, so upgraded WebSockets and the bodies of
+SSE and long-poll responses are never cut by it.
+
+And what pywsgi lets a client make it hold or read: headers are bounded in
+total (pywsgi alone takes 100 lines of 64 KiB each) and answered 431 above
+that; a request refused before its body was read (413, 403, ...) closes the
+connection instead of reading the rest, however large it claims to be.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import socket
+import time
 from typing import Any
 
+import gevent
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
+from .config import DEFAULTS, from_environ
 from .handshake import accept_key, is_upgrade_request, switching_protocols
+
+_TIMEOUT_BODY = b'{"error":"request_timeout","message":"the request head came too slowly"}'
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+#: Headers of one request, in bytes and in lines (the blank line that ends them included).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINES = 100
+_TOO_LARGE_BODY = b'{"error":"headers_too_large","message":"the request headers are too large"}'
+_HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
+)
+
+
+class RequestHeadersTooLarge(ValueError):
+    """More header bytes or lines than allowed (a ``ValueError``: the client's fault)."""
+
+
+class _BoundedHeaderReader:
+    """The request's reader as pywsgi's header parser sees it: it stops at the limits."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._bytes_left = MAX_HEADER_BYTES
+        self._lines_left = MAX_HEADER_LINES
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._lines_left == 0:
+            raise RequestHeadersTooLarge(f"more than {MAX_HEADER_LINES} header lines")
+        cap = self._bytes_left + 1
+        line = self._rfile.readline(cap if size < 0 else min(size, cap))
+        self._lines_left -= 1
+        self._bytes_left -= len(line)
+        if self._bytes_left < 0:
+            raise RequestHeadersTooLarge(f"headers over {MAX_HEADER_BYTES} bytes")
+        return line
+
+
+def _skip_unread_body(body: Any) -> bool:
+    """Tell pywsgi's request body there is nothing left to discard; True if there was."""
+    unread = body is not None and (
+        body.chunked_input or body.position < (body.content_length or 0)
+    )
+    if unread:
+        body.content_length = body.position
+        body.chunked_input = False
+    return unread
+
+
+class RequestHeadTimeout(ValueError):
+    """The request line came in time but the headers did not (a ``ValueError``, so pywsgi
+    treats it as the client's fault)."""
+
+
+@functools.cache
+def _environ_idle_timeout() -> float:
+    return {**DEFAULTS, **from_environ()}["WSRELAY_HTTP_IDLE_TIMEOUT"]
+
+
+def idle_timeout(application: Any) -> float:
+    """WSRELAY_HTTP_IDLE_TIMEOUT of the served Flask app, else of the environment."""
+    config = getattr(application, "config", None)
+    if config is not None and "WSRELAY_HTTP_IDLE_TIMEOUT" in config:
+        return config["WSRELAY_HTTP_IDLE_TIMEOUT"]
+    return _environ_idle_timeout()
 
 
 class DeferredWebSocket:
@@ -47,6 +133,40 @@ class RelayHandler(WebSocketHandler):
     """A ``WebSocketHandler`` whose upgrade is decided by the application."""
 
     upgraded = False
+    _head_deadline = 0.0
+
+    def handle(self) -> None:
+        # pywsgi writes a response's head and body in two sends; with Nagle on, the body
+        # waits for the client's delayed ACK of the head: 40 ms on every keep-alive answer.
+        with contextlib.suppress(OSError):  # not TCP (a Unix socket under gunicorn)
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle()
+
+    def read_requestline(self) -> str:
+        """Wait for the next request line at most the idle timeout; then close quietly (an
+        idle keep-alive connection and a client that never starts look the same)."""
+        timeout = idle_timeout(self.server.application)
+        self._head_deadline = time.monotonic() + timeout
+        with gevent.Timeout(timeout, False):
+            return WSGIHandler.read_requestline(self)
+        return ""  # pywsgi closes the connection on an empty request line
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Read the headers within what is left of the idle timeout; else answer 408."""
+        remaining = max(0.0, self._head_deadline - time.monotonic())
+        with gevent.Timeout(remaining, RequestHeadTimeout):
+            return WSGIHandler.read_request(self, raw_requestline)
+
+    def MessageClass(self, rfile: Any, *args: Any) -> Any:
+        """Parse the headers through a reader that stops at the limits."""
+        return WSGIHandler.MessageClass(self, _BoundedHeaderReader(rfile), *args)
+
+    def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
+        if isinstance(ex, RequestHeadTimeout):
+            return "408", _REQUEST_TIMEOUT
+        if isinstance(ex, RequestHeadersTooLarge):
+            return "431", _HEADERS_TOO_LARGE
+        return WSGIHandler._handle_client_error(self, ex)
 
     def run_application(self) -> None:
         if is_upgrade_request(self.environ):
@@ -60,6 +180,8 @@ class RelayHandler(WebSocketHandler):
     def start_response(self, status, headers, exc_info=None):
         if self.upgraded:  # the view returned after its WebSocket ended
             return lambda data: None
+        if status[:1] in "45" and _skip_unread_body(self.wsgi_input):
+            headers = [*headers, ("Connection", "close")]  # the rest of the body stays unread
         return WSGIHandler.start_response(self, status, headers, exc_info)
 
     def process_result(self) -> None:

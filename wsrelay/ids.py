@@ -13,7 +13,7 @@ import re
 import time
 from typing import NamedTuple
 
-_ID_PATTERN = re.compile(r"(\d{1,16})-(\d{1,19})")
+_ID_PATTERN = re.compile(r"([0-9]{1,16})-([0-9]{1,19})")  # ASCII digits only
 
 
 class InvalidMessageId(ValueError):

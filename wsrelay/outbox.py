@@ -12,9 +12,10 @@ class Outbox:
     """Whole frames queued for one socket, and how much of the first was written.
 
     Joining queued frames into one write is what makes fan-out cheap: one
-    system call per socket per batch instead of one per message. Joined
-    chunks always end on a frame boundary, so dropping every chunk that has
-    not started leaves a valid stream.
+    system call per socket per batch instead of one per message. Chunks are
+    joined only while none is partly written, so each begins and ends on a
+    frame boundary, and dropping every chunk that has not started leaves a
+    valid stream.
     """
 
     __slots__ = ("_chunks", "_offset", "limit", "size")
@@ -37,14 +38,18 @@ class Outbox:
     def peek(self) -> memoryview:
         """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
         chunks = self._chunks
-        if len(chunks) > 1 and len(chunks[0]) - self._offset < WRITE_SIZE:
-            parts = [chunks.popleft()[self._offset :]]
-            total = len(parts[0])
-            while chunks and total + len(chunks[0]) <= WRITE_SIZE:
-                total += len(chunks[0])
-                parts.append(chunks.popleft())
-            chunks.appendleft(b"".join(parts))
-            self._offset = 0
+        if len(chunks) > 1 and not self._offset:  # a partly written head goes out alone
+            if self.size <= WRITE_SIZE:  # the usual case: all of it, joined in C
+                joined = b"".join(chunks)
+                chunks.clear()
+            else:
+                parts = [chunks.popleft()]
+                total = len(parts[0])
+                while chunks and total + len(chunks[0]) <= WRITE_SIZE:
+                    total += len(chunks[0])
+                    parts.append(chunks.popleft())
+                joined = b"".join(parts)
+            chunks.appendleft(joined)
         return memoryview(chunks[0])[self._offset :] if chunks else memoryview(b"")
 
     def consume(self, written: int) -> None:

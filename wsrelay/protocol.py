@@ -2,10 +2,18 @@
 
 Frame parsing, masking (in C), size limits read from the frame header,
 control frames and the closing handshake come from the Sans-I/O core of the
-``websockets`` library, which passes the whole Autobahn suite. This module
-adds what that core leaves to its I/O layers: assembling fragments into
-messages and validating UTF-8 text incrementally, fragment by fragment, so
-invalid text fails as soon as a fragment shows it.
+``websockets`` library. This module adds what that core leaves to its I/O
+layers, and puts right two details of its closing handshake:
+
+- UTF-8 of text messages is validated incrementally, frame by frame, inside
+  the core's parser, so an invalid frame stops the parser there: nothing the
+  client sent after it (a ping, a close) is answered. A text frame still
+  arriving is validated as its bytes come in, so invalid text fails at the
+  first read that shows it, not when the frame or the message completes.
+- A close frame in the middle of a fragmented message is an ordinary close
+  (RFC 6455 5.4 lets control frames interleave); the core calls it a
+  protocol error. An empty close frame is answered with 1000, so every close
+  frame the server sends carries a code.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import codecs
 from enum import IntEnum
 from typing import NamedTuple
 
-from websockets.frames import Close, Frame, Opcode
+from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import SERVER, Protocol, State
 
 
@@ -32,10 +40,16 @@ class CloseCode(IntEnum):
 
 
 class InboundMessage(NamedTuple):
-    """A whole message a client sent: the bytes as received, and their type."""
+    """A whole message a client sent: the bytes as received, and their type.
+
+    ``replies`` are the control frames (pongs) answering frames the client
+    sent before this message's last frame: written before the message is
+    relayed, so the client sees answers in the order it asked.
+    """
 
     data: bytes
     binary: bool
+    replies: bytes = b""
 
 
 def encode_frame(data: bytes, *, binary: bool) -> bytes:
@@ -47,6 +61,120 @@ def encode_frame(data: bytes, *, binary: bool) -> bytes:
 
 PING_FRAME = Frame(Opcode.PING, b"wsrelay").serialize(mask=False, extensions=[])
 
+#: The longest frame header: 2 bytes, an 8-byte length, a 4-byte masking key.
+_MAX_HEADER = 14
+_NORMAL_CLOSE = Close(CloseCode.NORMAL, "").serialize()
+
+
+class _ServerProtocol(Protocol):
+    """The ``websockets`` server core, validating text as it parses."""
+
+    def __init__(self, max_message_size: int) -> None:
+        super().__init__(SERVER, state=State.OPEN, max_size=max_message_size)
+        #: The UTF-8 decoder of the text message being received, None between messages.
+        self.decoder: codecs.IncrementalDecoder | None = None
+        self._received = 0  # bytes received so far
+        self._frame_start = 0  # where the frame not yet complete starts, in those bytes
+        self._head = bytearray()  # its first bytes, up to a whole header
+        self._peek: codecs.IncrementalDecoder | None = None  # self.decoder run ahead over it
+        self._peeked = 0  # payload bytes of it that _peek validated
+        #: For each message completed since the last data_to_send(): len(self.writes) then.
+        self.message_marks: list[int] = []
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        start = self._received
+        self._received += len(data)
+        frame_start = self._frame_start
+        super().receive_data(data)
+        if self._frame_start != frame_start:  # frames completed: a new one begins in data
+            offset = self._frame_start - start
+            self._head[:] = data[offset : offset + _MAX_HEADER]
+        elif len(self._head) < _MAX_HEADER:
+            self._head += data[: _MAX_HEADER - len(self._head)]
+        if self.state is State.OPEN:
+            self._validate_partial_frame()
+
+    def recv_frame(self, frame: Frame) -> None:
+        # The core reads a whole frame before calling this, so what is left in its
+        # buffer belongs to the next frame.
+        self._frame_start = self._received - len(self.reader.buffer)
+        self._peek = None
+        self._peeked = 0
+        opcode = frame.opcode
+        is_data = opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT
+        try:
+            if is_data:
+                self._validate_text(frame)
+            elif opcode is Opcode.CLOSE:
+                self.current_size = None  # an unfinished message ends with the connection
+                self.decoder = None
+                if not frame.data:
+                    frame = Frame(Opcode.CLOSE, _NORMAL_CLOSE)
+            super().recv_frame(frame)
+        except UnicodeDecodeError as exc:  # text or a close reason: the core sends 1007
+            exc.reason = f"invalid UTF-8: {exc.reason}"
+            raise
+        if is_data and frame.fin:
+            self.message_marks.append(len(self.writes))
+
+    def _validate_text(self, frame: Frame) -> None:
+        """Run a text frame through its message's decoder (UnicodeDecodeError if invalid)."""
+        decoder = self._text_decoder(frame.opcode)
+        if decoder is not None:
+            decoder.decode(frame.data, frame.fin)
+        self.decoder = None if frame.fin else decoder
+
+    def _text_decoder(self, opcode: Opcode) -> codecs.IncrementalDecoder | None:
+        """The decoder for a data frame of a text message in a valid sequence, else None.
+
+        Out-of-sequence frames are left to the core, which fails them with 1002.
+        """
+        if self.current_size is None:
+            return _utf8_decoder() if opcode is Opcode.TEXT else None
+        return self.decoder if opcode is Opcode.CONT else None
+
+    def _validate_partial_frame(self) -> None:
+        """Validate the payload received so far of a text frame not yet complete.
+
+        Uses the core's buffer, which holds exactly that payload once the
+        header is read; when it does not, the frame is checked when complete.
+        """
+        header = _parse_header(self._head)
+        if header is None:
+            return
+        first, mask, size = header
+        if first & 0x70:  # RSV bits: the core fails the frame with 1002 when it completes
+            return
+        buffer = self.reader.buffer
+        if not buffer or len(buffer) != self._received - self._frame_start - size:
+            return
+        if self._peek is None:
+            decoder = self._text_decoder(Opcode(first & 0x0F))
+            if decoder is None:
+                return
+            self._peek = _utf8_decoder()
+            self._peek.setstate(decoder.getstate())
+        shift = self._peeked % 4
+        with memoryview(buffer) as view:
+            payload = apply_mask(view[self._peeked :], mask[shift:] + mask[:shift])
+        self._peeked = len(buffer)
+        try:
+            self._peek.decode(payload, False)
+        except UnicodeDecodeError as exc:
+            self.fail(CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+            self.parser_exc = exc
+
+
+def _parse_header(head: bytes | bytearray) -> tuple[int, bytes, int] | None:
+    """First byte, masking key and size of a masked frame header; None until it is whole."""
+    if len(head) < 2 or not head[1] & 0x80:
+        return None
+    length = head[1] & 0x7F
+    size = 6 + (2 if length == 126 else 8 if length == 127 else 0)
+    if len(head) < size:
+        return None
+    return head[0], bytes(head[size - 4 : size]), size
+
 
 class WebSocketSession:
     """One server-side WebSocket after the handshake, as a state machine.
@@ -57,10 +185,10 @@ class WebSocketSession:
     """
 
     def __init__(self, *, max_message_size: int) -> None:
-        self._protocol = Protocol(SERVER, state=State.OPEN, max_size=max_message_size)
+        self._protocol = _ServerProtocol(max_message_size)
         self._fragments: list[bytes] = []
         self._binary = False
-        self._decoder: codecs.IncrementalDecoder | None = None
+        self._output: list[bytes] = []  # output after the last message returned
 
     @property
     def open(self) -> bool:
@@ -100,34 +228,36 @@ class WebSocketSession:
 
     def take_output(self) -> tuple[bytes, bool]:
         """Bytes to write (control frames, close frames) and whether to close afterwards."""
-        chunks = self._protocol.data_to_send()
+        chunks = self._output + self._protocol.data_to_send()
+        self._output = []
         eof = bool(chunks) and chunks[-1] == b""
         return b"".join(chunks), eof
 
     def _collect(self) -> list[InboundMessage]:
+        """Assemble the data frames the core parsed (all valid) into messages."""
+        protocol = self._protocol
+        writes, marks = protocol.data_to_send(), protocol.message_marks
+        protocol.message_marks = []
+        written = 0
         messages: list[InboundMessage] = []
-        for frame in self._protocol.events_received():
+        for frame in protocol.events_received():
             opcode = frame.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 self._binary = opcode is Opcode.BINARY
-                self._decoder = None if self._binary else _utf8_decoder()
                 self._fragments = []
             elif opcode is not Opcode.CONT:
-                continue  # ping, pong and close are handled by the protocol core
-            if self._decoder is not None:
-                try:
-                    self._decoder.decode(frame.data, frame.fin)
-                except UnicodeDecodeError as exc:
-                    self._protocol.fail(CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
-                    break
+                continue  # ping, pong and close are answered by the core
             self._fragments.append(frame.data)
             if frame.fin:
                 data = self._fragments[0] if len(self._fragments) == 1 else b"".join(
                     self._fragments
                 )
-                messages.append(InboundMessage(bytes(data), self._binary))
+                mark = marks[len(messages)]
+                replies = b"".join(writes[written:mark])
+                written = mark
+                messages.append(InboundMessage(bytes(data), self._binary, replies))
                 self._fragments = []
-                self._decoder = None
+        self._output += writes[written:]
         return messages
 
 

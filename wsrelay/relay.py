@@ -7,18 +7,23 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from flask import Flask, current_app, has_app_context
+from flask import Flask, Request, current_app, has_app_context
 
+from .auth import Claims, Tokens
 from .broker import broker_from_config
 from .channels import check_channel
 from .config import DEFAULTS, from_environ, validate
 from .errors import register_error_handlers
 from .hub import MessageServer
+from .limits import Limits
 from .message import Message
 from .transports import create_blueprint
 
 _apps: list[Flask] = []
 _apps_lock = threading.Lock()
+
+#: ``hook(request, channel, claims, action)``: False or ``raise Refuse(reason)`` refuses.
+ConnectHook = Callable[[Request, str, Claims | None, str], bool | None]
 
 
 class MessageTooLarge(ValueError):
@@ -32,6 +37,7 @@ class Relay:
         self.app: Flask | None = None
         self.hub: MessageServer | None = None
         self._background: dict[Callable[..., Any], gevent.Greenlet] = {}
+        self.connect_hooks: list[ConnectHook] = []
         if app is not None:
             self.init_app(app)
 
@@ -43,6 +49,8 @@ class Relay:
         config = app.config
         self.app = app
         self.max_message_size = config["WSRELAY_MAX_MESSAGE_SIZE"]
+        self.tokens = Tokens.from_config(config["WSRELAY_SECRET_KEY"])
+        self.limits = Limits.from_config(config)
         self.hub = MessageServer(
             broker_from_config(config),
             ping_interval=config["WSRELAY_PING_INTERVAL"],
@@ -66,6 +74,13 @@ class Relay:
         if size > self.max_message_size:
             raise MessageTooLarge(f"{size} bytes is over the limit of {self.max_message_size}")
         return self.hub.publish(channel, data, binary=binary)
+
+    def connect_hook(self, hook: ConnectHook) -> ConnectHook:
+        """Register ``hook``, called before every client subscribes or publishes (after the
+        origin and token checks, before the upgrade); it refuses with a 403 by returning
+        False or raising :class:`~wsrelay.auth.Refuse`. Usable as a decorator."""
+        self.connect_hooks.append(hook)
+        return hook
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         """Run ``target(*args)`` in a greenlet, once per process however often it is asked."""

@@ -21,4 +21,4 @@ def broker_from_config(config: dict[str, Any]) -> Broker:
         return MemoryBroker(**options)
     from .redis import RedisBroker
 
-    return RedisBroker(url, **options)
+    return RedisBroker(url, prefix=config["WSRELAY_REDIS_PREFIX"], **options)

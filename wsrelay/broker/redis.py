@@ -22,7 +22,11 @@ Why it is built this way:
   greenlet that hands messages to the hub in id order. It subscribes to a
   channel only while the hub has local subscribers for it. A subscription
   counts as active once Redis acknowledged it: :meth:`RedisBroker.history`
-  waits for that, so whatever history does not return arrives live.
+  waits for that, so whatever history does not return arrives live. It also
+  waits until what it returns has been handed over live: a message published
+  just after the subscription may be both in the history read and still on
+  its way over the pub/sub connection, and must not reach a subscriber again
+  after the subscriber went live.
 * **Faults are visible, never silent.** Commands have timeouts and no
   retries (a retried publish could be stored twice) and raise
   :class:`BrokerUnavailable`. The listener reconnects with jittered
@@ -159,10 +163,12 @@ class _Watch:
     key: bytes
     count: int = 1
     subscribed: Event = field(default_factory=Event)
-    #: The last id handed to the hub; live messages at or below it are duplicates.
+    #: The last id handed to the hub, or the channel's position when the subscription was
+    #: confirmed (everything up to it is in the history); live messages at or below it are
+    #: duplicates, and every later message arrives live (or is replayed after a reconnect).
     delivered: MessageId | None = None
-    #: The channel's position when the subscription was last confirmed.
-    floor: MessageId | None = None
+    #: History readers waiting until ``delivered`` reaches an id.
+    readers: list[tuple[MessageId, Event]] = field(default_factory=list)
 
 
 class RedisBroker(Broker):
@@ -223,14 +229,27 @@ class RedisBroker(Broker):
         return Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
 
     def history(self, channel: str, since: MessageId | None) -> History:
-        """Read history; for a watched channel, only once its subscription is active.
+        """Read history; for a watched channel, only once its subscription is active, and
+        return only once every message up to the cursor has been handed over live.
 
-        So a caller that watches, then reads, gets every later message live.
+        So a caller that watches, then reads, gets every later message live, and
+        none it already read.
         """
         watch = self._watches.get(channel)
-        if watch is not None and not watch.subscribed.wait(self.timeout):
+        if watch is None:
+            return self._read(channel, since)
+        if not watch.subscribed.wait(self.timeout):
             raise BrokerUnavailable("the message broker is unavailable (not subscribed)")
-        return self._read(channel, since)
+        page = self._read(channel, since)
+        if not _reached(watch.delivered, page.cursor):
+            arrived = Event()
+            watch.readers.append((page.cursor, arrived))
+            try:
+                if not arrived.wait(self.timeout):
+                    raise BrokerUnavailable("the message broker is unavailable (not delivering)")
+            finally:
+                watch.readers.remove((page.cursor, arrived))
+        return page
 
     def watch(self, channel: str) -> None:
         """Subscribe (asynchronously: a following :meth:`history` waits until it is active)."""
@@ -270,6 +289,7 @@ class RedisBroker(Broker):
             "broker": "redis",
             "ok": self._connected and self._commands_ok,
             "url": redact(self.url),
+            "prefix": self.prefix,
             "listener": "connected" if self._connected else "disconnected",
             "watched": len(self._watches),
             "reconnects": max(0, self._connections - 1),
@@ -408,15 +428,20 @@ class RedisBroker(Broker):
                     self._subscribed(watch)
 
     def _subscribed(self, watch: _Watch) -> None:
-        """Redis confirmed a subscription: replay what was missed since the last one."""
-        start = watch.delivered or watch.floor
+        """Redis confirmed a subscription: replay what was missed since the last one.
+
+        Afterwards everything up to the position read here counts as delivered:
+        it is in the history, and all that follows it arrives live.
+        """
+        start = watch.delivered
         page = self._read(watch.channel, start)
         if start is not None:
             if page.reset and page.cursor.epoch == start.epoch:
                 log.warning("channel %s: messages were lost while disconnected", watch.channel)
             for message in page.messages:
                 self._hand_over(watch, message)
-        watch.floor = page.cursor
+        if watch.delivered is None or watch.delivered < page.cursor:
+            self._delivered(watch, page.cursor)
         watch.subscribed.set()
 
     def _hand_over(self, watch: _Watch, message: Message) -> None:
@@ -424,9 +449,22 @@ class RedisBroker(Broker):
         last = watch.delivered
         if last is not None and message.id.epoch == last.epoch and message.id.seq <= last.seq:
             return
-        watch.delivered = message.id
         if self._deliver is not None:
             try:
                 self._deliver(message)
             except Exception:
                 log.exception("delivering %s on %s failed", message.id, message.channel)
+        self._delivered(watch, message.id)
+
+    @staticmethod
+    def _delivered(watch: _Watch, position: MessageId) -> None:
+        """Everything up to ``position`` was handed over: wake the readers waiting for it."""
+        watch.delivered = position
+        for cursor, arrived in watch.readers:
+            if _reached(position, cursor):
+                arrived.set()
+
+
+def _reached(delivered: MessageId | None, cursor: MessageId) -> bool:
+    """Whether live delivery has passed ``cursor`` (a cursor before any message always has)."""
+    return cursor.seq == 0 or (delivered is not None and delivered >= cursor)

@@ -1,9 +1,15 @@
-"""Argument checks shared by every transport, answered as :class:`ApiError`."""
+"""The checks every transport makes before serving a client, answered as :class:`ApiError`:
+channel name, origin, token, the application's connect hooks, and the limits."""
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
+
 from flask import current_app, request
 
+from ..auth import Access, Claims, Refuse, authorize
 from ..channels import InvalidChannel, check_channel
 from ..errors import ApiError
 from ..ids import InvalidMessageId, MessageId
@@ -33,15 +39,77 @@ def checked_since(text: str | None) -> MessageId | None:
 
 
 def check_origin() -> None:
-    """Refuse a browser request from an origin that is neither ours nor allowed."""
+    """Refuse a browser request from an origin that is neither ours nor allowed, and, under
+    WSRELAY_REQUIRE_ORIGIN, a request that shows no origin at all.
+
+    A browser's same-origin GET (EventSource, fetch) carries no ``Origin``
+    but ``Sec-Fetch-Site: same-origin``, which a page cannot forge.
+    """
     origin = request.headers.get("Origin")
-    allowed = current_app.config["WSRELAY_ALLOWED_ORIGINS"]
-    if not origin_allowed(origin, request.host, allowed):
+    config = current_app.config
+    if origin is None:
+        if config["WSRELAY_REQUIRE_ORIGIN"] and request.headers.get(
+            "Sec-Fetch-Site"
+        ) != "same-origin":
+            raise ApiError(
+                403, "origin_required", "this server serves browsers only: send an Origin"
+            )
+        return
+    if not origin_allowed(origin, request.host, config["WSRELAY_ALLOWED_ORIGINS"]):
         raise ApiError(403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed")
 
 
-def admit(channel: str) -> str:
-    """The checks every request to a channel passes first."""
+def request_token() -> str | None:
+    """The token from ``Authorization: Bearer`` or, for browsers' WebSockets, ``?token=``."""
+    credentials = request.authorization
+    if credentials is not None and credentials.type == "bearer" and credentials.token:
+        return credentials.token
+    return request.args.get("token") or None
+
+
+def _ask_connect_hooks(channel: str, claims: Claims | None, action: str) -> None:
+    for hook in relay().connect_hooks:
+        try:
+            allowed = hook(request, channel, claims, action)
+        except Refuse as exc:
+            raise ApiError(403, "refused", str(exc) or "refused by the application") from None
+        if allowed is False:
+            raise ApiError(403, "refused", "refused by the application")
+
+
+def admit(channel: str, action: str) -> Access:
+    """The checks every request to a channel passes first, all before any upgrade: the
+    name, the origin, the token for ``action`` (subscribe or publish), the connect hooks."""
     name = checked_channel(channel)
     check_origin()
-    return name
+    access = authorize(
+        relay().tokens, request_token(), name, action,
+        require_token=current_app.config["WSRELAY_REQUIRE_TOKEN"],
+    )
+    _ask_connect_hooks(name, access.claims, action)
+    return access
+
+
+def client_address() -> str:
+    """The client's IP: ``REMOTE_ADDR``, or the address the WSRELAY_PROXY_HOPS-th proxy from
+    us saw in ``X-Forwarded-For`` (werkzeug's ProxyFix rule; only that proxy is trusted)."""
+    hops = current_app.config["WSRELAY_PROXY_HOPS"]
+    if hops:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")
+        if len(forwarded) >= hops and forwarded[-hops].strip():
+            return forwarded[-hops].strip()
+    return request.remote_addr or ""
+
+
+def occupy(*, stream: bool) -> Callable[[], None]:
+    """Count this client's open connection (``stream``: an SSE stream or long-poll) until the
+    returned function is called, once; 429 or 503 when its IP or the worker is full."""
+    limits = relay().limits
+    client = client_address()
+    limits.enter(client, stream=stream)
+    return functools.partial(limits.leave, client, stream=stream)
+
+
+def check_publish_rate() -> None:
+    """Count one HTTP publish against its client IP's rate; 429 over it."""
+    relay().limits.check_publish(client_address(), time.monotonic())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Response, jsonify, render_template
 
 from .common import relay
@@ -13,7 +15,8 @@ def index() -> str:
 
 def _report() -> dict:
     status = relay().hub.broker.status()
-    return {"status": "ok" if status.get("ok") else "degraded", **status, **relay().hub.counts()}
+    return {"status": "ok" if status.get("ok") else "degraded", **status, **relay().hub.counts(),
+            "pid": os.getpid()}  # which worker answered: behind gunicorn each has its own
 
 
 def healthz() -> Response:

@@ -6,9 +6,10 @@ import time
 
 from flask import Response, current_app, jsonify, request
 
+from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from .common import admit, checked_since, relay
+from .common import admit, checked_since, occupy, relay
 
 MAX_POLL_TIMEOUT = 60.0
 
@@ -28,10 +29,11 @@ def _timeout() -> float:
 
 def poll(channel: str) -> Response:
     """Answer at once when messages after ``since`` exist; else hold until one arrives."""
-    name = admit(channel)
+    name = admit(channel, SUBSCRIBE).channel
     since = checked_since(request.args.get("since"))
     deadline = time.monotonic() + _timeout()
     hub = relay().hub
+    release = occupy(stream=True)
     try:
         with hub.watch(name) as arrived:
             page = hub.broker.history(name, since)
@@ -43,6 +45,8 @@ def poll(channel: str) -> Response:
                 page = hub.broker.history(name, page.cursor)
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
+    finally:
+        release()
     body = {
         "channel": name,
         "cursor": str(page.cursor),

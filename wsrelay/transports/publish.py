@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from flask import Response, current_app, jsonify, request
 
+from ..auth import PUBLISH
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from .common import admit, relay
+from .common import admit, check_publish_rate, relay
 
 
 def publish(channel: str) -> Response:
     """``application/octet-stream`` is binary; any other body must be UTF-8 text."""
-    name = admit(channel)
-    request.max_content_length = current_app.config["WSRELAY_MAX_MESSAGE_SIZE"]
-    data = request.get_data(cache=False)  # raises 413 above the limit
+    name = admit(channel, PUBLISH).channel
+    check_publish_rate()
+    limit = current_app.config["WSRELAY_MAX_MESSAGE_SIZE"]
+    # A declared length over the limit is refused before reading; a chunked body is read
+    # one byte past the limit, since Werkzeug stops there silently instead of refusing.
+    request.max_content_length = limit + 1
+    data = request.get_data(cache=False)
+    if len(data) > limit:
+        raise ApiError(413, "request_entity_too_large", f"a message is at most {limit} bytes")
     binary = request.mimetype == "application/octet-stream"
     if not binary:
         try:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterator
 
 from flask import Response, current_app, request
 
+from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
 from ..hub import MessageServer
 from ..ids import MessageId
-from .common import admit, checked_since, relay
+from .common import admit, checked_since, occupy, relay
 
 
 def _reset_event(cursor: MessageId) -> bytes:
@@ -18,8 +21,13 @@ def _reset_event(cursor: MessageId) -> bytes:
     return f"event: reset\ndata: {data}\n\n".encode()
 
 
+def _left(expires: float | None) -> float:
+    """Seconds until the token the stream rests on expires (infinite without one)."""
+    return math.inf if expires is None else expires - time.time()
+
+
 def _events(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float) -> Iterator[bytes]:
+            keepalive: float, expires: float | None) -> Iterator[bytes]:
     with hub.watch(channel) as arrived:
         try:
             page = hub.broker.history(channel, since)
@@ -28,12 +36,17 @@ def _events(hub: MessageServer, channel: str, since: MessageId | None,
             return
         yield b"retry: 2000\n: connected\n\n"
         while True:
+            if _left(expires) <= 0:  # the browser reconnects with it, and gets a 401
+                yield b"event: error\ndata: token expired\n\n"
+                return
             if page.reset:
                 yield _reset_event(page.cursor)
             if page.messages:
                 yield b"".join(message.to_sse() for message in page.messages)
             cursor = page.cursor
-            while not arrived.wait(keepalive):
+            while not arrived.wait(min(keepalive, max(_left(expires), 0.0))):
+                if _left(expires) <= 0:
+                    break
                 yield b": keep-alive\n\n"
             arrived.clear()
             try:
@@ -44,12 +57,16 @@ def _events(hub: MessageServer, channel: str, since: MessageId | None,
 
 
 def sse(channel: str) -> Response:
-    """Stream every message of the channel; resume from ``Last-Event-ID`` or ``?since=``."""
-    name = admit(channel)
+    """Stream every message of the channel; resume from ``Last-Event-ID`` or ``?since=``.
+    The stream ends when the token it was opened with expires."""
+    access = admit(channel, SUBSCRIBE)
     since = checked_since(request.headers.get("Last-Event-ID") or request.args.get("since"))
     keepalive = current_app.config["WSRELAY_SSE_KEEPALIVE"]
-    return Response(
-        _events(relay().hub, name, since, keepalive),
+    release = occupy(stream=True)
+    response = Response(
+        _events(relay().hub, access.channel, since, keepalive, access.expires),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(release)  # the server closes every response, however it ended
+    return response

@@ -1,0 +1,380 @@
+"""``/sse/<channel>`` (Server-Sent Events) against a real server, read as a browser would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import gevent
+import pytest
+import requests
+
+from tests.support import wait_until
+
+EOL = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass
+class Event:
+    type: str
+    data: str
+    id: str
+
+
+@dataclass
+class Comment:
+    text: str
+
+
+class EventStream:
+    """A minimal EventSource: the parsing rules of the HTML standard, over ``requests``."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.response = requests.get(
+            url, headers={"Accept": "text/event-stream", **(headers or {})},
+            stream=True, timeout=(5, 30),
+        )
+        self._chunks = self.response.iter_content(chunk_size=None)
+        self._buffer = b""
+        self._lines: list[bytes] = []
+        self._type = ""
+        self._data: list[str] = []
+        self.last_event_id = ""
+        self.retry: int | None = None
+        self.comments: list[str] = []
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def _line(self) -> bytes:
+        while not self._lines:
+            chunk = next(self._chunks)  # StopIteration: the server ended the stream
+            self._buffer += chunk
+            held = b""
+            if self._buffer.endswith(b"\r"):  # may be the first half of a \r\n
+                self._buffer, held = self._buffer[:-1], b"\r"
+            parts = EOL.split(self._buffer)
+            self._buffer = parts.pop() + held
+            self._lines.extend(parts)
+        return self._lines.pop(0)
+
+    def next(self, timeout: float = 5) -> Event | Comment:
+        """The next event or comment; fails the test if none comes within ``timeout``."""
+        with gevent.Timeout(timeout, AssertionError(f"nothing from the stream in {timeout}s")):
+            while True:
+                line = self._line().decode("utf-8")
+                if line == "":
+                    if not self._data:
+                        self._type = ""
+                        continue
+                    event = Event(self._type or "message", "\n".join(self._data),
+                                  self.last_event_id)
+                    self._type, self._data = "", []
+                    return event
+                if line.startswith(":"):
+                    text = line[1:].removeprefix(" ")
+                    self.comments.append(text)
+                    return Comment(text)
+                name, colon, value = line.partition(":")
+                value = value.removeprefix(" ") if colon else ""
+                if name == "event":
+                    self._type = value
+                elif name == "data":
+                    self._data.append(value)
+                elif name == "id" and "\0" not in value:
+                    self.last_event_id = value
+                elif name == "retry" and value.isdigit():
+                    self.retry = int(value)
+
+    def next_event(self, timeout: float = 5) -> Event:
+        """The next event, skipping comments."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.next(max(0.01, deadline - time.monotonic()))
+            if isinstance(item, Event):
+                return item
+
+    def events(self, count: int, timeout: float = 5) -> list[Event]:
+        return [self.next_event(timeout) for _ in range(count)]
+
+    def wait_connected(self, timeout: float = 5) -> None:
+        """Once the server's ``connected`` comment is read, every later message is streamed."""
+        while True:
+            item = self.next(timeout)
+            if isinstance(item, Comment) and item.text == "connected":
+                return
+            assert not isinstance(item, Event), item
+
+
+def open_stream(server, channel: str, query: str = "", **headers: str) -> EventStream:
+    stream = EventStream(f"{server.url}/sse/{channel}{query}", headers)
+    assert stream.response.status_code == 200, stream.response.text
+    return stream
+
+
+def publish(server, channel: str, data: str | bytes) -> str:
+    headers = {"Content-Type": "application/octet-stream" if isinstance(data, bytes)
+               else "text/plain; charset=utf-8"}
+    body = data if isinstance(data, bytes) else data.encode("utf-8")
+    response = requests.post(f"{server.url}/publish/{channel}", data=body, headers=headers,
+                             timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def poll(server, channel: str, **params) -> dict:
+    response = requests.get(f"{server.url}/poll/{channel}", params=params, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# -- the stream ---------------------------------------------------------------------------
+
+def test_response_is_an_uncached_event_stream(server, channel):
+    with open_stream(server, channel) as stream:
+        assert stream.response.headers["Content-Type"].startswith("text/event-stream")
+        assert "no-store" in stream.response.headers["Cache-Control"]
+        stream.wait_connected()
+        assert stream.retry == 2000
+
+
+def test_each_event_id_is_the_message_id(server, channel):
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        ids = [publish(server, channel, f"m{i}") for i in range(3)]
+        events = stream.events(3)
+    assert events == [Event("message", f"m{i}", ids[i]) for i in range(3)]
+
+
+def test_only_messages_published_after_connecting_without_a_cursor(server, channel):
+    publish(server, channel, "old")
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        new = publish(server, channel, "new")
+        assert stream.next_event() == Event("message", "new", new)
+
+
+@pytest.mark.parametrize("text", [
+    "line one\nline two",
+    "blank\n\nline between",
+    "trailing newline\n",
+    "\nleading newline",
+    "",
+    "data: not a field\nid: not an id\n: not a comment",
+    "héllo ✓ 🎉",
+])
+def test_text_arrives_intact_as_data_lines(server, channel, text):
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        new = publish(server, channel, text)
+        assert stream.next_event() == Event("message", text, new)
+
+
+def test_text_with_carriage_returns_is_a_json_event(server, channel):
+    text = "windows\r\nline\rend"
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        new = publish(server, channel, text)
+        event = stream.next_event()
+    assert (event.type, event.id) == ("json", new)
+    assert json.loads(event.data) == {"id": new, "data": text}
+
+
+def test_binary_is_a_json_event_with_base64(server, channel):
+    data = bytes(range(256))
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        new = publish(server, channel, data)
+        event = stream.next_event()
+    assert (event.type, event.id) == ("json", new)
+    item = json.loads(event.data)
+    assert item == {"id": new, "data": base64.b64encode(data).decode(), "encoding": "base64"}
+    assert base64.b64decode(item["data"]) == data
+
+
+def test_many_messages_in_order(server, channel):
+    with open_stream(server, channel) as stream, server.ws(f"/ws/{channel}") as sender:
+        stream.wait_connected()
+        for i in range(150):  # within one WebSocket's publish burst
+            sender.send(f"n{i}")
+        events = stream.events(150)
+    assert [e.data for e in events] == [f"n{i}" for i in range(150)]
+    ids = [e.id for e in events]
+    assert ids == sorted(set(ids))
+
+
+# -- resuming -----------------------------------------------------------------------------
+
+def test_last_event_id_resumes_after_that_message(server, channel):
+    ids = [publish(server, channel, f"m{i}") for i in range(5)]
+    with open_stream(server, channel, **{"Last-Event-ID": ids[1]}) as stream:
+        assert stream.events(3) == [Event("message", f"m{i}", ids[i]) for i in (2, 3, 4)]
+        live = publish(server, channel, "live")
+        assert stream.next_event() == Event("message", "live", live)
+
+
+def test_since_query_resumes_after_that_message(server, channel):
+    ids = [publish(server, channel, f"m{i}") for i in range(5)]
+    with open_stream(server, channel, f"?since={ids[2]}") as stream:
+        assert stream.events(2) == [Event("message", f"m{i}", ids[i]) for i in (3, 4)]
+        live = publish(server, channel, "live")
+        assert stream.next_event() == Event("message", "live", live)
+
+
+def test_last_event_id_wins_over_the_since_of_the_url(server, channel):
+    """An EventSource reconnects to the same URL, adding the id of the last event it saw."""
+    ids = [publish(server, channel, f"m{i}") for i in range(5)]
+    with open_stream(server, channel, f"?since={ids[0]}",
+                     **{"Last-Event-ID": ids[3]}) as stream:
+        assert stream.next_event() == Event("message", "m4", ids[4])
+
+
+def test_cursor_at_the_end_streams_only_new_messages(server, channel):
+    last = publish(server, channel, "seen")
+    with open_stream(server, channel, f"?since={last}") as stream:
+        stream.wait_connected()
+        new = publish(server, channel, "new")
+        assert stream.next_event() == Event("message", "new", new)
+
+
+def test_reconnecting_with_last_event_id_misses_nothing(server, channel):
+    """Drop and resume the stream repeatedly while messages stream in: each exactly once."""
+    count = 150  # within one WebSocket's publish burst (WSRELAY_PUBLISH_BURST)
+    start = publish(server, channel, "start")
+
+    def produce():
+        with server.ws(f"/ws/{channel}?echo=0") as publisher:
+            for i in range(count):
+                publisher.send(f"n{i}")
+                if i % 5 == 0:
+                    gevent.sleep(0.003)
+
+    producer = gevent.spawn(produce)
+    got: list[Event] = []
+    last_id = start
+    connections = 0
+    while len(got) < count:
+        assert connections < 50
+        with open_stream(server, channel, **{"Last-Event-ID": last_id}) as stream:
+            connections += 1
+            for _ in range(min(23, count - len(got))):
+                event = stream.next_event(timeout=10)
+                assert event.type == "message"
+                got.append(event)
+            last_id = stream.last_event_id
+    producer.get(timeout=5)
+    assert [e.data for e in got] == [f"n{i}" for i in range(count)]
+    assert [e.id for e in got] == sorted({e.id for e in got})
+    assert connections > 2
+
+
+# -- gaps are reported --------------------------------------------------------------------
+
+def test_a_too_old_cursor_gets_a_reset_event_then_what_is_retained(make_server, channel):
+    server = make_server(env={"WSRELAY_HISTORY_SIZE": "3"})
+    ids = [publish(server, channel, f"m{i}") for i in range(10)]
+    with open_stream(server, channel, **{"Last-Event-ID": ids[0]}) as stream:
+        reset = stream.next_event()
+        assert reset.type == "reset"
+        assert json.loads(reset.data)["cursor"] == ids[9]
+        assert stream.events(3) == [Event("message", f"m{i}", ids[i]) for i in (7, 8, 9)]
+    with open_stream(server, channel, f"?since={ids[6]}") as stream:
+        first = stream.next_event()
+        assert first == Event("message", "m7", ids[7])  # still covered: no reset
+
+
+def test_a_cursor_from_another_epoch_gets_a_reset_event(server, channel):
+    kept = publish(server, channel, "kept")
+    with open_stream(server, channel, "?since=0000000000001-0000000001") as stream:
+        assert stream.next_event().type == "reset"
+        assert stream.next_event() == Event("message", "kept", kept)
+
+
+# -- keep-alive and clean-up --------------------------------------------------------------
+
+def test_keep_alive_comments_while_idle(make_server, channel):
+    server = make_server(env={"WSRELAY_SSE_KEEPALIVE": "0.2"})
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        started = time.monotonic()
+        keepalives = 0
+        while keepalives < 4:
+            item = stream.next(timeout=2)
+            assert item == Comment("keep-alive")
+            keepalives += 1
+        assert time.monotonic() - started < 3
+        new = publish(server, channel, "after the quiet")
+        assert stream.next_event() == Event("message", "after the quiet", new)
+
+
+def test_closed_streams_are_forgotten(make_server, channel):
+    server = make_server(env={"WSRELAY_SSE_KEEPALIVE": "0.2"})
+    streams = [open_stream(server, channel) for _ in range(5)]
+    for stream in streams:
+        stream.wait_connected()
+    assert server.health()["waiters"] == 5
+    for stream in streams:
+        stream.close()
+    wait_until(lambda: server.health()["waiters"] == 0, timeout=5,
+               message="closed SSE streams are still watched")
+
+
+# -- one id on every transport ------------------------------------------------------------
+
+def test_a_websocket_message_has_the_same_id_on_poll_and_sse(server, channel):
+    cursor = poll(server, channel, timeout=0)["cursor"]
+    with open_stream(server, channel) as stream, server.ws(f"/ws/{channel}") as client:
+        stream.wait_connected()
+        client.send("over websocket")
+        client.send(b"\x01\x02 binary over websocket")
+        assert client.recv() == "over websocket"
+        text_event, binary_event = stream.events(2)
+    items = poll(server, channel, since=cursor, timeout=0)["messages"]
+    assert [item["id"] for item in items] == [text_event.id, binary_event.id]
+    assert text_event == Event("message", "over websocket", items[0]["id"])
+    assert json.loads(binary_event.data) == items[1]
+
+
+def test_http_publish_id_is_the_sse_id_across_processes(make_server, redis_server, channel):
+    env = {"WSRELAY_BROKER_URL": redis_server.url}
+    a, b = make_server(env=env), make_server(env=env)
+    with open_stream(a, channel) as stream:
+        stream.wait_connected()
+        ids = [publish(b, channel, f"via b {i}") for i in range(3)]
+        assert stream.events(3) == [Event("message", f"via b {i}", ids[i]) for i in range(3)]
+
+
+# -- errors -------------------------------------------------------------------------------
+
+def assert_error(response: requests.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == code and body["message"]
+
+
+@pytest.mark.parametrize("name", ["bad$name", "x" * 129, "a/b"])
+def test_bad_channel_is_400(server, name):
+    assert_error(requests.get(f"{server.url}/sse/{name}", timeout=5), 400, "invalid_channel")
+
+
+def test_bad_since_or_last_event_id_is_400(server, channel):
+    url = f"{server.url}/sse/{channel}"
+    assert_error(requests.get(url + "?since=nope", timeout=5), 400, "invalid_since")
+    assert_error(requests.get(url, headers={"Last-Event-ID": "nope"}, timeout=5),
+                 400, "invalid_since")
+
+
+def test_foreign_origin_is_403(server, channel):
+    response = requests.get(f"{server.url}/sse/{channel}", timeout=5,
+                            headers={"Origin": "http://evil.example"})
+    assert_error(response, 403, "origin_not_allowed")

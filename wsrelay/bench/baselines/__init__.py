@@ -1,0 +1,1 @@
+"""The systems wsrelay is measured against, each run as its own server process."""

@@ -1,0 +1,279 @@
+"""The load generator: drives one system through one scenario and measures it.
+
+Run by ``python manage.py bench`` as ``python -m wsrelay.bench.loadgen SPEC``
+(SPEC is JSON: kind, system, port, pids, params) on its own core, in a
+process without gevent: asyncio on uvloop with picows clients, so parsing a
+delivery costs well under a microsecond here and the server, not the load
+generator, is what is measured. It reads the server's CPU time from /proc
+around exactly the work it asked for, and prints JSON lines: ``{"progress":
+text}`` while it runs, then ``{"result": {...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import uvloop
+
+from .procstat import cpu_seconds, machine_busy_seconds, rss_bytes
+from .wire import SYNC, Tally, connect_http, connect_websocket, payload
+
+#: Latency quantiles kept for the plots (percent): the body, then the tail.
+QUANTILES = [*range(0, 99), 99, 99.5, 99.9, 99.99, 100]
+
+
+def emit(kind: str, value) -> None:
+    print(json.dumps({kind: value}), flush=True)
+
+
+class Meter:
+    """Server (and Redis) CPU, load-generator CPU and wall time over one measured stretch."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.start()
+
+    def start(self) -> None:
+        self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.own = time.process_time()
+        self.machine = machine_busy_seconds()
+        self.wall = time.monotonic()
+
+    def read(self) -> dict[str, float]:
+        wall = time.monotonic() - self.wall
+        figures = {f"{name}_cpu_s": cpu_seconds(pid) - self.cpu[name]
+                   for name, pid in self.pids.items()}
+        own = time.process_time() - self.own
+        others = machine_busy_seconds() - self.machine - own - sum(figures.values())
+        figures["wall_s"] = wall
+        figures["loadgen_cpu_share"] = own / wall if wall else 0.0
+        #: cores' worth of CPU that other processes took meanwhile (10 ms resolution)
+        figures["others_cpu_share"] = max(0.0, others / wall) if wall else 0.0
+        return figures
+
+
+async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.002) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+async def connect_all(count: int, concurrency: int, connect, what: str) -> list:
+    """Open ``count`` clients, ``concurrency`` at a time, reporting progress every second."""
+    gate = asyncio.Semaphore(concurrency)
+    clients: list = []
+
+    async def one():
+        async with gate:
+            clients.append(await connect())
+
+    async def report():
+        while True:
+            await asyncio.sleep(1)
+            emit("progress", f"{len(clients)}/{count} {what} connected")
+
+    reporter = asyncio.create_task(report())
+    try:
+        await asyncio.gather(*(one() for _ in range(count)))
+    finally:
+        reporter.cancel()
+    return clients
+
+
+async def sync(publisher, receivers: Sequence, tally: Tally) -> None:
+    """Publish sync messages until every receiver got one: all are subscribed."""
+    for _ in range(100):
+        publisher.publish(SYNC)
+        if await until(lambda: tally.synced >= len(receivers), 0.2, 0.01):
+            await asyncio.sleep(0.3)  # let the last sync copies go out before measuring
+            return
+    raise RuntimeError(f"only {tally.synced} of {len(receivers)} subscribers got a sync message")
+
+
+def latency_figures(tally: Tally, skip: int = 0) -> dict:
+    import numpy
+
+    samples = numpy.frombuffer(tally.latencies, dtype=numpy.int64)[skip:] / 1e6
+    if not len(samples):
+        return {}
+    quantiles = numpy.percentile(samples, QUANTILES)
+    return {
+        "p50_ms": float(numpy.percentile(samples, 50)),
+        "p99_ms": float(numpy.percentile(samples, 99)),
+        "max_ms": float(samples.max()),
+        "quantiles": {"percent": QUANTILES, "ms": [round(float(q), 4) for q in quantiles]},
+    }
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
+    """All subscribers connected; one of them publishes ``messages`` at once, ``rounds`` times."""
+    p = spec["params"]
+    clients = await connect_all(
+        p["subscribers"], 100, lambda: connect_websocket(spec["system"], spec["port"], tally),
+        "subscribers")
+    await sync(clients[0], clients, tally)
+    n, per_round = len(clients), p["messages"] * len(clients)
+    cpu = wall = 0.0
+    for round_ in range(p["rounds"]):
+        emit("progress", f"round {round_ + 1}/{p['rounds']}")
+        goal = tally.received + per_round
+        meter.start()
+        for _ in range(p["messages"]):
+            clients[0].publish(payload(p["size"]))
+        await until(lambda goal=goal: tally.received >= goal, 60, 0.0005)
+        figures = meter.read()
+        cpu += figures["server_cpu_s"]
+        wall += figures["wall_s"]
+        await asyncio.sleep(0.2)
+    expected = p["rounds"] * per_round
+    return {
+        "subscribers": n, "deliveries": tally.received, "lost": expected - tally.received,
+        "server_cpu_s": cpu, "cpu_us_per_delivery": cpu / max(tally.received, 1) * 1e6,
+        "deliveries_per_s": tally.received / wall, "closed_by_server": tally.closed_by_server,
+        **latency_figures(tally),
+    }
+
+
+async def measure_stream(p: dict, publishers: Sequence, receivers: int, tally: Tally,
+                         meter: Meter) -> dict:
+    """Publish ``rate`` messages/s for ``duration`` s round-robin over ``publishers``;
+    wait up to ``drain`` s for the last deliveries; measure it all."""
+    rate, total = p["rate"], round(p["rate"] * p["duration"])
+    expected = total * receivers
+    size = p["size"]
+    meter.start()
+    start = time.monotonic()
+    sent, next_report = 0, start + 1
+    lags = []
+    while sent < total:
+        now = time.monotonic()
+        due = min(total, int((now - start) * rate) + 1)
+        while sent < due:
+            publishers[sent % len(publishers)].publish(payload(size))
+            sent += 1
+        if now >= next_report:
+            next_report += 1
+            emit("progress", f"{now - start:.0f}/{p['duration']} s, "
+                             f"{tally.received:,} of {sent * receivers:,} delivered")
+        await asyncio.sleep(0.001)
+        lags.append(time.monotonic() - now - 0.001)
+    publish_s = time.monotonic() - start
+    emit("progress", f"draining: {tally.received:,} of {expected:,} delivered")
+    await until(lambda: tally.received >= expected, p["drain"])
+    figures = meter.read()
+    delivered = tally.received
+    cpu = figures["server_cpu_s"]
+    result = {
+        "messages": total, "publish_s": publish_s, "expected": expected,
+        "deliveries": delivered, "lost": expected - delivered,
+        "asked_deliveries_per_s": rate * receivers,
+        "deliveries_per_s": delivered / figures["wall_s"],
+        "cpu_us_per_delivery": cpu / max(delivered, 1) * 1e6,
+        "cpu_us_per_message": cpu / total * 1e6,
+        "server_cpu_share": cpu / figures["wall_s"],
+        "closed_by_server": tally.closed_by_server,
+        "loadgen_lag_p99_ms": sorted(lags)[int(len(lags) * 0.99)] * 1e3,
+        **figures, **latency_figures(tally),
+    }
+    if "redis_cpu_s" in figures:
+        result["redis_cpu_us_per_message"] = figures["redis_cpu_s"] / total * 1e6
+    return result
+
+
+async def stream(spec: dict, tally: Tally, meter: Meter) -> dict:
+    """WebSocket subscribers; the first ``senders`` of them publish."""
+    p = spec["params"]
+    clients = await connect_all(
+        p["subscribers"], 100, lambda: connect_websocket(spec["system"], spec["port"], tally),
+        "subscribers")
+    await sync(clients[0], clients, tally)
+    result = await measure_stream(p, clients[: p["senders"]], len(clients), tally, meter)
+    return {"subscribers": len(clients), "senders": p["senders"], **result}
+
+
+async def http_stream(spec: dict, tally: Tally, meter: Meter) -> dict:
+    """Long-poll or SSE readers; one WebSocket client publishes (``echo=0``)."""
+    p = spec["params"]
+    readers = await connect_all(
+        p["subscribers"], 100, lambda: connect_http(spec["kind"], spec["port"], tally),
+        f"{spec['kind']} clients")
+    publisher = await connect_websocket(spec["system"], spec["port"], Tally(), "echo=0")
+    await sync(publisher, readers, tally)
+    result = await measure_stream(p, [publisher], len(readers), tally, meter)
+    return {"subscribers": len(readers), **result}
+
+
+async def idle(spec: dict, tally: Tally, meter: Meter) -> dict:
+    """Open ``connections`` WebSockets and leave them idle: memory per connection, connect rate."""
+    p = spec["params"]
+    pid = spec["pids"]["server"]
+    before = rss_bytes(pid)
+    meter.start()
+    clients = await connect_all(
+        p["connections"], p["concurrency"],
+        lambda: connect_websocket(spec["system"], spec["port"], tally), "connections")
+    figures = meter.read()
+    await asyncio.sleep(p["settle"])
+    after = rss_bytes(pid)
+    n = len(clients)
+    return {
+        "connections": n, "connect_s": figures["wall_s"],
+        "connects_per_s": n / figures["wall_s"],
+        "cpu_us_per_connect": figures["server_cpu_s"] / n * 1e6,
+        "rss_before_mib": before / 2**20, "rss_after_mib": after / 2**20,
+        "kib_per_connection": (after - before) / n / 1024,
+        "closed_by_server": tally.closed_by_server,
+        "loadgen_cpu_share": figures["loadgen_cpu_share"],
+    }
+
+
+async def inbound(spec: dict, tally: Tally, meter: Meter) -> dict:
+    """One client sends large text messages, one at a time; it is the only subscriber."""
+    p = spec["params"]
+    client = await connect_websocket(spec["system"], spec["port"], tally)
+    await sync(client, [client], tally)
+    meter.start()
+    for i in range(p["messages"]):
+        client.publish(payload(p["size"]))
+        if not await until(lambda i=i: tally.received > i, 30):
+            break
+    figures = meter.read()
+    done = max(tally.received, 1)
+    return {
+        "messages": p["messages"], "size": p["size"], "deliveries": tally.received,
+        "lost": p["messages"] - tally.received,
+        "cpu_ms_per_message": figures["server_cpu_s"] / done * 1e3,
+        "wall_ms_per_message": figures["wall_s"] / done * 1e3,
+        "closed_by_server": tally.closed_by_server, **figures,
+    }
+
+
+KINDS = {"burst": burst, "stream": stream, "idle": idle, "inbound": inbound,
+         "poll": http_stream, "sse": http_stream}
+
+
+async def run(spec: dict) -> dict:
+    tally = Tally()
+    meter = Meter(spec["pids"])
+    return await KINDS[spec["kind"]](spec, tally, meter)
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[1])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    emit("result", uvloop.run(run(spec)))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,233 @@
+"""The bench's figures as a table (Markdown, so the README can take it as is), JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .scenarios import BY_NAME, TITLES
+
+Row = dict
+Column = tuple[str, str, Callable[[float], str]]
+
+
+def _int(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _fixed(digits: int) -> Callable[[float], str]:
+    return lambda value: f"{value:,.{digits}f}"
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.0f} %"
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+LATENCY: list[Column] = [("p50 ms", "p50_ms", _ms), ("p99 ms", "p99_ms", _ms)]
+NOISE: list[Column] = [("load gen. CPU", "loadgen_cpu_share", _percent),
+                       ("others' CPU", "others_cpu_share", _percent)]
+STREAM: list[Column] = [
+    ("asked deliveries/s", "asked_deliveries_per_s", _int),
+    ("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
+    ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
+    ("server CPU", "server_cpu_share", _percent), *NOISE,
+]
+COLUMNS: dict[str, list[Column]] = {
+    "burst": [
+        ("deliveries", "deliveries", _int), ("lost", "lost", _int),
+        ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(3)),
+        ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms),
+    ],
+    "steady": STREAM,
+    "chat": STREAM,
+    "idle": [
+        ("connections", "connections", _int), ("KiB/connection", "kib_per_connection", _fixed(1)),
+        ("connects/s", "connects_per_s", _int),
+        ("server CPU µs/connect", "cpu_us_per_connect", _int),
+    ],
+    "inbound": [
+        ("messages", "messages", _int), ("lost", "lost", _int),
+        ("server CPU ms/message", "cpu_ms_per_message", _fixed(2)),
+        ("wall ms/message", "wall_ms_per_message", _fixed(2)),
+    ],
+    "poll": [("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
+             ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
+             ("server CPU", "server_cpu_share", _percent), *NOISE],
+    "redis": [("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
+              ("server CPU µs/message", "cpu_us_per_message", _fixed(1)),
+              ("redis-server CPU µs/message", "redis_cpu_us_per_message", _fixed(1)),
+              ("server CPU", "server_cpu_share", _percent), *NOISE],
+}
+COLUMNS["sse"] = COLUMNS["poll"]
+
+
+def _find(rows: Iterable[Row], scenario: str, system: str) -> Row | None:
+    for row in rows:
+        if row["scenario"] == scenario and row["system"] == system and row["status"] == "ok":
+            return row
+    return None
+
+
+def targets(rows: list[Row]) -> list[dict]:
+    """The issue's targets for wsrelay, each met or not (absent when its scenario did not run)."""
+    checks = []
+
+    def check(scenario: str, text: str, test: Callable[[Row], bool]) -> None:
+        row = _find(rows, scenario, "wsrelay")
+        if row is not None:
+            checks.append({"scenario": scenario, "target": text, "met": bool(test(row))})
+
+    seed = _find(rows, "burst", "seed-loop")
+    check("burst", "server CPU per delivery <= 1 µs, nothing lost",
+          lambda r: r["cpu_us_per_delivery"] <= 1 and r["lost"] == 0)
+    if seed is not None:
+        check("burst", ">= 5x less CPU per delivery than the seed loop",
+              lambda r: seed["cpu_us_per_delivery"] >= 5 * r["cpu_us_per_delivery"])
+    check("steady", "nothing lost, p99 <= 50 ms", lambda r: r["lost"] == 0 and r["p99_ms"] <= 50)
+    check("idle", "<= 16 KiB of server memory per connection",
+          lambda r: r["kib_per_connection"] <= 16)
+    check("inbound", "<= 2 ms of server CPU per 1 MiB message",
+          lambda r: r["cpu_ms_per_message"] <= 2 and r["lost"] == 0)
+    return checks
+
+
+def table(rows: list[Row], quick: bool) -> str:
+    """One Markdown table per scenario, then the targets."""
+    parts = []
+    for name in dict.fromkeys(row["scenario"] for row in rows):
+        columns = COLUMNS[name]
+        lines = [f"**{BY_NAME[name].heading(quick)}**", "",
+                 "| system | " + " | ".join(header for header, _, _ in columns) + " |",
+                 "|---|" + "---:|" * len(columns)]
+        for row in rows:
+            if row["scenario"] != name:
+                continue
+            if row["status"] == "ok":
+                cells = [fmt(row[key]) if key in row else "" for _, key, fmt in columns]
+            else:
+                cells = [f"{row['status']}: {row.get('reason', '')}"] + [""] * (len(columns) - 1)
+            lines.append(f"| {TITLES[row['system']]} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    checks = targets(rows)
+    if checks:
+        parts.append("\n".join(
+            ["**Targets (wsrelay)**", ""]
+            + [f"- {'met' if c['met'] else 'MISSED'}: {c['scenario']}: {c['target']}"
+               for c in checks]))
+    return "\n\n".join(parts) + "\n"
+
+
+def save_json(path: Path, rows: list[Row], meta: dict) -> None:
+    scenarios = {row["scenario"] for row in rows}
+    document = {
+        **meta,
+        "scenarios": {name: {"title": BY_NAME[name].heading(meta["quick"]),
+                             "params": BY_NAME[name].params(meta["quick"])}
+                      for name in sorted(scenarios)},
+        "rows": rows,
+        "targets": targets(rows),
+    }
+    path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "seed-loop": "tab:orange",
+           "flask-socketio": "tab:green"}
+
+
+def plot(directory: Path, rows: list[Row]) -> list[Path]:
+    """latency.png (distribution per scenario and system), throughput.png, cost.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    ok = [row for row in rows if row["status"] == "ok"]
+    written = []
+    figures = {"latency.png": _latency, "throughput.png": _throughput, "cost.png": _cost}
+    for name, draw in figures.items():
+        figure = draw(pyplot, ok)
+        if figure is None:
+            continue
+        figure.tight_layout()
+        figure.savefig(directory / name, dpi=110)
+        pyplot.close(figure)
+        written.append(directory / name)
+    return written
+
+
+def _latency(pyplot, rows: list[Row]):
+    """Latency CDFs: x = latency (log), y = share of deliveries at most that late."""
+    names = [name for name in ("steady", "chat", "poll", "sse", "redis")
+             if any(r["scenario"] == name and "quantiles" in r for r in rows)]
+    if not names:
+        return None
+    figure, axes = pyplot.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for row in rows:
+            if row["scenario"] == name and "quantiles" in row:
+                q = row["quantiles"]
+                axis.plot([max(ms, 0.01) for ms in q["ms"]], q["percent"],
+                          label=TITLES[row["system"]], color=COLOURS[row["system"]])
+        axis.set_xscale("log")
+        axis.set_xlabel("delivery latency (ms)")
+        axis.set_ylabel("% of deliveries")
+        axis.set_title(name, fontsize=10)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    return figure
+
+
+def _label(value: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:,.0f}k"
+    return f"{value:,.3g}"
+
+
+def _panel(axis, rows: list[Row], scenario: str, key: str, title: str) -> None:
+    """One bar per system for one figure of one scenario (linear: bars compare honestly)."""
+    present = [row for row in rows if row["scenario"] == scenario and key in row]
+    names = [TITLES[row["system"]].replace(" (", "\n(") for row in present]
+    bars = axis.bar(names, [row[key] for row in present],
+                    color=[COLOURS[row["system"]] for row in present])
+    axis.bar_label(bars, labels=[_label(row[key]) for row in present], fontsize=7)
+    asked = [row["asked_deliveries_per_s"] for row in present if "asked_deliveries_per_s" in row]
+    if key == "deliveries_per_s" and asked:
+        axis.axhline(asked[0], color="grey", linestyle="dashed", linewidth=1, label="asked")
+        axis.legend(fontsize=7, loc="upper right")
+    axis.set_title(title, fontsize=9)
+    axis.tick_params(axis="x", labelsize=7)
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.margins(y=0.15)
+
+
+def _grid(pyplot, rows: list[Row], panels: list[tuple[str, str, str]]):
+    panels = [p for p in panels if any(r["scenario"] == p[0] and p[1] in r for r in rows)]
+    if not panels:
+        return None
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6),
+                                   squeeze=False)
+    for axis, (scenario, key, title) in zip(axes[0], panels, strict=True):
+        _panel(axis, rows, scenario, key, title)
+    return figure
+
+
+def _throughput(pyplot, rows: list[Row]):
+    return _grid(pyplot, rows, [
+        (name, "deliveries_per_s", f"{name}: deliveries/s")
+        for name in ("steady", "chat", "poll", "sse", "redis")])
+
+
+def _cost(pyplot, rows: list[Row]):
+    return _grid(pyplot, rows, [
+        ("burst", "cpu_us_per_delivery", "burst: server CPU µs/delivery"),
+        ("steady", "cpu_us_per_delivery", "steady: server CPU µs/delivery"),
+        ("idle", "kib_per_connection", "idle: server KiB/connection"),
+        ("inbound", "cpu_ms_per_message", "inbound: server CPU ms per 1 MiB"),
+    ])

@@ -1,0 +1,239 @@
+"""The load generator's clients: how each system is spoken to, and what each delivery costs it.
+
+Every message the bench publishes starts with the 19-digit ``time.monotonic_ns()``
+of its sending (one clock for the whole machine), so a client turns each
+delivery into one latency sample with one ``int()``. A stamp of zero marks a
+*sync* message: it proves a subscriber is registered and is never counted.
+Everything here runs in the load generator's one asyncio (uvloop) thread; the
+WebSocket clients are picows (frame parsing in C), the HTTP ones use
+httptools' C parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from array import array
+from time import monotonic_ns
+
+import httptools
+from picows import WSListener, WSMsgType, WSTransport, ws_connect
+
+STAMP = 19
+CHANNEL = "bench"
+SYNC = b"0" * STAMP
+
+
+def payload(size: int, stamp: bytes | None = None) -> bytes:
+    """A ``size``-byte ASCII message stamped now (or with ``stamp``)."""
+    head = b"%019d" % time.monotonic_ns() if stamp is None else stamp
+    return head + b"." * (size - STAMP)
+
+
+class Tally:
+    """What every client of one run received: a latency sample (ns) per delivery."""
+
+    def __init__(self) -> None:
+        self.latencies = array("q")
+        self.closed_by_server = 0
+        self.synced = 0
+
+    @property
+    def received(self) -> int:
+        return len(self.latencies)
+
+
+# -- WebSocket clients -------------------------------------------------------------------
+
+class RawClient(WSListener):
+    """A raw-mode subscriber (wsrelay, seed loop): each text frame is one message."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self.tally = tally
+        self.record = tally.latencies.append
+        self.synced = False
+        self.transport: WSTransport | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.ready.set_result(None)
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        # The hot path: one call per delivery, so no enum look-up; a frame that is
+        # not a stamped message (close, ping) fails int() and goes the slow way.
+        try:
+            stamp = int(frame.get_payload_as_bytes()[:STAMP])
+        except ValueError:
+            self.control(transport, frame)
+            return
+        if stamp:
+            self.record(monotonic_ns() - stamp)
+        else:
+            self.sync()
+
+    def control(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.tally.closed_by_server += 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("disconnected during the handshake"))
+
+    def sync(self) -> None:
+        if not self.synced:
+            self.synced = True
+            self.tally.synced += 1
+
+    def publish(self, message: bytes) -> None:
+        self.transport.send(WSMsgType.TEXT, message)
+
+
+class SocketIOClient(RawClient):
+    """A Socket.IO 5 client (Engine.IO 4 over WebSocket) in the baseline's one room.
+
+    Open packet ``0{...}`` -> ``40`` (join the default namespace, which joins
+    the room) -> ``40{...}`` means ready. ``42["message","<data>"]`` is a
+    delivery, ``2`` a ping the client must answer with ``3``.
+    """
+
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        data = frame.get_payload_as_bytes()
+        if data.startswith(b"42"):
+            stamp = int(data[14 : 14 + STAMP])
+            if stamp:
+                self.record(monotonic_ns() - stamp)
+            else:
+                self.sync()
+        elif data == b"2":
+            transport.send(WSMsgType.TEXT, b"3")
+        elif data.startswith(b"0{"):
+            transport.send(WSMsgType.TEXT, b"40")
+        elif data.startswith(b"40") and not self.ready.done():
+            self.ready.set_result(None)
+        else:
+            self.control(transport, frame)
+
+    def publish(self, message: bytes) -> None:
+        self.transport.send(WSMsgType.TEXT, b'42["publish","' + message + b'"]')
+
+
+#: system -> (URL path of its WebSocket endpoint, client class)
+WEBSOCKET = {
+    "wsrelay": (f"/ws/{CHANNEL}", RawClient),
+    "wsrelay-redis": (f"/ws/{CHANNEL}", RawClient),
+    "seed-loop": ("/message/", RawClient),
+    "flask-socketio": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
+}
+
+
+async def connect_websocket(system: str, port: int, tally: Tally, query: str = "") -> RawClient:
+    """One WebSocket client of ``system``, ready to publish and to receive."""
+    path, client_class = WEBSOCKET[system]
+    separator = "&" if "?" in path else "?"
+    url = f"ws://127.0.0.1:{port}{path}{separator + query if query else ''}"
+    _transport, client = await ws_connect(
+        lambda: client_class(tally), url, websocket_handshake_timeout=60,
+        max_frame_size=64 << 20, read_buffer_init_size=4096,
+    )
+    await asyncio.wait_for(client.ready, 60)
+    return client
+
+
+# -- HTTP clients (wsrelay's long-poll and SSE) ------------------------------------------
+
+class HttpClient(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection reading one channel."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self.record = tally.latencies.append
+        self.synced = False
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tally.closed_by_server += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def deliver(self, stamp: int, now: int) -> None:
+        if stamp:
+            self.record(now - stamp)
+        elif not self.synced:
+            self.synced = True
+            self.tally.synced += 1
+
+    def request(self) -> None:
+        raise NotImplementedError
+
+
+class PollClient(HttpClient):
+    """Comet long-poll: ask, get every message after the cursor, ask again from the new one."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(tally)
+        self.cursor = ""
+        self.body: list[bytes] = []
+
+    def request(self) -> None:
+        since = f"&since={self.cursor}" if self.cursor else ""
+        self.transport.write(
+            f"GET /poll/{CHANNEL}?timeout=30{since} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        answer = json.loads(b"".join(self.body))
+        self.body.clear()
+        now = time.monotonic_ns()
+        for message in answer["messages"]:
+            self.deliver(int(message["data"][:STAMP]), now)
+        self.cursor = answer["cursor"]
+        self.request()
+
+
+class SSEClient(HttpClient):
+    """Server-Sent Events: one response that never ends, one event per message."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(tally)
+        self.rest = b""
+
+    def request(self) -> None:
+        self.transport.write(f"GET /sse/{CHANNEL} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+
+    def on_body(self, body: bytes) -> None:
+        events = (self.rest + body).split(b"\n\n")
+        self.rest = events.pop()
+        now = time.monotonic_ns()
+        for event in events:
+            start = event.find(b"data: ")
+            if start >= 0:
+                self.deliver(int(event[start + 6 : start + 6 + STAMP]), now)
+
+
+HTTP = {"poll": PollClient, "sse": SSEClient}
+
+
+async def connect_http(kind: str, port: int, tally: Tally) -> HttpClient:
+    loop = asyncio.get_running_loop()
+    _transport, client = await loop.create_connection(
+        lambda: HTTP[kind](tally), "127.0.0.1", port
+    )
+    return client
