@@ -13,7 +13,7 @@ import gevent
 import pytest
 
 from wsrelay.broker import Broker, MemoryBroker
-from wsrelay.hub import MessageServer
+from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ids import MessageId
 from wsrelay.message import Message
 from wsrelay.protocol import encode_frame
@@ -309,7 +309,7 @@ def test_two_workers_see_one_order_and_the_same_ids(make_broker, channel):
         worker.start(lambda m, r=recorder, d=hub_deliver: (r(m), d(m)))
     subscribers = [FakeSubscriber("a"), FakeSubscriber("b")]
     for hub, subscriber in zip(hubs, subscribers, strict=True):
-        hub.subscribe(channel, subscriber, None)
+        hub.subscribe(Subscription(subscriber, channel), None)
 
     published: list[Message] = []
 

@@ -225,6 +225,24 @@ def test_3_reserved_bits_are_1002_after_what_came_before(peer, rsv, opcode, payl
     assert peer.expect_close(1002) == [(TEXT, b"before")]
 
 
+def header_only(first: int, length: int) -> bytes:
+    """A masked frame header announcing ``length`` bytes, to be sent without its payload."""
+    if length < 126:
+        return bytes([first, 0x80 | length]) + b"mask"
+    return bytes([first, 0x80 | 127]) + struct.pack("!Q", length) + b"mask"
+
+
+@pytest.mark.parametrize("first,length", [
+    (0x80 | 0x40 | TEXT, 100_000), (0x80 | 0x10 | BINARY, 10), (0x80 | PING, 1000),
+    (PING, 10), (0x80 | CLOSE, 126),
+], ids=["rsv1-text", "rsv3-binary", "long-ping", "fragmented-ping", "long-close"])
+def test_3_5_invalid_header_is_1002_before_any_payload(peer, first, length):
+    """Reserved bits and control-frame rules show in the header: the connection fails
+    there, without waiting for (or buffering) a payload that cannot be valid."""
+    peer.send(header_only(first, length))
+    assert peer.expect_close(1002, timeout=2) == []
+
+
 # -- 4 opcodes: reserved opcodes fail the connection ----------------------------------
 
 @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 11, 12, 13, 14, 15])
@@ -496,7 +514,7 @@ def test_7_x_server_initiated_close_carries_code_and_reason(make_server, channel
 def test_9_oversized_frame_is_1009_from_its_header_alone(peer, length):
     """The header announces more than WSRELAY_MAX_MESSAGE_SIZE (1 MiB by default): closed
     at once, with no payload sent and nothing read or allocated for it."""
-    peer.send(bytes([0x82, 0x80 | 127]) + struct.pack("!Q", length) + b"mask")
+    peer.send(header_only(0x80 | BINARY, length))
     assert peer.expect_close(1009, timeout=2) == []
 
 

@@ -9,6 +9,7 @@ from tests.support import client_frame, server_frames
 from wsrelay.broker import MemoryBroker
 from wsrelay.connection import WebSocketConnection
 from wsrelay.hub import MessageServer
+from wsrelay.modes import Policy, RawMode
 
 
 @pytest.fixture
@@ -19,16 +20,21 @@ def hub():
     hub.stop()
 
 
+def raw_mode(channel: str) -> RawMode:
+    """Raw relay of ``channel`` with every right and no rate limit."""
+    return RawMode(channel, None, Policy(lambda channel, action: None, None, 100))
+
+
 def connect(hub, *, buffer_limit=1 << 20, close_timeout=5.0, rcvbuf=None, channel="c"):
     ours, theirs = socket.socketpair()
     if rcvbuf:
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
     connection = WebSocketConnection(
-        ours, ours.makefile("rb"), hub, channel, max_message_size=65536,
+        ours, ours.makefile("rb"), hub, max_message_size=65536,
         buffer_limit=buffer_limit, close_timeout=close_timeout,
     )
-    runner = gevent.spawn(connection.run, None)
+    runner = gevent.spawn(connection.run, raw_mode(channel))
     gevent.sleep(0)
     return connection, theirs, runner
 
@@ -98,9 +104,9 @@ def test_frames_the_request_reader_already_buffered_are_read_first(hub):
     rfile = ours.makefile("rb")
     assert rfile.peek(1), "the frames wait in the reader's buffer, not in the socket"
     connection = WebSocketConnection(
-        ours, rfile, hub, "c", max_message_size=65536, buffer_limit=1 << 20, close_timeout=5.0,
+        ours, rfile, hub, max_message_size=65536, buffer_limit=1 << 20, close_timeout=5.0,
     )
-    runner = gevent.spawn(connection.run, None)
+    runner = gevent.spawn(connection.run, raw_mode("c"))
     peer.settimeout(5)
     data = b""
     while len(server_frames(data)) < 2:

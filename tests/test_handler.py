@@ -104,3 +104,16 @@ def test_a_refused_body_is_not_read(server, channel, path, status):
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"\r\nConnection: close\r\n" in answer
     assert closed_after < 2
+
+
+def test_both_handlers_speak_wsrelay_v1(handler_server):
+    import json
+
+    _, url = handler_server
+    with WSClient(f"{url}/ws", subprotocols=["wsrelay.v1"]) as client:
+        assert client.conn.getsubprotocol() == "wsrelay.v1"
+        client.send(json.dumps({"type": "subscribe", "channel": "room", "ack": 1}))
+        assert json.loads(client.recv())["ack"] == 1
+        client.send(json.dumps({"type": "publish", "channel": "room", "data": "hi", "ack": 2}))
+        answers = [json.loads(client.recv()) for _ in range(2)]
+        assert {a["type"] for a in answers} == {"ack", "message"}

@@ -1,19 +1,22 @@
-"""The hub without sockets: fake subscribers record what they were given."""
+"""The hub without sockets: fake connections record the frames they were given."""
 
+import json
 import time
 
 import gevent
 
+from wsrelay import envelopes
 from wsrelay.broker import MemoryBroker
-from wsrelay.hub import MessageServer
+from wsrelay.hub import MessageServer, Subscription
+from wsrelay.ids import MessageId
 from wsrelay.protocol import PING_FRAME, encode_frame
 
 
 class Recorder:
-    def __init__(self, name: str, echo: bool = True) -> None:
+    """A connection that keeps what the hub queued on it."""
+
+    def __init__(self, name: str) -> None:
         self.id = name
-        self.echo = echo
-        self.held = None
         self.dirty = False
         self.last_seen = time.monotonic()
         self.frames: list[bytes] = []
@@ -39,33 +42,61 @@ def make_hub(**kwargs) -> MessageServer:
     return hub
 
 
+def join(hub, name="s", channel="c", since=None, **options) -> Recorder:
+    connection = Recorder(name)
+    hub.attach(connection)
+    hub.subscribe(Subscription(connection, channel, **options), since)
+    connection.frames.clear()  # nothing was replayed without since; keep tests to the point
+    return connection
+
+
+def text_frames(*texts: bytes) -> list[bytes]:
+    return [encode_frame(t, binary=False) for t in texts]
+
+
 def test_one_frame_object_is_shared_by_every_subscriber():
     hub = make_hub()
-    subs = [Recorder(f"s{i}") for i in range(50)]
-    for sub in subs:
-        hub.subscribe("c", sub, None)
+    connections = [join(hub, f"s{i}") for i in range(50)]
     hub.publish("c", "hello")
-    first = subs[0].frames[0]
+    first = connections[0].frames[0]
     assert first == encode_frame(b"hello", binary=False)
-    assert all(sub.frames[0] is first for sub in subs)
+    assert all(c.frames[0] is first for c in connections)
+
+
+def test_json_subscribers_share_one_envelope_frame_raw_ones_the_raw_frame():
+    hub = make_hub()
+    raw, json_a, json_b = join(hub, "r"), join(hub, "a", json=True), join(hub, "b", json=True)
+    message = hub.publish("c", "hi")
+    assert raw.frames == text_frames(b"hi")
+    assert json_a.frames[0] is json_b.frames[0]
+    assert json_a.frames == text_frames(envelopes.message(message))
+
+
+def test_one_connection_many_channels():
+    hub = make_hub()
+    connection = Recorder("multi")
+    for channel in ("a", "b"):
+        hub.subscribe(Subscription(connection, channel, json=True), None)
+    hub.publish("a", "to a")
+    hub.publish("b", "to b")
+    hub.publish("other", "not for us")
+    channels = [json.loads(f[2:])["channel"] for f in connection.frames]
+    assert channels == ["a", "b"]
 
 
 def test_flusher_runs_once_per_burst_not_per_message():
     hub = make_hub()
-    sub = Recorder("s")
-    hub.subscribe("c", sub, None)
+    connection = join(hub)
     for i in range(100):
         hub.publish("c", str(i))
     gevent.sleep(0)  # let the flusher run
-    assert len(sub.frames) == 100
-    assert sub.flushes == 1
+    assert len(connection.frames) == 100
+    assert connection.flushes == 1
 
 
 def test_echo_off_leaves_out_the_sender_only():
     hub = make_hub()
-    sender, other = Recorder("me", echo=False), Recorder("other", echo=False)
-    hub.subscribe("c", sender, None)
-    hub.subscribe("c", other, None)
+    sender, other = join(hub, "me", echo=False), join(hub, "other", echo=False)
     hub.publish("c", "x", sender="me")
     assert sender.frames == []
     assert len(other.frames) == 1
@@ -75,11 +106,24 @@ def test_subscribe_with_since_replays_then_goes_live_without_duplicates():
     hub = make_hub()
     first = hub.publish("c", "1")
     hub.publish("c", "2")
-    sub = Recorder("late")
-    page = hub.subscribe("c", sub, first.id)
+    connection = Recorder("late")
+    page = hub.subscribe(Subscription(connection, "c"), first.id)
     hub.publish("c", "3")
-    assert sub.frames == [encode_frame(d, binary=False) for d in (b"2", b"3")]
+    assert connection.frames == text_frames(b"2", b"3")
     assert not page.reset
+
+
+def test_json_subscription_hears_of_a_gap_before_the_replay():
+    hub = MessageServer(MemoryBroker(history_size=2, history_ttl=60))
+    first = hub.publish("c", "1")
+    for text in ("2", "3", "4"):
+        hub.publish("c", text)
+    connection = Recorder("j")
+    page = hub.subscribe(Subscription(connection, "c", json=True), first.id)
+    envelopes_seen = [json.loads(f[2:]) for f in connection.frames]
+    assert page.reset
+    assert envelopes_seen[0] == {"type": "reset", "channel": "c", "cursor": str(page.cursor)}
+    assert [e["data"] for e in envelopes_seen[1:]] == ["3", "4"]
 
 
 def test_messages_arriving_during_replay_are_held_and_deduplicated():
@@ -88,26 +132,38 @@ def test_messages_arriving_during_replay_are_held_and_deduplicated():
 
         def history(self, channel, since):
             page = super().history(channel, since)
-            self.publish(channel, b"during", binary=False)   # after the read: must follow
+            self.publish(channel, b"during", binary=False)  # after the read: must follow
             return page
 
     hub = MessageServer(SlowBroker(history_size=100, history_ttl=60))
     first = hub.publish("c", "1")
-    sub = Recorder("r")
-    hub.subscribe("c", sub, first.id)
+    connection = Recorder("r")
+    hub.subscribe(Subscription(connection, "c"), first.id)
     hub.publish("c", "after")
-    assert sub.frames == [encode_frame(d, binary=False) for d in (b"during", b"after")]
+    assert connection.frames == text_frames(b"during", b"after")
 
 
 def test_unsubscribed_and_unwatched_channels_cost_nothing():
     hub = make_hub()
-    sub = Recorder("s")
-    hub.subscribe("c", sub, None)
+    connection = Recorder("s")
+    subscription = Subscription(connection, "c")
+    hub.attach(connection)
+    hub.subscribe(subscription, None)
     with hub.watch("c"):
-        assert hub.counts() == {"channels": 1, "subscribers": 1, "waiters": 1}
-    hub.unsubscribe("c", sub)
-    hub.unsubscribe("c", sub)  # twice is harmless
-    assert hub.counts() == {"channels": 0, "subscribers": 0, "waiters": 0}
+        assert hub.counts() == {"connections": 1, "channels": 1, "subscribers": 1, "waiters": 1}
+    hub.unsubscribe(subscription)
+    hub.unsubscribe(subscription)  # twice is harmless
+    hub.detach(connection)
+    assert hub.counts() == {"connections": 0, "channels": 0, "subscribers": 0, "waiters": 0}
+
+
+def test_presence_counts_local_subscriptions():
+    hub = make_hub()
+    join(hub, "a")
+    join(hub, "b")
+    join(hub, "c", channel="other")
+    assert hub.presence("c") == 2
+    assert hub.presence("nobody") == 0
 
 
 def test_watch_event_is_set_by_a_message():
@@ -118,19 +174,22 @@ def test_watch_event_is_set_by_a_message():
         assert arrived.is_set()
 
 
-def test_heartbeat_pings_live_and_drops_silent_subscribers():
+def test_heartbeat_pings_each_connection_once_and_drops_silent_ones():
     hub = make_hub(ping_interval=1, ping_timeout=1)
     alive, silent = Recorder("alive"), Recorder("silent")
-    hub.subscribe("c", alive, None)
-    hub.subscribe("c", silent, None)
+    for connection in (alive, silent):
+        hub.attach(connection)
+        for channel in ("a", "b"):  # two subscriptions, still one ping
+            hub.subscribe(Subscription(connection, channel), None)
+    alive.frames.clear()
     now = time.monotonic()
     silent.last_seen = now - 3
     hub.ping_all(now)
     assert alive.frames == [PING_FRAME]
-    assert silent.aborted and silent.frames == []
+    assert silent.aborted and PING_FRAME not in silent.frames
 
 
-def test_a_failing_subscriber_does_not_stop_the_flush_of_others():
+def test_a_failing_connection_does_not_stop_the_flush_of_others():
     hub = make_hub()
 
     class Broken(Recorder):
@@ -138,9 +197,19 @@ def test_a_failing_subscriber_does_not_stop_the_flush_of_others():
             raise RuntimeError("boom")
 
     broken, fine = Broken("b"), Recorder("f")
-    hub.subscribe("c", broken, None)
-    hub.subscribe("c", fine, None)
+    for connection in (broken, fine):
+        hub.subscribe(Subscription(connection, "c"), None)
     hub.publish("c", "x")
     gevent.sleep(0)
     assert broken.aborted
     assert fine.flushes == 1
+
+
+def test_ids_of_replayed_and_live_messages_follow_each_other():
+    hub = make_hub()
+    connection = Recorder("j")
+    published = [hub.publish("c", str(i)) for i in range(3)]
+    hub.subscribe(Subscription(connection, "c", json=True), MessageId(published[0].id.epoch, 0))
+    published.append(hub.publish("c", "live"))
+    ids = [json.loads(f[2:])["id"] for f in connection.frames]
+    assert ids == [str(m.id) for m in published]

@@ -5,7 +5,7 @@ import struct
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from tests.support import client_frame
+from tests.support import client_frame, server_frames
 from wsrelay.protocol import (
     PING_FRAME,
     CloseCode,
@@ -127,3 +127,38 @@ def test_prebuilt_frames():
     assert parse_server_frame(PING_FRAME).opcode is Opcode.PING
     close = Close.parse(parse_server_frame(close_frame(1008, "no")).data)
     assert (close.code, close.reason) == (1008, "no")
+
+
+def test_invalid_text_fails_before_its_frame_is_complete():
+    s = session()
+    wire = client_frame(Opcode.TEXT, "κόσμε".encode() + b"\xf4\x90\x80\x80 and more")
+    assert s.receive_data(wire[:17]) == [] and s.take_output() == (b"", False)  # header + κόσμε
+    assert s.receive_data(wire[17:19]) == []  # \xf4\x90: no code point starts like that
+    assert sent_close(s)[0] == CloseCode.INVALID_DATA
+
+
+def test_nothing_after_an_invalid_frame_is_answered():
+    s = session()
+    s.receive_data(client_frame(Opcode.TEXT, b"\xff") + client_frame(Opcode.PING, b"p"))
+    data, eof = s.take_output()
+    assert eof
+    assert [(opcode, payload[:2]) for opcode, payload in server_frames(data)] == [
+        (Opcode.CLOSE, b"\x03\xef")  # 1007, and no pong
+    ]
+
+
+def test_pongs_answering_frames_before_a_message_come_with_it():
+    s = session()
+    wire = (client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.PING, b"1")
+            + client_frame(Opcode.CONT, b"b") + client_frame(Opcode.PING, b"2"))
+    (message,) = s.receive_data(wire)
+    assert message.data == b"ab"
+    assert parse_server_frame(message.replies).data == b"1"
+    assert parse_server_frame(s.take_output()[0]).data == b"2"
+
+
+def test_close_between_fragments_and_empty_close_are_normal_closes():
+    s = session()
+    s.receive_data(client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.CLOSE, b""))
+    assert sent_close(s) == (1000, "")
+    assert s.finished

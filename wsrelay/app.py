@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from .relay import Relay
+from .transports.websocket import app_protocol
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
 
@@ -18,4 +19,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("wsrelay", template_folder=TEMPLATES)
     app.config.from_mapping(config or {})
     Relay(app)
+    app.app_protocol = app_protocol  # read by gevent-websocket's stock handler
     return app

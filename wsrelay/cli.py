@@ -19,6 +19,7 @@ from .bench.command import bench
 from .broker import BrokerUnavailable
 from .config import DEFAULTS, ConfigError, from_environ
 from .handler import RelayHandler
+from .ticker import ticker as demo_ticker
 
 
 @click.group()
@@ -30,12 +31,16 @@ def cli() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=5000, show_default=True, type=int, help="0 picks a free port")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
-def serve(host: str, port: int, access_log: bool) -> None:
+@click.option("--ticker/--no-ticker", default=True, show_default=True,
+              help="publish 1, 2, 3... to channel 'ticker' every 2 s (the demo's server push)")
+def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
     """Serve the relay on gevent (in-memory broker unless WSRELAY_BROKER_URL says otherwise)."""
     try:
         app = create_app()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if ticker:
+        app.extensions["wsrelay"].start_background_task(demo_ticker)
     server = WSGIServer(
         (host, port), app, handler_class=RelayHandler, log="default" if access_log else None
     )

@@ -92,6 +92,8 @@ OPTIONS: tuple[Option, ...] = (
            "largest message in bytes (WebSocket close 1009, HTTP 413 above it)"),
     Option("WSRELAY_SUBSCRIBER_BUFFER", 4 << 20, _positive_int,
            "bytes queued to one slow WebSocket subscriber before it is closed with 1013"),
+    Option("WSRELAY_MAX_SUBSCRIPTIONS", 100, _positive_int,
+           "channels one wsrelay.v1 WebSocket may subscribe to at once"),
     Option("WSRELAY_ALLOWED_ORIGINS", (), _word_list,
            "browser origins allowed besides the server's own (space/comma separated, `*`: any)"),
     Option("WSRELAY_REQUIRE_ORIGIN", False, _flag,

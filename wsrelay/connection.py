@@ -5,6 +5,10 @@ happen when the hub's flusher asks; only when the kernel buffer is full does
 a writer greenlet exist, to wait for the socket and finish the queue. An
 idle connection therefore costs no greenlet but its request's; a token's
 expiry is a libev timer, which spawns a greenlet only when it fires.
+
+What the client's messages mean is its *mode*'s business (:mod:`wsrelay.modes`:
+raw relay or ``wsrelay.v1`` requests); the connection holds the mode's
+subscriptions so that closing it stops every one of them at once.
 """
 
 from __future__ import annotations
@@ -15,18 +19,19 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from geventwebsocket.exceptions import WebSocketError
 
-from .broker import BrokerUnavailable
+from .broker import BrokerUnavailable, History
+from .hub import Subscription
+from .ids import MessageId
 from .outbox import WRITE_SIZE, Outbox
-from .protocol import CloseCode, WebSocketSession
+from .protocol import CloseCode, InboundMessage, WebSocketSession
 
 if TYPE_CHECKING:
     from .hub import MessageServer
-    from .limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -39,47 +44,47 @@ class ConnectionClosed(WebSocketError):
     """The peer went away; a ``WebSocketError`` so seed-002 style code still catches it."""
 
 
+class Mode(Protocol):
+    """What a connection's messages mean (see :mod:`wsrelay.modes`)."""
+
+    def start(self, connection: WebSocketConnection) -> None: ...
+
+    def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None: ...
+
+
 class WebSocketConnection:
-    """A subscriber of one channel that may also publish to it (raw mode)."""
+    """One WebSocket: its socket, its protocol session, its queue, its subscriptions."""
 
     __slots__ = (
         "_abort_timer",
         "_expiry",
-        "channel",
         "close_timeout",
         "dirty",
-        "echo",
         "expires",
-        "held",
         "hub",
         "id",
         "last_seen",
-        "may_publish",
         "outbox",
-        "publish_limit",
         "rfile",
         "session",
         "sock",
         "state",
+        "subscriptions",
         "writer",
     )
 
     def __init__(
-        self, sock: socket.socket, rfile, hub: MessageServer, channel: str, *,
-        max_message_size: int, buffer_limit: int, close_timeout: float, echo: bool = True,
-        may_publish: bool = True, publish_limit: TokenBucket | None = None,
+        self, sock: socket.socket, rfile, hub: MessageServer, *,
+        max_message_size: int, buffer_limit: int, close_timeout: float,
         expires: float | None = None,
     ) -> None:
-        """``may_publish``: whether the client's messages are published (else the first one
-        closes it with 1008); ``publish_limit``: their rate; ``expires``: the Unix time its
-        token expires, when it is closed with 1008."""
+        """``expires``: the Unix time the client's token expires, when the connection is
+        closed with 1008."""
         self.sock = sock
         self.rfile = rfile
         self.hub = hub
-        self.channel = channel
-        self.echo = echo
         self.id = f"{_PREFIX}-{next(_ids)}"
-        self.held = None
+        self.subscriptions: dict[str, Subscription] = {}
         self.dirty = False
         self.last_seen = time.monotonic()
         self.session = WebSocketSession(max_message_size=max_message_size)
@@ -88,17 +93,16 @@ class WebSocketConnection:
         self.state = "open"  # open -> closing -> closed
         self.close_timeout = close_timeout
         self._abort_timer: gevent.Greenlet | None = None
-        self.may_publish = may_publish
-        self.publish_limit = publish_limit
         self.expires = expires
         self._expiry = None  # the libev timer that closes the connection when its token expires
 
     # -- reading (the request greenlet) -------------------------------------------------
 
-    def run(self, since=None) -> None:
-        """Subscribe, replay what was missed, then relay until the connection ends."""
+    def run(self, mode: Mode) -> None:
+        """Let ``mode`` start (subscribe, replay), then serve until the connection ends."""
+        self.hub.attach(self)
         try:
-            self.hub.subscribe(self.channel, self, since)
+            mode.start(self)
         except BrokerUnavailable:
             self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
         if self.expires is not None:
@@ -107,7 +111,7 @@ class WebSocketConnection:
                 gevent.spawn, self.close, CloseCode.POLICY_VIOLATION, "token expired"
             )
         try:
-            self._read_loop()
+            self._read_loop(mode)
         except Exception:
             log.exception("connection %s failed", self.id)
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -115,7 +119,7 @@ class WebSocketConnection:
         finally:
             self._release()
 
-    def _read_loop(self) -> None:
+    def _read_loop(self, mode: Mode) -> None:
         session = self.session
         while self.state != "closed":
             try:
@@ -132,19 +136,7 @@ class WebSocketConnection:
                     self.hub.mark_dirty(self)
                 if self.state != "open":
                     break
-                if not self.may_publish:
-                    self.close(CloseCode.POLICY_VIOLATION, "not allowed to publish")
-                    break
-                limit = self.publish_limit
-                if limit is not None and not limit.take(self.last_seen):
-                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-                    break
-                try:
-                    self.hub.publish(
-                        self.channel, message.data, binary=message.binary, sender=self.id
-                    )
-                except BrokerUnavailable:
-                    self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
+                mode.receive(self, message)
             self._queue_session_output()
             if session.finished:
                 self._finish_writes_and_close()
@@ -170,6 +162,37 @@ class WebSocketConnection:
             if data:
                 return data
         return self.sock.recv(READ_SIZE)
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    def subscribe(
+        self, channel: str, since: MessageId | None, *, echo: bool = True, json: bool = False
+    ) -> History:
+        """Subscribe to ``channel`` (again, from ``since``, if already subscribed)."""
+        self.unsubscribe(channel)
+        subscription = Subscription(self, channel, echo=echo, json=json)
+        self.subscriptions[channel] = subscription
+        try:
+            return self.hub.subscribe(subscription, since)
+        except BaseException:
+            del self.subscriptions[channel]
+            raise
+
+    def unsubscribe(self, channel: str) -> bool:
+        subscription = self.subscriptions.pop(channel, None)
+        if subscription is None:
+            return False
+        self.hub.unsubscribe(subscription)
+        return True
+
+    def _unsubscribe_all(self) -> None:
+        for channel in list(self.subscriptions):
+            self.unsubscribe(channel)
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame of this connection's own (an ack, an error)."""
+        if self.state == "open":
+            self.hub.send(self, frame)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -225,7 +248,7 @@ class WebSocketConnection:
         if self.state != "open":
             return
         self.state = "closing"
-        self.hub.unsubscribe(self.channel, self)
+        self._unsubscribe_all()
         if code == CloseCode.TRY_AGAIN_LATER:
             self.outbox.drop_unstarted()
         self.session.close(code, reason)
@@ -237,14 +260,14 @@ class WebSocketConnection:
         if self.state == "closed":
             return
         self.state = "closed"
-        self.hub.unsubscribe(self.channel, self)
+        self._unsubscribe_all()
         self._close_socket()
 
     def _finish_writes_and_close(self) -> None:
         """The closing handshake is done: let the last frames out, then close TCP."""
         if self.state == "open":  # no frame may follow the close frame
             self.state = "closing"
-            self.hub.unsubscribe(self.channel, self)
+            self._unsubscribe_all()
         writer = self.writer
         if writer is not None:
             writer.join(self.close_timeout)
@@ -266,7 +289,8 @@ class WebSocketConnection:
         if self._expiry is not None:
             self._expiry.close()
             self._expiry = None
-        self.hub.unsubscribe(self.channel, self)
+        self._unsubscribe_all()
+        self.hub.detach(self)
         if self.state != "closed":
             self.state = "closed"
             self._close_socket()

@@ -16,8 +16,11 @@ Server -> client::
 
     {"type": "message", "channel": c, "id": id, "data": ..., "encoding": "base64"?}
     {"type": "ack", "ack": n, ...}          # publish: "id"; subscribe: "cursor"; presence: "count"
+    {"type": "presence", "channel": c, "count": n}  # a presence request without "ack"
     {"type": "error", "code": code, "reason": text, "request": {"type": t, "channel": c, "ack": n}}
     {"type": "reset", "channel": c, "cursor": id}   # history could not fill the gap
+
+A subscription's ``ack`` comes after the replayed messages: from then on it is live.
 """
 
 from __future__ import annotations
@@ -138,6 +141,10 @@ def request_echo(request: Request) -> dict[str, Any]:
     if request.ack is not None:
         echo["ack"] = request.ack
     return echo
+
+
+def presence(channel: str, count: int) -> bytes:
+    return _dump({"type": "presence", "channel": channel, "count": count})
 
 
 def reset(channel: str, cursor: MessageId) -> bytes:

@@ -1,15 +1,17 @@
 """The observer hub (seed 002's ``MessageServer``): channels, fan-out, pruning.
 
 The hub never writes to a socket while fanning out: each message is framed
-once, the same bytes are queued on every subscriber, and a single flusher
-greenlet then gives each socket its pending frames in one non-blocking
-write. A subscriber that cannot keep up only grows its own bounded queue and
-is closed when the queue is full; nobody else waits for it.
+at most once per encoding (raw, or a ``wsrelay.v1`` envelope), the same bytes
+are queued on every subscriber, and a single flusher greenlet then gives each
+socket its pending frames in one non-blocking write. A connection that cannot
+keep up only grows its own bounded queue and is closed when the queue is
+full; nobody else waits for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from typing import Protocol
 import gevent
 from gevent.event import Event
 
+from . import envelopes
 from .broker import Broker, History
 from .ids import MessageId
 from .message import Message
@@ -25,16 +28,18 @@ from .protocol import PING_FRAME, encode_frame
 
 log = logging.getLogger(__name__)
 
+#: How often changed subscriber counts are reported to a shared broker (presence), and
+#: after how many such reports every count is reported again, to keep it fresh.
+PRESENCE_INTERVAL = 1.0
+PRESENCE_REFRESH = 10
 
-class Subscriber(Protocol):
-    """What the hub needs of a live subscriber (a WebSocket connection)."""
+
+class Connection(Protocol):
+    """What the hub needs of a live WebSocket connection."""
 
     id: str
-    echo: bool
-    #: While not None, the subscriber is replaying history and live messages wait here.
-    held: list[Message] | None
     last_seen: float
-    #: Owned by the hub: True while the subscriber waits in the flusher's list.
+    #: Owned by the hub: True while the connection waits in the flusher's list.
     dirty: bool
 
     def push(self, frame: bytes) -> None: ...
@@ -46,8 +51,30 @@ class Subscriber(Protocol):
     def abort(self) -> None: ...
 
 
+class Subscription:
+    """One connection's interest in one channel, and how it wants messages framed."""
+
+    __slots__ = ("channel", "connection", "echo", "held", "json")
+
+    def __init__(
+        self, connection: Connection, channel: str, *, echo: bool = True, json: bool = False
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.echo = echo
+        self.json = json
+        #: While not None, history is being replayed and live messages wait here.
+        self.held: list[Message] | None = None
+
+    def frame(self, message: Message) -> bytes:
+        """This subscription's frame for one message (only for replays: fan-out caches)."""
+        if self.json:
+            return encode_frame(envelopes.message(message), binary=False)
+        return encode_frame(message.data, binary=message.binary)
+
+
 class MessageServer:
-    """Channel -> subscribers, fan-out through a flusher, heartbeats, waiters for HTTP."""
+    """Channel -> subscriptions, fan-out through a flusher, heartbeats, waiters for HTTP."""
 
     def __init__(
         self, broker: Broker, *, ping_interval: float = 20.0, ping_timeout: float = 20.0
@@ -55,9 +82,11 @@ class MessageServer:
         self.broker = broker
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self._channels: dict[str, set[Subscriber]] = {}
+        self.connections: set[Connection] = set()
+        self._channels: dict[str, set[Subscription]] = {}
         self._waiters: dict[str, set[Event]] = {}
-        self._dirty: list[Subscriber] = []
+        self._presence_changed: set[str] = set()
+        self._dirty: list[Connection] = []
         self._wakeup = Event()
         self._greenlets: list[gevent.Greenlet] = []
         broker.start(self.deliver)
@@ -65,13 +94,22 @@ class MessageServer:
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the flusher and the heartbeat; idempotent."""
+        """Start the flusher, the heartbeat and presence reports; idempotent."""
         if not self._greenlets:
             self._greenlets = [gevent.spawn(self._flusher), gevent.spawn(self._heartbeat)]
+            if self.broker.shared:
+                self._greenlets.append(gevent.spawn(self._report_presence))
 
     def stop(self) -> None:
         gevent.killall(self._greenlets)
         self._greenlets = []
+
+    def attach(self, connection: Connection) -> None:
+        """A connection opened: it is pinged until :meth:`detach`."""
+        self.connections.add(connection)
+
+    def detach(self, connection: Connection) -> None:
+        self.connections.discard(connection)
 
     # -- publishing and delivery ----------------------------------------------------
 
@@ -88,29 +126,45 @@ class MessageServer:
 
     def deliver(self, message: Message) -> None:
         """Called by the broker, in order, for every message of a watched channel."""
-        subscribers = self._channels.get(message.channel)
-        if subscribers:
-            frame = encode_frame(message.data, binary=message.binary)
+        subscriptions = self._channels.get(message.channel)
+        if subscriptions:
+            raw = json = None
             sender = message.sender
-            for subscriber in tuple(subscribers):
-                if subscriber.held is not None:
-                    subscriber.held.append(message)
-                elif subscriber.echo or subscriber.id != sender:
-                    subscriber.push(frame)
-                    if not subscriber.dirty:
-                        subscriber.dirty = True
-                        self._dirty.append(subscriber)
+            dirty = self._dirty
+            for subscription in tuple(subscriptions):
+                if subscription.held is not None:
+                    subscription.held.append(message)
+                    continue
+                connection = subscription.connection
+                if not subscription.echo and connection.id == sender:
+                    continue
+                if subscription.json:
+                    if json is None:
+                        json = encode_frame(envelopes.message(message), binary=False)
+                    connection.push(json)
+                else:
+                    if raw is None:
+                        raw = encode_frame(message.data, binary=message.binary)
+                    connection.push(raw)
+                if not connection.dirty:
+                    connection.dirty = True
+                    dirty.append(connection)
             self._wakeup.set()
         waiters = self._waiters.get(message.channel)
         if waiters:
             for event in waiters:
                 event.set()
 
-    def mark_dirty(self, subscriber: Subscriber) -> None:
-        """A subscriber queued frames of its own (control frames); the flusher will write them."""
-        if not subscriber.dirty:
-            subscriber.dirty = True
-            self._dirty.append(subscriber)
+    def send(self, connection: Connection, frame: bytes) -> None:
+        """Queue a frame of a connection's own (an ack, an error); the flusher writes it."""
+        connection.push(frame)
+        self.mark_dirty(connection)
+
+    def mark_dirty(self, connection: Connection) -> None:
+        """A connection queued frames outside fan-out; the flusher will write them."""
+        if not connection.dirty:
+            connection.dirty = True
+            self._dirty.append(connection)
         self._wakeup.set()
 
     def _flusher(self) -> None:
@@ -120,45 +174,52 @@ class MessageServer:
             self.flush_pending()
 
     def flush_pending(self) -> None:
-        """Write every dirty subscriber's queue, each in one non-blocking write."""
+        """Write every dirty connection's queue, each in one non-blocking write."""
         dirty, self._dirty = self._dirty, []
-        for subscriber in dirty:
-            subscriber.dirty = False
+        for connection in dirty:
+            connection.dirty = False
             try:
-                subscriber.flush()
-            except Exception:  # a bug in one subscriber must not stop the others
-                log.exception("flush failed; dropping subscriber")
-                subscriber.abort()
+                connection.flush()
+            except Exception:  # a bug in one connection must not stop the others
+                log.exception("flush failed; dropping connection %s", connection.id)
+                connection.abort()
 
     # -- subscriptions --------------------------------------------------------------
 
-    def subscribe(self, channel: str, subscriber: Subscriber, since: MessageId | None) -> History:
-        """Add a live subscriber; first queue what it missed after ``since``.
+    def subscribe(self, subscription: Subscription, since: MessageId | None) -> History:
+        """Add a live subscription; first queue what it missed after ``since``.
 
         Live messages that arrive while history is read are held, then
         queued after it without the ones history already held: no gap, no
         duplicate, whatever the broker's latency. Without ``since`` the read
         still fixes where "live" starts, so a message already in flight from
-        another worker is not delivered as if it were new.
+        another worker is not delivered as if it were new. A JSON subscription
+        is told of a gap with a ``reset`` envelope before the replay.
         """
-        subscriber.held = []
-        self._add_interest(channel, self._channels, subscriber)
+        channel = subscription.channel
+        subscription.held = []
+        self._add_interest(channel, self._channels, subscription)
+        self._presence_changed.add(channel)
         try:
             page = self.broker.history(channel, since)
         except BaseException:
-            self.unsubscribe(channel, subscriber)
+            self.unsubscribe(subscription)
             raise
-        held, subscriber.held = subscriber.held or [], None
+        held, subscription.held = subscription.held or [], None
+        connection = subscription.connection
+        if page.reset and subscription.json:
+            connection.push(encode_frame(envelopes.reset(channel, page.cursor), binary=False))
         for message in page.messages:
-            subscriber.push(encode_frame(message.data, binary=message.binary))
+            connection.push(subscription.frame(message))
         for message in held:
-            if message.id > page.cursor and (subscriber.echo or subscriber.id != message.sender):
-                subscriber.push(encode_frame(message.data, binary=message.binary))
-        self.mark_dirty(subscriber)
+            if message.id > page.cursor and (subscription.echo or connection.id != message.sender):
+                connection.push(subscription.frame(message))
+        self.mark_dirty(connection)
         return page
 
-    def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
-        self._remove_interest(channel, self._channels, subscriber)
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if self._remove_interest(subscription.channel, self._channels, subscription):
+            self._presence_changed.add(subscription.channel)
 
     @contextlib.contextmanager
     def watch(self, channel: str) -> Iterator[Event]:
@@ -175,23 +236,40 @@ class MessageServer:
             self.broker.watch(channel)
         table.setdefault(channel, set()).add(member)
 
-    def _remove_interest(self, channel: str, table: dict, member: object) -> None:
+    def _remove_interest(self, channel: str, table: dict, member: object) -> bool:
         members = table.get(channel)
         if members is None or member not in members:
-            return
+            return False
         members.discard(member)
         if not members:
             del table[channel]
         if not self._channels.get(channel) and not self._waiters.get(channel):
             self.broker.unwatch(channel)
+        return True
 
-    def subscribers(self) -> Iterator[Subscriber]:
-        for members in self._channels.values():
-            yield from members
+    def presence(self, channel: str) -> int:
+        """WebSocket subscribers of ``channel`` on every worker sharing the broker."""
+        return self.broker.presence(channel, len(self._channels.get(channel, ())))
+
+    def _report_presence(self) -> None:
+        """Tell a shared broker the local counts that changed, in one batch a second."""
+        for tick in itertools.count(1):
+            gevent.sleep(PRESENCE_INTERVAL)
+            changed, self._presence_changed = self._presence_changed, set()
+            if tick % PRESENCE_REFRESH == 0:
+                changed |= set(self._channels)
+            if changed:
+                counts = {name: len(self._channels.get(name, ())) for name in changed}
+                try:
+                    self.broker.report_presence(counts)
+                except Exception:
+                    log.exception("presence report failed")
+                    self._presence_changed |= changed
 
     def counts(self) -> dict[str, int]:
         """Numbers for health checks and tests."""
         return {
+            "connections": len(self.connections),
             "channels": len(self._channels),
             "subscribers": sum(len(members) for members in self._channels.values()),
             "waiters": sum(len(members) for members in self._waiters.values()),
@@ -206,15 +284,15 @@ class MessageServer:
             try:
                 self.broker.sweep()
             except Exception:
-                log.exception("broker sweep failed")
+                log.exception("broker housekeeping failed")
 
     def ping_all(self, now: float) -> None:
-        """Ping every subscriber; drop the ones silent for longer than interval + timeout."""
+        """Ping every connection; drop the ones silent for longer than interval + timeout."""
         deadline = now - self.ping_interval - self.ping_timeout
-        for subscriber in list(self.subscribers()):
-            if subscriber.last_seen < deadline:
-                log.info("dropping %s: no answer to pings", subscriber.id)
-                subscriber.abort()
+        for connection in list(self.connections):
+            if connection.last_seen < deadline:
+                log.info("dropping %s: no answer to pings", connection.id)
+                connection.abort()
             else:
-                subscriber.push(PING_FRAME)
-                self.mark_dirty(subscriber)
+                connection.push(PING_FRAME)
+                self.mark_dirty(connection)

@@ -9,7 +9,8 @@ layers, and puts right two details of its closing handshake:
   the core's parser, so an invalid frame stops the parser there: nothing the
   client sent after it (a ping, a close) is answered. A text frame still
   arriving is validated as its bytes come in, so invalid text fails at the
-  first read that shows it, not when the frame or the message completes.
+  first read that shows it, not when the frame or the message completes;
+  reserved bits and bad control frames fail from the header, like the size.
 - A close frame in the middle of a fragmented message is an ordinary close
   (RFC 6455 5.4 lets control frames interleave); the core calls it a
   protocol error. An empty close frame is answered with 1000, so every close
@@ -61,13 +62,19 @@ def encode_frame(data: bytes, *, binary: bool) -> bytes:
 
 PING_FRAME = Frame(Opcode.PING, b"wsrelay").serialize(mask=False, extensions=[])
 
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 #: The longest frame header: 2 bytes, an 8-byte length, a 4-byte masking key.
 _MAX_HEADER = 14
 _NORMAL_CLOSE = Close(CloseCode.NORMAL, "").serialize()
 
 
 class _ServerProtocol(Protocol):
-    """The ``websockets`` server core, validating text as it parses."""
+    """The ``websockets`` server core, validating text as it parses.
+
+    It overrides the core's ``recv_frame`` and reads its ``reader.buffer``,
+    internals that setup.cfg's ``websockets<18`` pins; tests/test_fuzz.py
+    checks the whole against a model written from the RFC.
+    """
 
     def __init__(self, max_message_size: int) -> None:
         super().__init__(SERVER, state=State.OPEN, max_size=max_message_size)
@@ -92,16 +99,14 @@ class _ServerProtocol(Protocol):
         elif len(self._head) < _MAX_HEADER:
             self._head += data[: _MAX_HEADER - len(self._head)]
         if self.state is State.OPEN:
-            self._validate_partial_frame()
+            self._check_partial_frame()
 
     def recv_frame(self, frame: Frame) -> None:
         # The core reads a whole frame before calling this, so what is left in its
         # buffer belongs to the next frame.
         self._frame_start = self._received - len(self.reader.buffer)
-        self._peek = None
-        self._peeked = 0
         opcode = frame.opcode
-        is_data = opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT
+        is_data = opcode <= Opcode.BINARY
         try:
             if is_data:
                 self._validate_text(frame)
@@ -114,45 +119,55 @@ class _ServerProtocol(Protocol):
         except UnicodeDecodeError as exc:  # text or a close reason: the core sends 1007
             exc.reason = f"invalid UTF-8: {exc.reason}"
             raise
+        finally:
+            self._peek = None
+            self._peeked = 0
         if is_data and frame.fin:
             self.message_marks.append(len(self.writes))
 
     def _validate_text(self, frame: Frame) -> None:
-        """Run a text frame through its message's decoder (UnicodeDecodeError if invalid)."""
-        decoder = self._text_decoder(frame.opcode)
+        """Run a text frame through its message's decoder (UnicodeDecodeError if invalid),
+        from where the partial-frame check left off."""
+        decoder = self._peek or self._text_decoder(frame.opcode)
         if decoder is not None:
-            decoder.decode(frame.data, frame.fin)
+            data = frame.data
+            decoder.decode(memoryview(data)[self._peeked :] if self._peeked else data, frame.fin)
         self.decoder = None if frame.fin else decoder
 
-    def _text_decoder(self, opcode: Opcode) -> codecs.IncrementalDecoder | None:
+    def _text_decoder(self, opcode: int) -> codecs.IncrementalDecoder | None:
         """The decoder for a data frame of a text message in a valid sequence, else None.
 
         Out-of-sequence frames are left to the core, which fails them with 1002.
         """
         if self.current_size is None:
-            return _utf8_decoder() if opcode is Opcode.TEXT else None
-        return self.decoder if opcode is Opcode.CONT else None
+            return _Utf8Decoder() if opcode == Opcode.TEXT else None
+        return self.decoder if opcode == Opcode.CONT else None
 
-    def _validate_partial_frame(self) -> None:
-        """Validate the payload received so far of a text frame not yet complete.
+    def _check_partial_frame(self) -> None:
+        """Fail a frame not yet complete as soon as what arrived shows it invalid.
 
-        Uses the core's buffer, which holds exactly that payload once the
-        header is read; when it does not, the frame is checked when complete.
+        The core checks reserved bits and control-frame rules once the whole
+        payload is in; here they fail from the header, and text is validated
+        as far as it arrived. The payload so far is in the core's buffer,
+        which holds exactly that once the header is read; when it does not,
+        the frame is checked when complete.
         """
         header = _parse_header(self._head)
         if header is None:
             return
-        first, mask, size = header
-        if first & 0x70:  # RSV bits: the core fails the frame with 1002 when it completes
+        first, length, mask, size = header
+        error = _header_error(first, length)
+        if error is not None:
+            self.fail(CloseCode.PROTOCOL_ERROR, error)
             return
         buffer = self.reader.buffer
         if not buffer or len(buffer) != self._received - self._frame_start - size:
             return
         if self._peek is None:
-            decoder = self._text_decoder(Opcode(first & 0x0F))
+            decoder = self._text_decoder(first & 0x0F)
             if decoder is None:
                 return
-            self._peek = _utf8_decoder()
+            self._peek = _Utf8Decoder()
             self._peek.setstate(decoder.getstate())
         shift = self._peeked % 4
         with memoryview(buffer) as view:
@@ -165,15 +180,30 @@ class _ServerProtocol(Protocol):
             self.parser_exc = exc
 
 
-def _parse_header(head: bytes | bytearray) -> tuple[int, bytes, int] | None:
-    """First byte, masking key and size of a masked frame header; None until it is whole."""
+def _parse_header(head: bytes | bytearray) -> tuple[int, int, bytes, int] | None:
+    """First byte, payload length, masking key and size of a masked frame header; None
+    until it is whole."""
     if len(head) < 2 or not head[1] & 0x80:
         return None
     length = head[1] & 0x7F
     size = 6 + (2 if length == 126 else 8 if length == 127 else 0)
     if len(head) < size:
         return None
-    return head[0], bytes(head[size - 4 : size]), size
+    if length >= 126:
+        length = int.from_bytes(head[2 : size - 4], "big")
+    return head[0], length, bytes(head[size - 4 : size]), size
+
+
+def _header_error(first: int, length: int) -> str | None:
+    """What RFC 6455 5.2 and 5.5 forbid in a header (without a negotiated extension)."""
+    if first & 0x70:
+        return "reserved bits must be 0"
+    if first & 0x08:  # a control frame
+        if length > 125:
+            return "control frame too long"
+        if not first & 0x80:
+            return "fragmented control frame"
+    return None
 
 
 class WebSocketSession:
@@ -253,7 +283,7 @@ class WebSocketSession:
                     self._fragments
                 )
                 mark = marks[len(messages)]
-                replies = b"".join(writes[written:mark])
+                replies = b"".join(writes[written:mark]) if mark > written else b""
                 written = mark
                 messages.append(InboundMessage(bytes(data), self._binary, replies))
                 self._fragments = []
@@ -265,10 +295,6 @@ def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame for a socket that no session drives (refusals after an early upgrade)."""
     payload = Close(code, _truncate_reason(reason)).serialize()
     return Frame(Opcode.CLOSE, payload).serialize(mask=False, extensions=[])
-
-
-def _utf8_decoder() -> codecs.IncrementalDecoder:
-    return codecs.getincrementaldecoder("utf-8")("strict")
 
 
 def _truncate_reason(reason: str) -> str:

@@ -68,7 +68,12 @@ def test_publish_without_a_channel_is_404_json(server):
     assert_json_error(get(server, "/publish/", "POST"), 404, "not_found")
 
 
-@pytest.mark.parametrize("path", ["/poll", "/sse", "/ws", "/publish"])
+def test_plain_get_on_the_json_websocket_endpoint_is_426(server):
+    # /ws (no channel) is the wsrelay.v1 endpoint: it exists, and speaks WebSocket only
+    assert_json_error(get(server, "/ws"), 426, "upgrade_required")
+
+
+@pytest.mark.parametrize("path", ["/poll", "/sse", "/publish"])
 def test_an_endpoint_without_its_channel_is_404_json(server, path):
     """``/poll?since=...`` is an API call that forgot its channel, not a missing page."""
     assert_json_error(get(server, path + "?timeout=0"), 404, "not_found")

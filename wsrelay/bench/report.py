@@ -137,6 +137,8 @@ def save_json(path: Path, rows: list[Row], meta: dict) -> None:
 
 # -- plots ---------------------------------------------------------------------------------
 
+SHORT = {"wsrelay": "wsrelay", "wsrelay-redis": "wsrelay\non Redis", "seed-loop": "seed loop",
+         "flask-socketio": "Flask-\nSocketIO"}
 COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "seed-loop": "tab:orange",
            "flask-socketio": "tab:green"}
 
@@ -168,7 +170,7 @@ def _latency(pyplot, rows: list[Row]):
              if any(r["scenario"] == name and "quantiles" in r for r in rows)]
     if not names:
         return None
-    figure, axes = pyplot.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    figure, axes = pyplot.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
         for row in rows:
             if row["scenario"] == name and "quantiles" in row:
@@ -193,7 +195,7 @@ def _label(value: float) -> str:
 def _panel(axis, rows: list[Row], scenario: str, key: str, title: str) -> None:
     """One bar per system for one figure of one scenario (linear: bars compare honestly)."""
     present = [row for row in rows if row["scenario"] == scenario and key in row]
-    names = [TITLES[row["system"]].replace(" (", "\n(") for row in present]
+    names = [SHORT[row["system"]] for row in present]
     bars = axis.bar(names, [row[key] for row in present],
                     color=[COLOURS[row["system"]] for row in present])
     axis.bar_label(bars, labels=[_label(row[key]) for row in present], fontsize=7)
@@ -211,7 +213,7 @@ def _grid(pyplot, rows: list[Row], panels: list[tuple[str, str, str]]):
     panels = [p for p in panels if any(r["scenario"] == p[0] and p[1] in r for r in rows)]
     if not panels:
         return None
-    figure, axes = pyplot.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6),
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.4),
                                    squeeze=False)
     for axis, (scenario, key, title) in zip(axes[0], panels, strict=True):
         _panel(axis, rows, scenario, key, title)

@@ -83,13 +83,27 @@ class Broker(ABC):
 
     @abstractmethod
     def history(self, channel: str, since: MessageId | None) -> History:
-        """The retained messages of ``channel`` after ``since`` (none when ``since`` is None)."""
+        """The retained messages of ``channel`` after ``since`` (none when ``since`` is None).
+
+        For a watched channel the hub relies on one rule: once this returns,
+        every later message arrives through ``deliver``, and no message at or
+        below the returned cursor is delivered again. That is what lets a
+        subscriber replay history and go live with no gap and no duplicate.
+        """
 
     def watch(self, channel: str) -> None:  # noqa: B027 - optional hook
         """The first local subscriber of ``channel`` arrived."""
 
     def unwatch(self, channel: str) -> None:  # noqa: B027 - optional hook
         """The last local subscriber of ``channel`` left."""
+
+    def presence(self, channel: str, local: int) -> int:
+        """Subscribers of ``channel`` in every process sharing this broker; ``local`` is
+        this process's own count (the whole answer for a broker that is not shared)."""
+        return local
+
+    def report_presence(self, counts: dict[str, int]) -> None:  # noqa: B027 - optional hook
+        """This process's subscriber counts of the channels named (batched by the hub)."""
 
     def sweep(self) -> None:  # noqa: B027 - optional hook
         """Drop what has expired; called periodically by the hub."""

@@ -59,6 +59,10 @@ from .base import Broker, BrokerUnavailable, Deliver, History, read_after
 
 log = logging.getLogger(__name__)
 
+#: Seconds after which a worker's presence report no longer counts (the hub refreshes
+#: its reports every few seconds, so only a crashed or cut-off worker's go stale).
+PRESENCE_STALE = 30.0
+
 # KEYS: state, log. ARGV[1]: the lowest epoch a new state may take, ARGV[2]: TTL in ms.
 _PRELUDE = """
 local state, log = KEYS[1], KEYS[2]
@@ -270,6 +274,41 @@ class RedisBroker(Broker):
         if watch.count <= 0:
             del self._watches[channel], self._by_key[watch.key]
             self._send("UNSUBSCRIBE", watch)
+
+    def presence(self, channel: str, local: int) -> int:
+        """This worker's count plus the fresh counts other workers reported for ``channel``."""
+        try:
+            entries = self._redis.hgetall(self._presence_key(channel))
+        except redis.RedisError as exc:
+            self._failed(exc)
+            raise BrokerUnavailable("the message broker is unavailable") from exc
+        fresh_after = time.time() - PRESENCE_STALE
+        total = local
+        for worker, value in entries.items():
+            count, _, stamp = value.partition(b" ")
+            if worker.decode() != self.listener_name and float(stamp or 0) > fresh_after:
+                total += int(count)
+        return total
+
+    def report_presence(self, counts: dict[str, int]) -> None:
+        """Store this worker's counts, stamped, in one pipeline; a crashed worker's counts
+        go stale after :data:`PRESENCE_STALE` seconds and stop counting."""
+        now = time.time()
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for channel, count in counts.items():
+                    key = self._presence_key(channel)
+                    if count:
+                        pipe.hset(key, self.listener_name, f"{count} {now:.3f}")
+                        pipe.expire(key, int(PRESENCE_STALE) * 2)
+                    else:
+                        pipe.hdel(key, self.listener_name)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def _presence_key(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:presence"
 
     def sweep(self) -> None:
         """Keep the position of watched channels alive, as long as they have subscribers."""

@@ -13,6 +13,11 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/healthz", view_func=pages.healthz)
     bp.add_url_rule("/readyz", view_func=pages.readyz)
     bp.add_url_rule("/ws/<path:channel>", view_func=websocket.upgrade, websocket=True)
+    bp.add_url_rule("/ws", endpoint="ws_json", view_func=websocket.upgrade, websocket=True)
+    bp.add_url_rule(
+        "/ws", endpoint="ws_json_plain", view_func=websocket.not_upgraded,
+        methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+    )
     bp.add_url_rule(
         "/ws/<path:channel>", endpoint="ws_plain", view_func=websocket.not_upgraded,
         methods=["GET", "POST", "PUT", "DELETE", "PATCH"],

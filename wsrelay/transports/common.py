@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from flask import current_app, request
 
-from ..auth import Access, Claims, Refuse, authorize
+from ..auth import SUBSCRIBE, Access, Claims, Refuse, authorize
 from ..channels import InvalidChannel, check_channel
 from ..errors import ApiError
 from ..ids import InvalidMessageId, MessageId
@@ -82,12 +82,30 @@ def admit(channel: str, action: str) -> Access:
     name, the origin, the token for ``action`` (subscribe or publish), the connect hooks."""
     name = checked_channel(channel)
     check_origin()
+    return admit_channel(name, action)
+
+
+def admit_channel(channel: str, action: str) -> Access:
+    """The token and connect hooks for ``action`` on a valid channel name. A ``wsrelay.v1``
+    connection asks this for each channel it subscribes or publishes to."""
     access = authorize(
-        relay().tokens, request_token(), name, action,
+        relay().tokens, request_token(), channel, action,
         require_token=current_app.config["WSRELAY_REQUIRE_TOKEN"],
     )
-    _ask_connect_hooks(name, access.claims, action)
+    _ask_connect_hooks(channel, access.claims, action)
     return access
+
+
+def admit_client() -> Access:
+    """The checks of a ``wsrelay.v1`` connection to ``/ws``, which names no channel yet: the
+    origin, and a token that is shown (or required everywhere) must be genuine."""
+    check_origin()
+    token = request_token()
+    tokens = relay().tokens
+    if token is None and current_app.config["WSRELAY_REQUIRE_TOKEN"]:
+        authorize(tokens, None, "", SUBSCRIBE, require_token=True)  # raises token_required
+    claims = tokens.verify(token) if token else None
+    return Access("", claims, may_publish=False, expires=claims.expires if claims else None)
 
 
 def client_address() -> str:

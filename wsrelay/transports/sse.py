@@ -17,8 +17,10 @@ from .common import admit, checked_since, occupy, relay
 
 
 def _reset_event(cursor: MessageId) -> bytes:
+    """A gap notice; its ``id:`` moves the browser's Last-Event-ID to the cursor, so its own
+    reconnect resumes from there instead of reporting the same gap again."""
     data = json.dumps({"cursor": str(cursor), "message": "messages were missed"})
-    return f"event: reset\ndata: {data}\n\n".encode()
+    return f"id: {cursor}\nevent: reset\ndata: {data}\n\n".encode()
 
 
 def _left(expires: float | None) -> float:

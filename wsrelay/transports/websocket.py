@@ -1,4 +1,9 @@
-"""``GET /ws/<channel>``: raw-mode WebSocket, refused before the 101 when it must be."""
+"""``GET /ws/<channel>`` and ``GET /ws``: WebSocket, refused before the 101 when it must be.
+
+Raw mode (the default) relays one channel. A client that offers the
+``wsrelay.v1`` subprotocol speaks JSON requests instead, on ``/ws`` or on
+``/ws/<channel>`` (then already subscribed to that channel).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,20 @@ from geventwebsocket.websocket import WebSocket
 
 from ..auth import SUBSCRIBE
 from ..connection import WebSocketConnection
+from ..envelopes import SUBPROTOCOL
 from ..errors import ApiError
 from ..handler import DeferredWebSocket
+from ..modes import JsonMode, Policy, RawMode
 from ..protocol import CloseCode, close_frame
-from .common import admit, checked_since, client_address, occupy, relay
+from .common import admit, admit_channel, admit_client, checked_since, client_address, occupy, relay
 
 
-def upgrade(channel: str) -> Response:
-    """Check the request, accept it, then relay until the socket ends.
+def upgrade(channel: str | None = None) -> Response:
+    """Check the request, accept it, then serve the socket until it ends.
 
-    The client needs the right to subscribe; whether what it sends is
-    published depends on its right to publish (without it, its first
-    message closes the connection with 1008).
+    The client needs the right to subscribe to the URL's channel; in raw
+    mode whether what it sends is published depends on its right to publish
+    (without it, its first message closes the connection with 1008).
     """
     ws = request.environ.get("wsgi.websocket")
     with contextlib.ExitStack() as held:
@@ -32,12 +39,18 @@ def upgrade(channel: str) -> Response:
                     "this server cannot upgrade: run manage.py serve or the gevent-websocket "
                     "worker",
                 )
-            access = admit(channel, SUBSCRIBE)
+            json = SUBPROTOCOL in _offered_subprotocols()
+            if channel is None and not json:
+                raise ApiError(
+                    400, "channel_required",
+                    f"raw mode relays one channel: /ws/<channel>, or offer {SUBPROTOCOL}",
+                )
+            access = admit(channel, SUBSCRIBE) if channel is not None else admit_client()
             since = checked_since(request.args.get("since"))
             echo = request.args.get("echo", "1") != "0"
             held.callback(occupy(stream=False))
             if isinstance(ws, DeferredWebSocket):
-                sock, rfile = ws.accept()
+                sock, rfile = ws.accept(SUBPROTOCOL if json else None)
             else:  # the stock gevent-websocket handler upgraded before we could look
                 sock, rfile = ws.handler.socket, ws.handler.rfile
         except ApiError as exc:
@@ -46,22 +59,40 @@ def upgrade(channel: str) -> Response:
             _refuse_upgraded(ws, exc)
             return Response(status=204)
         config = current_app.config
+        policy = Policy(
+            admit_channel,
+            relay().limits.publish_bucket(client_address(), time.monotonic()),
+            config["WSRELAY_MAX_SUBSCRIPTIONS"],
+        )
+        if json:
+            mode = JsonMode(policy, (access.channel, since) if channel is not None else None)
+        else:
+            mode = RawMode(access.channel, since, policy, echo=echo)
         connection = WebSocketConnection(
-            sock, rfile, relay().hub, access.channel, echo=echo,
+            sock, rfile, relay().hub,
             max_message_size=config["WSRELAY_MAX_MESSAGE_SIZE"],
             buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
             close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
-            may_publish=access.may_publish,
-            publish_limit=relay().limits.publish_bucket(client_address(), time.monotonic()),
             expires=access.expires,
         )
-        connection.run(since)
+        connection.run(mode)
     if isinstance(ws, WebSocket):
         ws.closed = True  # our connection already closed it; the stock handler must not
     return Response(status=204)
 
 
-def not_upgraded(channel: str) -> Response:
+def _offered_subprotocols() -> set[str]:
+    header = request.headers.get("Sec-WebSocket-Protocol", "")
+    return {token.strip() for token in header.split(",") if token.strip()}
+
+
+def app_protocol(path: str) -> str | None:
+    """The subprotocol gevent-websocket's stock handler may select (it asks the app by this
+    name before its early upgrade); with it, wsrelay.v1 works under the stock worker too."""
+    return SUBPROTOCOL if path == "/ws" or path.startswith("/ws/") else None
+
+
+def not_upgraded(channel: str | None = None) -> Response:
     """A plain request on a WebSocket endpoint."""
     if request.headers.get("Upgrade"):
         raise ApiError(

@@ -1,0 +1,160 @@
+"""What a WebSocket's messages mean: the raw relay, or ``wsrelay.v1`` requests.
+
+Both modes get their rights from a :class:`Policy`, which the view builds
+from the request (token, connect hooks) before the upgrade, so a channel a
+JSON client subscribes to later passes exactly the checks the URL's channel
+passed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import envelopes
+from .auth import PUBLISH, SUBSCRIBE
+from .broker import BrokerUnavailable
+from .envelopes import BadRequest, Request, request_echo
+from .errors import ApiError
+from .ids import MessageId
+from .protocol import CloseCode, InboundMessage, encode_frame
+
+if TYPE_CHECKING:
+    from .connection import WebSocketConnection
+    from .limits import TokenBucket
+
+
+class Policy:
+    """What one connection may do: rights per channel and action, and its publish rate.
+
+    ``authorize(channel, action)`` raises :class:`ApiError` when the action is
+    not allowed; a channel found allowed once stays allowed for the life of
+    the connection (the token cannot change; its expiry closes the socket).
+    """
+
+    def __init__(
+        self, authorize: Callable[[str, str], object], rate: TokenBucket | None,
+        max_subscriptions: int,
+    ) -> None:
+        self._authorize = authorize
+        self._allowed: set[tuple[str, str]] = set()
+        self.rate = rate
+        self.max_subscriptions = max_subscriptions
+
+    def check(self, channel: str, action: str) -> None:
+        key = (channel, action)
+        if key not in self._allowed:
+            self._authorize(channel, action)
+            self._allowed.add(key)
+
+    def may(self, channel: str, action: str) -> bool:
+        try:
+            self.check(channel, action)
+        except ApiError:
+            return False
+        return True
+
+    def take(self) -> bool:
+        """Count one publish; False when it is over the rate."""
+        return self.rate is None or self.rate.take(time.monotonic())
+
+
+class RawMode:
+    """``/ws/<channel>``: every message the client sends is published to its channel."""
+
+    def __init__(self, channel: str, since: MessageId | None, policy: Policy, *,
+                 echo: bool = True) -> None:
+        self.channel = channel
+        self.since = since
+        self.policy = policy
+        self.echo = echo
+
+    def start(self, connection: WebSocketConnection) -> None:
+        connection.subscribe(self.channel, self.since, echo=self.echo)
+
+    def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
+        if not self.policy.may(self.channel, PUBLISH):
+            connection.close(CloseCode.POLICY_VIOLATION, "not allowed to publish")
+        elif not self.policy.take():
+            connection.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        else:
+            try:
+                connection.hub.publish(
+                    self.channel, message.data, binary=message.binary, sender=connection.id
+                )
+            except BrokerUnavailable:
+                connection.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
+
+
+class JsonMode:
+    """``wsrelay.v1``: JSON requests over one socket, any number of channels.
+
+    A request that cannot be honoured is answered with an ``error`` envelope
+    naming it; the connection stays open.
+    """
+
+    def __init__(self, policy: Policy, first: tuple[str, MessageId | None] | None = None) -> None:
+        self.policy = policy
+        self.first = first
+
+    def start(self, connection: WebSocketConnection) -> None:
+        if self.first is not None:
+            channel, since = self.first
+            connection.subscribe(channel, since, json=True)
+
+    def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
+        if message.binary:
+            reply = envelopes.error("invalid_request", "wsrelay.v1 requests are JSON text frames")
+        else:
+            try:
+                reply = self._answer(connection, envelopes.parse_request(message.data))
+            except BadRequest as exc:
+                reply = exc.envelope
+        if reply is not None:
+            connection.send(encode_frame(reply, binary=False))
+
+    def _answer(self, connection: WebSocketConnection, request: Request) -> bytes | None:
+        handler = getattr(self, f"_{request.type}")
+        try:
+            result = handler(connection, request)
+        except ApiError as exc:
+            return envelopes.error(exc.code, exc.message, request_echo(request))
+        except BrokerUnavailable:
+            return envelopes.error(
+                "broker_unavailable", "the message broker is unavailable: retry later",
+                request_echo(request),
+            )
+        if request.ack is not None:
+            return envelopes.ack(request.ack, **result)
+        if request.type == "presence":
+            return envelopes.presence(request.channel, result["count"])
+        return None
+
+    def _subscribe(self, connection: WebSocketConnection, request: Request) -> dict:
+        self.policy.check(request.channel, SUBSCRIBE)
+        subscriptions = connection.subscriptions
+        if request.channel not in subscriptions and (
+            len(subscriptions) >= self.policy.max_subscriptions
+        ):
+            raise ApiError(429, "too_many_subscriptions",
+                           f"at most {self.policy.max_subscriptions} channels per connection")
+        page = connection.subscribe(request.channel, request.since, json=True)
+        return {"cursor": str(page.cursor)}
+
+    def _unsubscribe(self, connection: WebSocketConnection, request: Request) -> dict:
+        connection.unsubscribe(request.channel)
+        return {}
+
+    def _publish(self, connection: WebSocketConnection, request: Request) -> dict:
+        self.policy.check(request.channel, PUBLISH)
+        if not self.policy.take():
+            raise ApiError(429, "rate_limited", "too many messages: slow down")
+        message = connection.hub.publish(
+            request.channel, request.data, binary=request.binary, sender=connection.id
+        )
+        return {"id": str(message.id)}
+
+    def _presence(self, connection: WebSocketConnection, request: Request) -> dict:
+        self.policy.check(request.channel, SUBSCRIBE)
+        return {"count": connection.hub.presence(request.channel)}
