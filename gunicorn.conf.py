@@ -5,7 +5,7 @@ Command-line flags (-b, -w, -k) and GUNICORN_CMD_ARGS override these.
 
 import os
 
-from wsrelay.gunicorn_worker import check_workers, use_relay_handler
+from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers
 
 wsgi_app = "wsrelay.app:create_app()"
 worker_class = "wsrelay.gunicorn_worker.RelayWorker"
@@ -24,4 +24,4 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    use_relay_handler(worker)
+    adopt_stock_worker(worker)

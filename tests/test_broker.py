@@ -12,6 +12,7 @@ import uuid
 import gevent
 import pytest
 
+from tests.support import FakeConnection
 from wsrelay.broker import Broker, MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ids import MessageId
@@ -275,30 +276,6 @@ def test_watch_counts_and_rewatch(broker, channel):
 # -- two workers on one Redis, through the hub ----------------------------------------
 
 
-class FakeSubscriber:
-    """The hub's view of a WebSocket connection: it keeps the frames it is given."""
-
-    def __init__(self, name: str) -> None:
-        self.id = name
-        self.echo = True
-        self.held = None
-        self.dirty = False
-        self.last_seen = time.monotonic()
-        self.frames: list[bytes] = []
-
-    def push(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, code: int, reason: str) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("make_broker", ["redis"], indirect=True)  # only Redis is shared
 def test_two_workers_see_one_order_and_the_same_ids(make_broker, channel):
     workers = [make_broker(), make_broker()]
@@ -307,7 +284,7 @@ def test_two_workers_see_one_order_and_the_same_ids(make_broker, channel):
     for worker, recorder in zip(workers, recorders, strict=True):
         hub_deliver = worker._deliver
         worker.start(lambda m, r=recorder, d=hub_deliver: (r(m), d(m)))
-    subscribers = [FakeSubscriber("a"), FakeSubscriber("b")]
+    subscribers = [FakeConnection("a"), FakeConnection("b")]
     for hub, subscriber in zip(hubs, subscribers, strict=True):
         hub.subscribe(Subscription(subscriber, channel), None)
 

@@ -117,3 +117,41 @@ def test_both_handlers_speak_wsrelay_v1(handler_server):
         client.send(json.dumps({"type": "publish", "channel": "room", "data": "hi", "ack": 2}))
         answers = [json.loads(client.recv()) for _ in range(2)]
         assert {a["type"] for a in answers} == {"ack", "message"}
+
+
+@pytest.fixture(params=[RelayHandler, WebSocketHandler], ids=["relay", "stock"])
+def own_route_server(request):
+    """An application with its own WebSocket route, seed 002's way, on either handler."""
+    from flask import request as flask_request
+
+    app = create_app()
+
+    @app.route("/chat/<room>", websocket=True)
+    def chat(room):
+        if room == "closed":
+            return {"error": "forbidden", "message": "not this room"}, 403
+        app.extensions["wsrelay"].serve_websocket(flask_request.environ["wsgi.websocket"], room)
+        return ""
+
+    server = WSGIServer(("127.0.0.1", 0), app, handler_class=request.param, log=None)
+    server.start()
+    yield request.param, f"ws://127.0.0.1:{server.server_port}"
+    server.stop()
+
+
+def test_an_own_route_relays_with_serve_websocket(own_route_server):
+    _, url = own_route_server
+    with WSClient(f"{url}/chat/lobby") as a, WSClient(f"{url}/ws/lobby") as b:
+        a.send("from the own route")
+        assert b.recv() == "from the own route"
+        assert a.recv() == "from the own route"  # the sender too, as on /ws/<channel>
+        b.send(b"\x01")
+        assert a.recv() == b"\x01"
+
+
+def test_an_own_route_can_refuse_before_the_upgrade(own_route_server):
+    handler, url = own_route_server
+    if handler is RelayHandler:
+        with pytest.raises(Refused) as refused:
+            WSClient(f"{url}/chat/closed")
+        assert refused.value.status == 403

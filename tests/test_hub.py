@@ -5,35 +5,12 @@ import time
 
 import gevent
 
+from tests.support import FakeConnection
 from wsrelay import envelopes
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ids import MessageId
 from wsrelay.protocol import PING_FRAME, encode_frame
-
-
-class Recorder:
-    """A connection that keeps what the hub queued on it."""
-
-    def __init__(self, name: str) -> None:
-        self.id = name
-        self.dirty = False
-        self.last_seen = time.monotonic()
-        self.frames: list[bytes] = []
-        self.flushes = 0
-        self.aborted = False
-
-    def push(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def flush(self) -> None:
-        self.flushes += 1
-
-    def close(self, code, reason) -> None:
-        self.aborted = True
-
-    def abort(self) -> None:
-        self.aborted = True
 
 
 def make_hub(**kwargs) -> MessageServer:
@@ -42,8 +19,8 @@ def make_hub(**kwargs) -> MessageServer:
     return hub
 
 
-def join(hub, name="s", channel="c", since=None, **options) -> Recorder:
-    connection = Recorder(name)
+def join(hub, name="s", channel="c", since=None, **options) -> FakeConnection:
+    connection = FakeConnection(name)
     hub.attach(connection)
     hub.subscribe(Subscription(connection, channel, **options), since)
     connection.frames.clear()  # nothing was replayed without since; keep tests to the point
@@ -74,7 +51,7 @@ def test_json_subscribers_share_one_envelope_frame_raw_ones_the_raw_frame():
 
 def test_one_connection_many_channels():
     hub = make_hub()
-    connection = Recorder("multi")
+    connection = FakeConnection("multi")
     for channel in ("a", "b"):
         hub.subscribe(Subscription(connection, channel, json=True), None)
     hub.publish("a", "to a")
@@ -106,7 +83,7 @@ def test_subscribe_with_since_replays_then_goes_live_without_duplicates():
     hub = make_hub()
     first = hub.publish("c", "1")
     hub.publish("c", "2")
-    connection = Recorder("late")
+    connection = FakeConnection("late")
     page = hub.subscribe(Subscription(connection, "c"), first.id)
     hub.publish("c", "3")
     assert connection.frames == text_frames(b"2", b"3")
@@ -118,7 +95,7 @@ def test_json_subscription_hears_of_a_gap_before_the_replay():
     first = hub.publish("c", "1")
     for text in ("2", "3", "4"):
         hub.publish("c", text)
-    connection = Recorder("j")
+    connection = FakeConnection("j")
     page = hub.subscribe(Subscription(connection, "c", json=True), first.id)
     envelopes_seen = [json.loads(f[2:]) for f in connection.frames]
     assert page.reset
@@ -137,7 +114,7 @@ def test_messages_arriving_during_replay_are_held_and_deduplicated():
 
     hub = MessageServer(SlowBroker(history_size=100, history_ttl=60))
     first = hub.publish("c", "1")
-    connection = Recorder("r")
+    connection = FakeConnection("r")
     hub.subscribe(Subscription(connection, "c"), first.id)
     hub.publish("c", "after")
     assert connection.frames == text_frames(b"during", b"after")
@@ -145,7 +122,7 @@ def test_messages_arriving_during_replay_are_held_and_deduplicated():
 
 def test_unsubscribed_and_unwatched_channels_cost_nothing():
     hub = make_hub()
-    connection = Recorder("s")
+    connection = FakeConnection("s")
     subscription = Subscription(connection, "c")
     hub.attach(connection)
     hub.subscribe(subscription, None)
@@ -176,7 +153,7 @@ def test_watch_event_is_set_by_a_message():
 
 def test_heartbeat_pings_each_connection_once_and_drops_silent_ones():
     hub = make_hub(ping_interval=1, ping_timeout=1)
-    alive, silent = Recorder("alive"), Recorder("silent")
+    alive, silent = FakeConnection("alive"), FakeConnection("silent")
     for connection in (alive, silent):
         hub.attach(connection)
         for channel in ("a", "b"):  # two subscriptions, still one ping
@@ -192,11 +169,11 @@ def test_heartbeat_pings_each_connection_once_and_drops_silent_ones():
 def test_a_failing_connection_does_not_stop_the_flush_of_others():
     hub = make_hub()
 
-    class Broken(Recorder):
+    class Broken(FakeConnection):
         def flush(self):
             raise RuntimeError("boom")
 
-    broken, fine = Broken("b"), Recorder("f")
+    broken, fine = Broken("b"), FakeConnection("f")
     for connection in (broken, fine):
         hub.subscribe(Subscription(connection, "c"), None)
     hub.publish("c", "x")
@@ -207,7 +184,7 @@ def test_a_failing_connection_does_not_stop_the_flush_of_others():
 
 def test_ids_of_replayed_and_live_messages_follow_each_other():
     hub = make_hub()
-    connection = Recorder("j")
+    connection = FakeConnection("j")
     published = [hub.publish("c", str(i)) for i in range(3)]
     hub.subscribe(Subscription(connection, "c", json=True), MessageId(published[0].id.epoch, 0))
     published.append(hub.publish("c", "live"))

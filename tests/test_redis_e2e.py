@@ -26,13 +26,13 @@ from gevent.event import Event
 
 from tests.support import (
     Closed,
+    EventStream,
     RedisServer,
     ServerProcess,
     WSClient,
     free_port,
     wait_until,
 )
-from tests.transports.test_sse import EventStream
 from wsrelay.ids import MessageId
 
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}

@@ -48,10 +48,16 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
     bound_host, bound_port = server.address[:2]
     click.echo(f"wsrelay serving on http://{bound_host}:{bound_port}/", err=False)
     sys.stdout.flush()
+
+    def stop() -> None:
+        """Graceful: stop accepting, send clients away with what is queued, then exit."""
+        server.close()
+        app.extensions["wsrelay"].shutdown()
+        server.stop(timeout=1)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, server.stop)
+        gevent.signal_handler(signum, gevent.spawn, stop)
     server.serve_forever()
-    app.extensions["wsrelay"].close()
 
 
 @cli.command()

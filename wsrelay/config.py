@@ -47,6 +47,12 @@ def _key_prefix(text: str) -> str:
     return text
 
 
+def _log_format(text: str) -> str:
+    if text not in ("plain", "json"):
+        raise ValueError("must be plain or json")
+    return text
+
+
 def _flag(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -128,6 +134,10 @@ OPTIONS: tuple[Option, ...] = (
            "seconds between SSE keep-alive comments"),
     Option("WSRELAY_CLOSE_TIMEOUT", 5.0, _positive_float,
            "seconds to wait for a WebSocket peer to finish the closing handshake"),
+    Option("WSRELAY_LOG_FORMAT", "plain", _log_format,
+           "`plain` log lines, or `json`: one object per line, connection numbers as keys"),
+    Option("WSRELAY_DRAIN_TIMEOUT", 5.0, _positive_float,
+           "seconds a stopping server gives clients to receive what is queued before it exits"),
     Option("WSRELAY_WORKERS_CHECK", True, _flag,
            "refuse to start several gunicorn workers on the in-memory broker"),
 )

@@ -64,11 +64,15 @@ class WebSocketConnection:
         "hub",
         "id",
         "last_seen",
+        "opened",
         "outbox",
+        "received",
         "rfile",
+        "sent",
         "session",
         "sock",
         "state",
+        "subscribed",
         "subscriptions",
         "writer",
     )
@@ -85,6 +89,12 @@ class WebSocketConnection:
         self.hub = hub
         self.id = f"{_PREFIX}-{next(_ids)}"
         self.subscriptions: dict[str, Subscription] = {}
+        self.opened = time.monotonic()
+        #: Messages the client sent, and messages delivered to it (counted by the hub).
+        self.received = 0
+        self.sent = 0
+        #: Channels subscribed to over the connection's life (for its close log line).
+        self.subscribed = 0
         self.dirty = False
         self.last_seen = time.monotonic()
         self.session = WebSocketSession(max_message_size=max_message_size)
@@ -101,6 +111,8 @@ class WebSocketConnection:
     def run(self, mode: Mode) -> None:
         """Let ``mode`` start (subscribe, replay), then serve until the connection ends."""
         self.hub.attach(self)
+        log.info("websocket %s opened", self.id, extra={"connection": self.id,
+                                                         "transport": "websocket"})
         try:
             mode.start(self)
         except BrokerUnavailable:
@@ -136,6 +148,7 @@ class WebSocketConnection:
                     self.hub.mark_dirty(self)
                 if self.state != "open":
                     break
+                self.received += 1
                 mode.receive(self, message)
             self._queue_session_output()
             if session.finished:
@@ -169,7 +182,8 @@ class WebSocketConnection:
         self, channel: str, since: MessageId | None, *, echo: bool = True, json: bool = False
     ) -> History:
         """Subscribe to ``channel`` (again, from ``since``, if already subscribed)."""
-        self.unsubscribe(channel)
+        if not self.unsubscribe(channel):
+            self.subscribed += 1
         subscription = Subscription(self, channel, echo=echo, json=json)
         self.subscriptions[channel] = subscription
         try:
@@ -201,6 +215,7 @@ class WebSocketConnection:
         if self.state != "open":
             return
         if not self.outbox.push(frame):
+            self.hub.stats.slow_consumer_closes += 1
             self.close(CloseCode.TRY_AGAIN_LATER, "too slow: outbound buffer full")
         elif self.outbox.size >= WRITE_SIZE and self.writer is None:
             self.flush()  # a publisher that never yields must not fill fast readers' queues
@@ -220,6 +235,7 @@ class WebSocketConnection:
                 self.abort()
                 return
             outbox.consume(written)
+            self.hub.stats.bytes_sent += written
             if written < len(data):
                 self.writer = gevent.spawn(self._drain)
                 return
@@ -228,8 +244,9 @@ class WebSocketConnection:
         """Wait for the socket to take the rest of the queue (only for slow sockets)."""
         try:
             while self.outbox and self.state != "closed":
-                data = self.outbox.peek()
-                self.outbox.consume(self.sock.send(data))
+                written = self.sock.send(self.outbox.peek())
+                self.outbox.consume(written)
+                self.hub.stats.bytes_sent += written
         except OSError:
             self.abort()
         finally:
@@ -282,6 +299,21 @@ class WebSocketConnection:
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
+    def _log_close(self) -> None:
+        """One line per connection: what it did and how it ended (no payloads, no tokens)."""
+        code = self.session.close_code or 1006  # 1006: it ended without a close frame
+        self.hub.stats.closes[code] += 1
+        fields = {
+            "connection": self.id, "transport": "websocket", "channels": self.subscribed,
+            "messages_in": self.received, "messages_out": self.sent, "close_code": code,
+            "reason": self.session.close_reason,
+            "duration": round(time.monotonic() - self.opened, 3),
+        }
+        log.info(
+            "websocket %(connection)s closed %(close_code)s %(reason)r after %(duration)ss: "
+            "%(messages_in)d in, %(messages_out)d out", fields, extra=fields,
+        )
+
     def _release(self) -> None:
         if self._abort_timer is not None:
             self._abort_timer.kill(block=False)
@@ -294,5 +326,6 @@ class WebSocketConnection:
         if self.state != "closed":
             self.state = "closed"
             self._close_socket()
+        self._log_close()
         self.outbox.drop_unstarted()
         self.outbox = Outbox(0)

@@ -191,3 +191,18 @@ class RelayHandler(WebSocketHandler):
     def log_request(self) -> None:
         if not self.upgraded:
             WSGIHandler.log_request(self)
+
+
+def take_socket(ws: Any, subprotocol: str | None = None) -> tuple[socket.socket, Any]:
+    """The socket and reader behind ``environ['wsgi.websocket']``: a deferred one is
+    accepted now (raising ApiError on a bad handshake); gevent-websocket's own WebSocket
+    was upgraded already, so its socket is taken over as it is."""
+    if isinstance(ws, DeferredWebSocket):
+        return ws.accept(subprotocol)
+    return ws.handler.socket, ws.handler.rfile
+
+
+def release_stock(ws: Any) -> None:
+    """Tell gevent-websocket's own WebSocket that wsrelay closed it (it must not write)."""
+    if not isinstance(ws, DeferredWebSocket):
+        ws.closed = True

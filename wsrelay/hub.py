@@ -25,6 +25,7 @@ from .broker import Broker, History
 from .ids import MessageId
 from .message import Message
 from .protocol import PING_FRAME, encode_frame
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Connection(Protocol):
 
     id: str
     last_seen: float
+    #: Messages delivered to it, counted by the hub.
+    sent: int
     #: Owned by the hub: True while the connection waits in the flusher's list.
     dirty: bool
 
@@ -87,6 +90,11 @@ class MessageServer:
         self._waiters: dict[str, set[Event]] = {}
         self._presence_changed: set[str] = set()
         self._dirty: list[Connection] = []
+        #: Publish times of messages delivered since the last flush (for the latency metric).
+        self._flush_times: list[float] = []
+        self.stats = Stats()
+        #: True once the process is stopping: held requests answer, new ones are refused.
+        self.draining = False
         self._wakeup = Event()
         self._greenlets: list[gevent.Greenlet] = []
         broker.start(self.deliver)
@@ -104,12 +112,34 @@ class MessageServer:
         gevent.killall(self._greenlets)
         self._greenlets = []
 
+    def drain(self, timeout: float) -> None:
+        """Send every client away, letting queued messages out first, within ``timeout``.
+
+        Held long-polls answer with what they have and SSE streams end (both
+        are woken through their events); each WebSocket gets its queue, then
+        a close frame 1001. Whatever is still open at the deadline is cut.
+        """
+        self.draining = True
+        for events in list(self._waiters.values()):
+            for event in events:
+                event.set()
+        for connection in list(self.connections):
+            connection.close(1001, "server shutting down")
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        for connection in list(self.connections):
+            connection.abort()
+
     def attach(self, connection: Connection) -> None:
         """A connection opened: it is pinged until :meth:`detach`."""
         self.connections.add(connection)
+        self.stats.connections["websocket"] += 1
 
     def detach(self, connection: Connection) -> None:
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.stats.connections["websocket"] -= 1
 
     # -- publishing and delivery ----------------------------------------------------
 
@@ -122,7 +152,9 @@ class MessageServer:
             payload, is_binary = data.encode("utf-8"), False if binary is None else binary
         else:
             payload, is_binary = bytes(data), True if binary is None else binary
-        return self.broker.publish(channel, payload, binary=is_binary, sender=sender)
+        message = self.broker.publish(channel, payload, binary=is_binary, sender=sender)
+        self.stats.published += 1
+        return message
 
     def deliver(self, message: Message) -> None:
         """Called by the broker, in order, for every message of a watched channel."""
@@ -131,6 +163,7 @@ class MessageServer:
             raw = json = None
             sender = message.sender
             dirty = self._dirty
+            delivered = 0
             for subscription in tuple(subscriptions):
                 if subscription.held is not None:
                     subscription.held.append(message)
@@ -146,9 +179,15 @@ class MessageServer:
                     if raw is None:
                         raw = encode_frame(message.data, binary=message.binary)
                     connection.push(raw)
+                delivered += 1
+                connection.sent += 1
                 if not connection.dirty:
                     connection.dirty = True
                     dirty.append(connection)
+            stats = self.stats
+            stats.delivered += delivered
+            stats.channel_messages[message.channel] += 1
+            self._flush_times.append(message.time)
             self._wakeup.set()
         waiters = self._waiters.get(message.channel)
         if waiters:
@@ -183,6 +222,11 @@ class MessageServer:
             except Exception:  # a bug in one connection must not stop the others
                 log.exception("flush failed; dropping connection %s", connection.id)
                 connection.abort()
+        if self._flush_times:
+            times, self._flush_times = self._flush_times, []
+            now = time.time()
+            for published in times:
+                self.stats.record_latency(now - published)
 
     # -- subscriptions --------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,11 +14,18 @@ from .auth import Claims, Tokens
 from .broker import broker_from_config
 from .channels import check_channel
 from .config import DEFAULTS, from_environ, validate
+from .connection import WebSocketConnection
 from .errors import register_error_handlers
+from .handler import release_stock, take_socket
 from .hub import MessageServer
+from .ids import MessageId
 from .limits import Limits
+from .logs import configure as configure_logs
 from .message import Message
+from .modes import Policy, RawMode
 from .transports import create_blueprint
+
+log = logging.getLogger(__name__)
 
 _apps: list[Flask] = []
 _apps_lock = threading.Lock()
@@ -57,6 +65,7 @@ class Relay:
             ping_timeout=config["WSRELAY_PING_TIMEOUT"],
         )
         self.hub.start()
+        configure_logs(config["WSRELAY_LOG_FORMAT"])
         app.extensions["wsrelay"] = self
         app.register_blueprint(create_blueprint())
         register_error_handlers(app)
@@ -82,6 +91,36 @@ class Relay:
         self.connect_hooks.append(hook)
         return hook
 
+    def open_connection(
+        self, sock: Any, rfile: Any, *, expires: float | None = None
+    ) -> WebSocketConnection:
+        """A connection on an accepted socket, with this app's limits."""
+        config = self.app.config
+        return WebSocketConnection(
+            sock, rfile, self.hub,
+            max_message_size=config["WSRELAY_MAX_MESSAGE_SIZE"],
+            buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
+            close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
+            expires=expires,
+        )
+
+    def serve_websocket(
+        self, ws: Any, channel: str, *, since: MessageId | None = None, echo: bool = True
+    ) -> None:
+        """Relay ``channel`` over ``environ['wsgi.websocket']`` in raw mode, until it closes.
+
+        For an application's own route (seed 002's pattern), which has made
+        its own checks: everything the client sends is published, everything
+        published reaches it. Returns when the connection has ended.
+        """
+        check_channel(channel)
+        sock, rfile = take_socket(ws)
+        policy = Policy(_allow_all, None, self.app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
+        try:
+            self.open_connection(sock, rfile).run(RawMode(channel, since, policy, echo=echo))
+        finally:
+            release_stock(ws)
+
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         """Run ``target(*args)`` in a greenlet, once per process however often it is asked."""
         greenlet = self._background.get(target)
@@ -89,10 +128,35 @@ class Relay:
             greenlet = self._background[target] = gevent.spawn(target, *args)
         return greenlet
 
+    @property
+    def draining(self) -> bool:
+        return self.hub is not None and self.hub.draining
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop serving clients gracefully (see :meth:`MessageServer.drain`), then stop."""
+        if self.hub is None or self.hub.draining:
+            return
+        if timeout is None:
+            timeout = self.app.config["WSRELAY_DRAIN_TIMEOUT"]
+        log.info("draining: sending %d WebSocket clients away", len(self.hub.connections))
+        self.hub.drain(timeout)
+        self.close()
+
     def close(self) -> None:
         if self.hub is not None:
             self.hub.stop()
             self.hub.broker.close()
+
+
+def _allow_all(channel: str, action: str) -> None:
+    """The policy of a route that made its own checks."""
+
+
+def shutdown_all(timeout: float | None = None) -> None:
+    """Drain every wsrelay app of this process (a stopping server or gunicorn worker)."""
+    with _apps_lock:
+        relays = [app.extensions["wsrelay"] for app in _apps]
+    gevent.joinall([gevent.spawn(relay.shutdown, timeout) for relay in relays])
 
 
 def current_relay() -> Relay:

@@ -4,115 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
-from dataclasses import dataclass
 
 import gevent
 import pytest
 import requests
 
-from tests.support import wait_until
-
-EOL = re.compile(rb"\r\n|\r|\n")
-
-
-@dataclass
-class Event:
-    type: str
-    data: str
-    id: str
-
-
-@dataclass
-class Comment:
-    text: str
-
-
-class EventStream:
-    """A minimal EventSource: the parsing rules of the HTML standard, over ``requests``."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
-        self.response = requests.get(
-            url, headers={"Accept": "text/event-stream", **(headers or {})},
-            stream=True, timeout=(5, 30),
-        )
-        self._chunks = self.response.iter_content(chunk_size=None)
-        self._buffer = b""
-        self._lines: list[bytes] = []
-        self._type = ""
-        self._data: list[str] = []
-        self.last_event_id = ""
-        self.retry: int | None = None
-        self.comments: list[str] = []
-
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.response.close()
-
-    def _line(self) -> bytes:
-        while not self._lines:
-            chunk = next(self._chunks)  # StopIteration: the server ended the stream
-            self._buffer += chunk
-            held = b""
-            if self._buffer.endswith(b"\r"):  # may be the first half of a \r\n
-                self._buffer, held = self._buffer[:-1], b"\r"
-            parts = EOL.split(self._buffer)
-            self._buffer = parts.pop() + held
-            self._lines.extend(parts)
-        return self._lines.pop(0)
-
-    def next(self, timeout: float = 5) -> Event | Comment:
-        """The next event or comment; fails the test if none comes within ``timeout``."""
-        with gevent.Timeout(timeout, AssertionError(f"nothing from the stream in {timeout}s")):
-            while True:
-                line = self._line().decode("utf-8")
-                if line == "":
-                    if not self._data:
-                        self._type = ""
-                        continue
-                    event = Event(self._type or "message", "\n".join(self._data),
-                                  self.last_event_id)
-                    self._type, self._data = "", []
-                    return event
-                if line.startswith(":"):
-                    text = line[1:].removeprefix(" ")
-                    self.comments.append(text)
-                    return Comment(text)
-                name, colon, value = line.partition(":")
-                value = value.removeprefix(" ") if colon else ""
-                if name == "event":
-                    self._type = value
-                elif name == "data":
-                    self._data.append(value)
-                elif name == "id" and "\0" not in value:
-                    self.last_event_id = value
-                elif name == "retry" and value.isdigit():
-                    self.retry = int(value)
-
-    def next_event(self, timeout: float = 5) -> Event:
-        """The next event, skipping comments."""
-        deadline = time.monotonic() + timeout
-        while True:
-            item = self.next(max(0.01, deadline - time.monotonic()))
-            if isinstance(item, Event):
-                return item
-
-    def events(self, count: int, timeout: float = 5) -> list[Event]:
-        return [self.next_event(timeout) for _ in range(count)]
-
-    def wait_connected(self, timeout: float = 5) -> None:
-        """Once the server's ``connected`` comment is read, every later message is streamed."""
-        while True:
-            item = self.next(timeout)
-            if isinstance(item, Comment) and item.text == "connected":
-                return
-            assert not isinstance(item, Event), item
+from tests.support import Comment, Event, EventStream, wait_until
 
 
 def open_stream(server, channel: str, query: str = "", **headers: str) -> EventStream:

@@ -67,6 +67,8 @@ class Broker(ABC):
         self.history_size = history_size
         self.history_ttl = history_ttl
         self._deliver: Deliver | None = None
+        #: Failed calls to a backing store since start (a metric; a memory broker has none).
+        self.errors = 0
 
     def start(self, deliver: Deliver) -> None:
         """Begin handing every message of a watched channel to ``deliver``."""

@@ -368,6 +368,7 @@ class RedisBroker(Broker):
         return read_after(retained, epoch, seq, since)
 
     def _failed(self, exc: Exception) -> None:
+        self.errors += 1
         if self._commands_ok:
             log.warning("redis command failed: %s", exc)
         self._commands_ok = False

@@ -38,6 +38,13 @@ def checked_since(text: str | None) -> MessageId | None:
         raise ApiError(400, "invalid_since", str(exc)) from None
 
 
+def check_serving() -> None:
+    """A stopping server takes no new clients: they should go to another one."""
+    if relay().draining:
+        raise ApiError(503, "shutting_down", "this server is stopping: connect to another one",
+                       headers={"Retry-After": "1"})
+
+
 def check_origin() -> None:
     """Refuse a browser request from an origin that is neither ours nor allowed, and, under
     WSRELAY_REQUIRE_ORIGIN, a request that shows no origin at all.
@@ -81,6 +88,7 @@ def admit(channel: str, action: str) -> Access:
     """The checks every request to a channel passes first, all before any upgrade: the
     name, the origin, the token for ``action`` (subscribe or publish), the connect hooks."""
     name = checked_channel(channel)
+    check_serving()
     check_origin()
     return admit_channel(name, action)
 
@@ -99,6 +107,7 @@ def admit_channel(channel: str, action: str) -> Access:
 def admit_client() -> Access:
     """The checks of a ``wsrelay.v1`` connection to ``/ws``, which names no channel yet: the
     origin, and a token that is shown (or required everywhere) must be genuine."""
+    check_serving()
     check_origin()
     token = request_token()
     tokens = relay().tokens

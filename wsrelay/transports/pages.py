@@ -14,8 +14,10 @@ def index() -> str:
 
 
 def _report() -> dict:
-    status = relay().hub.broker.status()
-    return {"status": "ok" if status.get("ok") else "degraded", **status, **relay().hub.counts(),
+    hub = relay().hub
+    status = hub.broker.status()
+    state = "draining" if hub.draining else "ok" if status.get("ok") else "degraded"
+    return {"status": state, **status, **hub.counts(), "draining": hub.draining,
             "pid": os.getpid()}  # which worker answered: behind gunicorn each has its own
 
 
@@ -25,8 +27,9 @@ def healthz() -> Response:
 
 
 def readyz() -> Response:
-    """Whether to send this worker new clients: 503 while its broker is unreachable."""
+    """Whether to send this worker new clients: 503 while its broker is unreachable or
+    while it is stopping."""
     body = _report()
     response = jsonify(body)
-    response.status_code = 200 if body["ok"] else 503
+    response.status_code = 200 if body["ok"] and not body["draining"] else 503
     return response

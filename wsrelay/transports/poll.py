@@ -34,10 +34,11 @@ def poll(channel: str) -> Response:
     deadline = time.monotonic() + _timeout()
     hub = relay().hub
     release = occupy(stream=True)
+    hub.stats.connections["poll"] += 1
     try:
         with hub.watch(name) as arrived:
             page = hub.broker.history(name, since)
-            while not page.messages and not page.reset:
+            while not page.messages and not page.reset and not hub.draining:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not arrived.wait(remaining):
                     break
@@ -46,6 +47,7 @@ def poll(channel: str) -> Response:
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
     finally:
+        hub.stats.connections["poll"] -= 1
         release()
     body = {
         "channel": name,

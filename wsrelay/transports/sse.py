@@ -30,6 +30,15 @@ def _left(expires: float | None) -> float:
 
 def _events(hub: MessageServer, channel: str, since: MessageId | None,
             keepalive: float, expires: float | None) -> Iterator[bytes]:
+    hub.stats.connections["sse"] += 1
+    try:
+        yield from _stream(hub, channel, since, keepalive, expires)
+    finally:
+        hub.stats.connections["sse"] -= 1
+
+
+def _stream(hub: MessageServer, channel: str, since: MessageId | None,
+            keepalive: float, expires: float | None) -> Iterator[bytes]:
     with hub.watch(channel) as arrived:
         try:
             page = hub.broker.history(channel, since)
@@ -45,6 +54,8 @@ def _events(hub: MessageServer, channel: str, since: MessageId | None,
                 yield _reset_event(page.cursor)
             if page.messages:
                 yield b"".join(message.to_sse() for message in page.messages)
+            if hub.draining:  # the server stops: end cleanly, the browser reconnects elsewhere
+                return
             cursor = page.cursor
             while not arrived.wait(min(keepalive, max(_left(expires), 0.0))):
                 if _left(expires) <= 0:

@@ -14,10 +14,9 @@ from flask import Response, current_app, request
 from geventwebsocket.websocket import WebSocket
 
 from ..auth import SUBSCRIBE
-from ..connection import WebSocketConnection
 from ..envelopes import SUBPROTOCOL
 from ..errors import ApiError
-from ..handler import DeferredWebSocket
+from ..handler import DeferredWebSocket, release_stock, take_socket
 from ..modes import JsonMode, Policy, RawMode
 from ..protocol import CloseCode, close_frame
 from .common import admit, admit_channel, admit_client, checked_since, client_address, occupy, relay
@@ -49,10 +48,7 @@ def upgrade(channel: str | None = None) -> Response:
             since = checked_since(request.args.get("since"))
             echo = request.args.get("echo", "1") != "0"
             held.callback(occupy(stream=False))
-            if isinstance(ws, DeferredWebSocket):
-                sock, rfile = ws.accept(SUBPROTOCOL if json else None)
-            else:  # the stock gevent-websocket handler upgraded before we could look
-                sock, rfile = ws.handler.socket, ws.handler.rfile
+            sock, rfile = take_socket(ws, SUBPROTOCOL if json else None)
         except ApiError as exc:
             if ws is None or isinstance(ws, DeferredWebSocket):
                 return exc.response()
@@ -68,16 +64,8 @@ def upgrade(channel: str | None = None) -> Response:
             mode = JsonMode(policy, (access.channel, since) if channel is not None else None)
         else:
             mode = RawMode(access.channel, since, policy, echo=echo)
-        connection = WebSocketConnection(
-            sock, rfile, relay().hub,
-            max_message_size=config["WSRELAY_MAX_MESSAGE_SIZE"],
-            buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
-            close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
-            expires=access.expires,
-        )
-        connection.run(mode)
-    if isinstance(ws, WebSocket):
-        ws.closed = True  # our connection already closed it; the stock handler must not
+        relay().open_connection(sock, rfile, expires=access.expires).run(mode)
+    release_stock(ws)
     return Response(status=204)
 
 
