@@ -25,6 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+def publish_stream(server: ServerProcess, channel: str, count: int) -> gevent.Greenlet:
+    """A greenlet publishing ``n0`` ... ``n{count-1}`` over one WebSocket, briefly pausing
+    every fifth message so readers interleave (keep ``count`` within one connection's
+    publish burst)."""
+
+    def produce() -> None:
+        with server.ws(f"/ws/{channel}?echo=0") as publisher:
+            for i in range(count):
+                publisher.send(f"n{i}")
+                if i % 5 == 0:
+                    gevent.sleep(0.003)
+
+    return gevent.spawn(produce)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,8 +13,10 @@ from wsrelay import create_app
 from wsrelay.handler import RelayHandler
 
 
-def serve(handler_class):
-    server = WSGIServer(("127.0.0.1", 0), create_app(), handler_class=handler_class, log=None)
+def serve(handler_class, app=None):
+    """``app`` (a fresh wsrelay app by default) in this process, on a free port."""
+    app = app or create_app()
+    server = WSGIServer(("127.0.0.1", 0), app, handler_class=handler_class, log=None)
     server.start()
     return server
 
@@ -133,8 +135,7 @@ def own_route_server(request):
         app.extensions["wsrelay"].serve_websocket(flask_request.environ["wsgi.websocket"], room)
         return ""
 
-    server = WSGIServer(("127.0.0.1", 0), app, handler_class=request.param, log=None)
-    server.start()
+    server = serve(request.param, app)
     yield request.param, f"ws://127.0.0.1:{server.server_port}"
     server.stop()
 

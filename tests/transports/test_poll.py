@@ -13,7 +13,7 @@ import gevent
 import pytest
 import requests
 
-from tests.support import ServerProcess, wait_until
+from tests.support import ServerProcess, publish_stream, wait_until
 
 ID = re.compile(r"\d{13}-\d{10}")
 
@@ -253,15 +253,7 @@ def test_since_from_a_previous_server_run_is_a_reset(make_server, channel):
 def test_a_poll_loop_misses_nothing_while_messages_stream_in(server, channel):
     count = 150  # within one WebSocket's publish burst (WSRELAY_PUBLISH_BURST)
     cursor = publish(server, channel, "start")
-
-    def produce():
-        with server.ws(f"/ws/{channel}?echo=0") as publisher:
-            for i in range(count):
-                publisher.send(f"n{i}")
-                if i % 5 == 0:
-                    gevent.sleep(0.003)
-
-    producer = gevent.spawn(produce)
+    producer = publish_stream(server, channel, count)
     got: list[dict] = []
     requests_made = 0
     deadline = time.monotonic() + 15

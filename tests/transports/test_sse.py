@@ -6,11 +6,10 @@ import base64
 import json
 import time
 
-import gevent
 import pytest
 import requests
 
-from tests.support import Comment, Event, EventStream, wait_until
+from tests.support import Comment, Event, EventStream, publish_stream, wait_until
 
 
 def open_stream(server, channel: str, query: str = "", **headers: str) -> EventStream:
@@ -148,15 +147,7 @@ def test_reconnecting_with_last_event_id_misses_nothing(server, channel):
     """Drop and resume the stream repeatedly while messages stream in: each exactly once."""
     count = 150  # within one WebSocket's publish burst (WSRELAY_PUBLISH_BURST)
     start = publish(server, channel, "start")
-
-    def produce():
-        with server.ws(f"/ws/{channel}?echo=0") as publisher:
-            for i in range(count):
-                publisher.send(f"n{i}")
-                if i % 5 == 0:
-                    gevent.sleep(0.003)
-
-    producer = gevent.spawn(produce)
+    producer = publish_stream(server, channel, count)
     got: list[Event] = []
     last_id = start
     connections = 0
