@@ -4,8 +4,20 @@ Command-line flags (-b, -w, -k) and GUNICORN_CMD_ARGS override these.
 """
 
 import os
+import shutil
+import tempfile
 
-from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers
+# Metrics: each worker writes its own to files in this directory and /metrics adds them up
+# (prometheus-client's multiprocess mode). It must be set before anything imports
+# prometheus_client, so before wsrelay; without one of yours, a fresh one for this run.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsrelay-metrics-")
+
+from prometheus_client.multiprocess import mark_process_dead  # noqa: E402
+
+from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers  # noqa: E402
+from wsrelay.metrics import reset_multiprocess_dir  # noqa: E402
 
 wsgi_app = "wsrelay.app:create_app()"
 worker_class = "wsrelay.gunicorn_worker.RelayWorker"
@@ -20,7 +32,22 @@ keepalive = 5
 
 
 def on_starting(server):
-    check_workers(server.cfg.workers)
+    try:
+        check_workers(server.cfg.workers)
+    except SystemExit:
+        on_exit(server)  # gunicorn will not call it: it never started
+        raise
+    reset_multiprocess_dir()
+
+
+def child_exit(server, worker):
+    """A worker is gone: its connections no longer count (its totals still do)."""
+    mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def post_worker_init(worker):

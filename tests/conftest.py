@@ -47,6 +47,19 @@ def make_server():
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright; one for the whole session."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import launch
+
+    with sync_playwright() as playwright:
+        instance = launch(playwright)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="session")
 def redis_server():
     """A real ``redis-server`` on a free port, no persistence, for the whole session."""
     instance = RedisServer.start()

@@ -69,10 +69,11 @@ class ServerProcess:
         self.ws_url = f"ws://127.0.0.1:{port}"
 
     @classmethod
-    def serve(cls, env: dict[str, str] | None = None, port: int | None = None) -> ServerProcess:
-        """``python manage.py serve`` on a free port."""
+    def serve(cls, env: dict[str, str] | None = None, port: int | None = None,
+              options: tuple[str, ...] = ()) -> ServerProcess:
+        """``python manage.py serve [OPTIONS]`` on a free port."""
         port = port or free_port()
-        args = [PYTHON, "manage.py", "serve", "--port", str(port), "--no-access-log"]
+        args = [PYTHON, "manage.py", "serve", "--port", str(port), "--no-access-log", *options]
         return cls.start(args, port, env)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""``python manage.py ...``: serve, publish, token, bench."""
+"""``python manage.py ...``: serve, publish, token, stats, bench."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .bench.command import bench
 from .broker import BrokerUnavailable
 from .config import DEFAULTS, ConfigError, from_environ
 from .handler import RelayHandler
+from .stats_command import stats
 from .ticker import ticker as demo_ticker
 
 
@@ -133,3 +134,4 @@ def token(pattern: str, publish: bool, ttl: float) -> None:
 
 
 cli.add_command(bench)
+cli.add_command(stats)

@@ -138,6 +138,9 @@ OPTIONS: tuple[Option, ...] = (
            "`plain` log lines, or `json`: one object per line, connection numbers as keys"),
     Option("WSRELAY_DRAIN_TIMEOUT", 5.0, _positive_float,
            "seconds a stopping server gives clients to receive what is queued before it exits"),
+    Option("WSRELAY_ADMIN_TOKEN", "", str,
+           "token for /metrics and /dashboard (`Authorization: Bearer` or `?token=`); empty: "
+           "only clients on this host's loopback interface may read them"),
     Option("WSRELAY_WORKERS_CHECK", True, _flag,
            "refuse to start several gunicorn workers on the in-memory broker"),
 )

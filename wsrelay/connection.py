@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
@@ -58,6 +59,7 @@ class WebSocketConnection:
     __slots__ = (
         "_abort_timer",
         "_expiry",
+        "_pending_close",
         "close_timeout",
         "dirty",
         "expires",
@@ -100,23 +102,46 @@ class WebSocketConnection:
         self.session = WebSocketSession(max_message_size=max_message_size)
         self.outbox = Outbox(buffer_limit)
         self.writer: gevent.Greenlet | None = None
-        self.state = "open"  # open -> closing -> closed
+        self.state = "open"  # (opening ->) open -> closing -> closed
         self.close_timeout = close_timeout
         self._abort_timer: gevent.Greenlet | None = None
+        #: A close asked for before the 101 was written (a replay overflowing the queue).
+        self._pending_close: tuple[int, str] | None = None
         self.expires = expires
         self._expiry = None  # the libev timer that closes the connection when its token expires
 
     # -- reading (the request greenlet) -------------------------------------------------
 
-    def run(self, mode: Mode) -> None:
-        """Let ``mode`` start (subscribe, replay), then serve until the connection ends."""
+    def run(self, mode: Mode, handshake: Callable[[], None] | None = None) -> None:
+        """Let ``mode`` start (subscribe, replay), complete the handshake, then serve until
+        the connection ends.
+
+        ``handshake`` writes the 101. It runs only once the mode has subscribed, so a
+        client that sees its handshake complete misses nothing published from then on,
+        even when the broker confirms subscriptions asynchronously (Redis); what was
+        queued meanwhile waits until the 101 is out.
+        """
         self.hub.attach(self)
         log.info("websocket %s opened", self.id, extra={"connection": self.id,
                                                          "transport": "websocket"})
+        if handshake is not None:
+            self.state = "opening"
         try:
             mode.start(self)
         except BrokerUnavailable:
             self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+        if handshake is not None:
+            try:
+                handshake()
+            except OSError:
+                self.state = "closed"
+                self._release()
+                return
+            if self.state == "opening":
+                self.state = "open"
+            self.hub.mark_dirty(self)
+            if self._pending_close is not None:
+                self.close(*self._pending_close)
         if self.expires is not None:
             self._expiry = gevent.get_hub().loop.timer(max(0.0, self.expires - time.time()))
             self._expiry.start(
@@ -205,14 +230,14 @@ class WebSocketConnection:
 
     def send(self, frame: bytes) -> None:
         """Queue a frame of this connection's own (an ack, an error)."""
-        if self.state == "open":
+        if self.state in ("open", "opening"):
             self.hub.send(self, frame)
 
     # -- writing ----------------------------------------------------------------------
 
     def push(self, frame: bytes) -> None:
         """Queue a frame (called by the hub); close the connection if it cannot keep up."""
-        if self.state != "open":
+        if self.state not in ("open", "opening"):
             return
         if not self.outbox.push(frame):
             self.hub.stats.slow_consumer_closes += 1
@@ -222,7 +247,7 @@ class WebSocketConnection:
 
     def flush(self) -> None:
         """Write queued bytes without blocking; leave the rest to a writer greenlet."""
-        if self.writer is not None or self.state == "closed":
+        if self.writer is not None or self.state in ("closed", "opening"):
             return
         outbox = self.outbox
         while outbox:
@@ -262,6 +287,9 @@ class WebSocketConnection:
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the peer has ``close_timeout`` to answer."""
+        if self.state == "opening":  # no frame may go out before the 101
+            self._pending_close = (code, reason)
+            return
         if self.state != "open":
             return
         self.state = "closing"

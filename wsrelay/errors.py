@@ -25,7 +25,8 @@ class ApiError(Exception):
         return response
 
 
-_API_ROOTS = ("/ws", "/poll", "/sse", "/publish", "/healthz", "/readyz", "/static")
+_API_ROOTS = ("/ws", "/poll", "/sse", "/publish", "/healthz", "/readyz", "/static",
+              "/metrics", "/dashboard")
 
 
 def _is_api_path(path: str) -> bool:

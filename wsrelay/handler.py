@@ -25,6 +25,7 @@ import contextlib
 import functools
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -117,8 +118,19 @@ class DeferredWebSocket:
 
         Raise :class:`~wsrelay.errors.ApiError` when the handshake is invalid.
         """
+        handshake = self.prepare(subprotocol)
+        handshake()
+        return self._handler.socket, self._handler.rfile
+
+    def prepare(self, subprotocol: str | None = None) -> Callable[[], None]:
+        """Check the handshake now (ApiError if it is invalid) and return what writes the
+        101 later: a relay subscribes first, so a client that sees the 101 misses nothing."""
         handler = self._handler
         response = switching_protocols(accept_key(handler.environ), subprotocol)
+        return functools.partial(self._switch, response)
+
+    def _switch(self, response: bytes) -> None:
+        handler = self._handler
         handler.socket.sendall(response)
         handler.upgraded = True
         handler.status = "101 Switching Protocols"
@@ -193,13 +205,17 @@ class RelayHandler(WebSocketHandler):
             WSGIHandler.log_request(self)
 
 
-def take_socket(ws: Any, subprotocol: str | None = None) -> tuple[socket.socket, Any]:
-    """The socket and reader behind ``environ['wsgi.websocket']``: a deferred one is
-    accepted now (raising ApiError on a bad handshake); gevent-websocket's own WebSocket
-    was upgraded already, so its socket is taken over as it is."""
+def take_socket(
+    ws: Any, subprotocol: str | None = None
+) -> tuple[socket.socket, Any, Callable[[], None] | None]:
+    """The socket and reader behind ``environ['wsgi.websocket']``, and what completes its
+    handshake: for a deferred one, the 101 to write once subscribed (its handshake is
+    checked now: ApiError if invalid); gevent-websocket's own WebSocket was upgraded
+    already (None), so its socket is taken over as it is."""
     if isinstance(ws, DeferredWebSocket):
-        return ws.accept(subprotocol)
-    return ws.handler.socket, ws.handler.rfile
+        handshake = ws.prepare(subprotocol)
+        return ws._handler.socket, ws._handler.rfile, handshake
+    return ws.handler.socket, ws.handler.rfile, None
 
 
 def release_stock(ws: Any) -> None:

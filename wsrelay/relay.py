@@ -22,6 +22,7 @@ from .ids import MessageId
 from .limits import Limits
 from .logs import configure as configure_logs
 from .message import Message
+from .metrics import MetricsSync
 from .modes import Policy, RawMode
 from .transports import create_blueprint
 
@@ -65,6 +66,8 @@ class Relay:
             ping_timeout=config["WSRELAY_PING_TIMEOUT"],
         )
         self.hub.start()
+        self.metrics = MetricsSync(self.hub)  # /metrics, /dashboard
+        self.metrics.start()
         configure_logs(config["WSRELAY_LOG_FORMAT"])
         app.extensions["wsrelay"] = self
         app.register_blueprint(create_blueprint())
@@ -114,10 +117,12 @@ class Relay:
         published reaches it. Returns when the connection has ended.
         """
         check_channel(channel)
-        sock, rfile = take_socket(ws)
+        sock, rfile, handshake = take_socket(ws)
         policy = Policy(_allow_all, None, self.app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
         try:
-            self.open_connection(sock, rfile).run(RawMode(channel, since, policy, echo=echo))
+            self.open_connection(sock, rfile).run(
+                RawMode(channel, since, policy, echo=echo), handshake
+            )
         finally:
             release_stock(ws)
 
@@ -145,6 +150,7 @@ class Relay:
     def close(self) -> None:
         if self.hub is not None:
             self.hub.stop()
+            self.metrics.stop()
             self.hub.broker.close()
 
 

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import numpy
 import uvloop
 
 from .procstat import cpu_seconds, machine_busy_seconds, rss_bytes
@@ -98,10 +99,8 @@ async def sync(publisher, receivers: Sequence, tally: Tally) -> None:
     raise RuntimeError(f"only {tally.synced} of {len(receivers)} subscribers got a sync message")
 
 
-def latency_figures(tally: Tally, skip: int = 0) -> dict:
-    import numpy
-
-    samples = numpy.frombuffer(tally.latencies, dtype=numpy.int64)[skip:] / 1e6
+def latency_figures(tally: Tally) -> dict:
+    samples = numpy.frombuffer(tally.latencies, dtype=numpy.int64) / 1e6
     if not len(samples):
         return {}
     quantiles = numpy.percentile(samples, QUANTILES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import pages, poll, publish, sse, websocket
+from . import admin, pages, poll, publish, sse, websocket
 
 
 def create_blueprint() -> Blueprint:
@@ -12,6 +12,9 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/", view_func=pages.index)
     bp.add_url_rule("/healthz", view_func=pages.healthz)
     bp.add_url_rule("/readyz", view_func=pages.readyz)
+    bp.add_url_rule("/metrics", view_func=admin.metrics)
+    bp.add_url_rule("/dashboard", view_func=admin.dashboard)
+    bp.add_url_rule("/dashboard/stats", view_func=admin.dashboard_stats)
     bp.add_url_rule("/ws/<path:channel>", view_func=websocket.upgrade, websocket=True)
     bp.add_url_rule("/ws", endpoint="ws_json", view_func=websocket.upgrade, websocket=True)
     bp.add_url_rule(

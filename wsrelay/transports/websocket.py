@@ -48,7 +48,7 @@ def upgrade(channel: str | None = None) -> Response:
             since = checked_since(request.args.get("since"))
             echo = request.args.get("echo", "1") != "0"
             held.callback(occupy(stream=False))
-            sock, rfile = take_socket(ws, SUBPROTOCOL if json else None)
+            sock, rfile, handshake = take_socket(ws, SUBPROTOCOL if json else None)
         except ApiError as exc:
             if ws is None or isinstance(ws, DeferredWebSocket):
                 return exc.response()
@@ -64,7 +64,7 @@ def upgrade(channel: str | None = None) -> Response:
             mode = JsonMode(policy, (access.channel, since) if channel is not None else None)
         else:
             mode = RawMode(access.channel, since, policy, echo=echo)
-        relay().open_connection(sock, rfile, expires=access.expires).run(mode)
+        relay().open_connection(sock, rfile, expires=access.expires).run(mode, handshake)
     release_stock(ws)
     return Response(status=204)
 

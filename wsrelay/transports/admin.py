@@ -1,0 +1,96 @@
+"""The operator's endpoints: ``/metrics`` for Prometheus, ``/dashboard`` and its numbers.
+
+They show channel names and traffic, so they are not public: with
+WSRELAY_ADMIN_TOKEN set they need that token; without it only a client on
+this host's loopback interface may read them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import time
+
+from flask import Response, current_app, jsonify, render_template, request
+from prometheus_client.exposition import choose_encoder
+
+from ..errors import ApiError
+from ..metrics import SYNC_INTERVAL, exposition_registry, multiprocess_dir, read_totals
+from .common import client_address, relay, request_token
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _from_this_host() -> bool:
+    """The client is on this host's loopback interface. A request that a proxy we were not
+    told of relayed (it carries forwarding headers) may come from anywhere: not local."""
+    if not current_app.config["WSRELAY_PROXY_HOPS"] and (
+        "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    ):
+        return False
+    return _is_loopback(client_address())
+
+
+def check_admin() -> None:
+    """401 without the admin token when one is set; 403 from another host when none is."""
+    expected = current_app.config["WSRELAY_ADMIN_TOKEN"]
+    if expected:
+        shown = request_token()
+        if shown is None:
+            raise ApiError(401, "token_required", "send WSRELAY_ADMIN_TOKEN as "
+                           "'Authorization: Bearer <token>' or ?token=<token>",
+                           headers={"WWW-Authenticate": 'Bearer realm="wsrelay admin"'})
+        if not hmac.compare_digest(shown.encode(), expected.encode()):
+            raise ApiError(401, "invalid_token", "this is not WSRELAY_ADMIN_TOKEN",
+                           headers={"WWW-Authenticate": 'Bearer realm="wsrelay admin"'})
+    elif not _from_this_host():
+        raise ApiError(403, "forbidden", "without WSRELAY_ADMIN_TOKEN only clients on this "
+                       "host's loopback interface may read this")
+
+
+def _private(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"  # the page's URL may hold the token
+    return response
+
+
+def metrics() -> Response:
+    """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
+    check_admin()
+    relay().metrics.sync()  # this process's numbers as of now; other workers' within 1 s
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return _private(Response(encoder(exposition_registry()), content_type=content_type))
+
+
+def dashboard() -> Response:
+    check_admin()
+    return _private(Response(render_template("dashboard.html")))
+
+
+def dashboard_stats() -> Response:
+    """The dashboard's numbers (and ``manage.py stats``'s): totals over every worker, this
+    worker's own, its busiest channels of the last window, its broker and hub."""
+    check_admin()
+    hub, sync = relay().hub, relay().metrics
+    sync.sync()
+    return _private(jsonify(
+        time=time.time(),
+        pid=os.getpid(),  # the worker that answered
+        multiprocess=multiprocess_dir() is not None,
+        totals=read_totals(exposition_registry()),
+        process={**hub.stats.snapshot(), "broker_errors": hub.broker.errors},
+        busiest=[{"channel": name, "messages": count} for name, count in sync.busiest],
+        busiest_window=SYNC_INTERVAL,
+        counts=hub.counts(),
+        broker=hub.broker.status(),
+        draining=hub.draining,
+    ))
