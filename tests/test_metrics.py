@@ -90,7 +90,8 @@ def test_the_connections_gauge_goes_up_and_down(hub, registry):
 
 
 @pytest.mark.parametrize(("code", "label"), [
-    (1000, "1000"), (1006, "1006"), (1015, "1015"), (3000, "3000"), (4999, "4999"),
+    (1000, "1000"), (1006, "1006"), (1015, "1015"), (3000, "3xxx"), (3999, "3xxx"),
+    (4000, "4xxx"), (4999, "4xxx"),
     (999, "other"), (1016, "other"), (2999, "other"), (5000, "other"), (65535, "other"),
 ])
 def test_close_code_labels_are_bounded(code, label):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,18 @@ from flask import Flask
 from .relay import Relay
 from .transports.websocket import app_protocol
 
-TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+
+def _templates() -> str:
+    """The pages: ``templates/`` beside the package in a checkout (or an editable install),
+    else where a regular install put them (``<prefix>/share/wsrelay/templates``)."""
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "templates")
+    if os.path.isdir(checkout):
+        return checkout
+    return os.path.join(sys.prefix, "share", "wsrelay", "templates")
+
+
+TEMPLATES = _templates()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

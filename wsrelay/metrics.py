@@ -59,9 +59,16 @@ LATENCY = "wsrelay_publish_latency_seconds"
 
 
 def close_code_label(code: int) -> str:
-    """The ``code`` label of a close code: the code itself where it is one of RFC 6455's
-    (1000-1015) or an application's (3000-4999), else ``other`` (a client picks it)."""
-    return str(code) if 1000 <= code <= 1015 or 3000 <= code <= 4999 else "other"
+    """A bounded label for a close code: the protocol's own codes (1000-1015) one by one;
+    the registered (3000-3999) and private (4000-4999) ranges, which a client may pick
+    freely, one label each; anything else ``other``. At most 18 series."""
+    if 1000 <= code <= 1015:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"
 
 
 class Metrics:
