@@ -496,17 +496,26 @@ def test_a_long_polling_page_gets_a_burst_complete_and_in_order(server, channel,
     no_duplicate_ids(page, channel)
 
 
+def alice_and_bob(
+    open_client, channel: str, transport: str, alice_server, bob_server
+) -> tuple[Page, Page]:
+    """Alice's page on ``transport``, Bob's on WebSocket, both subscribed to ``channel`` and
+    open; both retry every second at most, so a restarted server is back in the test's time."""
+    alice = open_client(alice_server, transports=[transport], maxDelay=1000)
+    bob = open_client(bob_server, maxDelay=1000)
+    for page in (alice, bob):
+        subscribe(page, channel)
+    wait_open(alice, transport)
+    wait_open(bob, "websocket")
+    return alice, bob
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_server_restart_mid_chat_memory_broker(make_server, channel, open_client, transport):
     """The memory broker forgets everything: pages reconnect, are told of the gap (their
     cursors are from the old server), and chat on; nothing arrives twice."""
     first = make_server()
-    alice = open_client(first, transports=[transport], maxDelay=1000)
-    bob = open_client(first, maxDelay=1000)
-    for page in (alice, bob):
-        subscribe(page, channel)
-    wait_open(alice, transport)
-    wait_open(bob, "websocket")
+    alice, bob = alice_and_bob(open_client, channel, transport, first, first)
     send(alice, channel, "before the restart")
     wait_for(bob, channel, "before the restart")
     wait_for(alice, channel, "before the restart")
@@ -541,12 +550,7 @@ def test_a_server_restart_on_redis_loses_nothing(
     service publishes meanwhile. Alice resumes from her last id: everything, once, in order."""
     env = {"WSRELAY_BROKER_URL": redis_server.url}
     first, other = make_server(env=env), make_server(env=env)
-    alice = open_client(first, transports=[transport], maxDelay=1000)
-    bob = open_client(other)
-    for page in (alice, bob):
-        subscribe(page, channel)
-    wait_open(alice, transport)
-    wait_open(bob, "websocket")
+    alice, bob = alice_and_bob(open_client, channel, transport, first, other)
     send(alice, channel, "alice: hi")
     send(bob, channel, "bob: hello")
     wait_for(alice, channel, "alice: hi", "bob: hello")
