@@ -321,3 +321,16 @@ def test_gunicorn_workers_metrics_are_added_up(redis_server, channel):
             client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("localhost:5000", True), ("127.0.0.1:5000", True), ("[::1]:5000", True), ("[::1]", True),
+    ("evil.example", False), ("evil.example:5000", False), ("10.0.0.7:5000", False),
+])
+def test_without_a_token_a_rebound_name_is_not_local(app, host, allowed):
+    """A foreign page whose name now resolves to 127.0.0.1 (DNS rebinding) still names its
+    own host: refused, though it comes from loopback."""
+    client = app.test_client()
+    response = client.get("/dashboard/stats", headers={"Host": host},
+                          environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert (response.status_code == 200) is allowed, response.status_code

@@ -31,11 +31,19 @@ def _is_loopback(address: str) -> bool:
 
 
 def _from_this_host() -> bool:
-    """The client is on this host's loopback interface. A request that a proxy we were not
-    told of relayed (it carries forwarding headers) may come from anywhere: not local."""
+    """The client is on this host's loopback interface, and asked for it by a loopback name.
+
+    A request that a proxy we were not told of relayed (it carries forwarding
+    headers) may come from anywhere: not local. A page of another site that
+    rebinds its own name to 127.0.0.1 in the developer's browser comes from
+    loopback, but names its own host: not local either (DNS rebinding).
+    """
     if not current_app.config["WSRELAY_PROXY_HOPS"] and (
         "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
     ):
+        return False
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    if host.strip("[]").lower() != "localhost" and not _is_loopback(host.strip("[]")):
         return False
     return _is_loopback(client_address())
 
