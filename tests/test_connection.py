@@ -8,8 +8,9 @@ import pytest
 from tests.support import client_frame, server_frames
 from wsrelay.broker import MemoryBroker
 from wsrelay.connection import WebSocketConnection
+from wsrelay.handler import take_buffered
 from wsrelay.hub import MessageServer
-from wsrelay.modes import Policy, RawMode
+from wsrelay.modes import RawMode
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def hub():
 
 def raw_mode(channel: str) -> RawMode:
     """Raw relay of ``channel`` with every right and no rate limit."""
-    return RawMode(channel, None, Policy(lambda channel, action: None, None, 100))
+    return RawMode(channel, None, may_publish=True, rate=None)
 
 
 def connect(hub, *, buffer_limit=1 << 20, close_timeout=5.0, rcvbuf=None, channel="c"):
@@ -31,7 +32,7 @@ def connect(hub, *, buffer_limit=1 << 20, close_timeout=5.0, rcvbuf=None, channe
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
     connection = WebSocketConnection(
-        ours, ours.makefile("rb"), hub, max_message_size=65536,
+        ours, hub, max_message_size=65536,
         buffer_limit=buffer_limit, close_timeout=close_timeout,
     )
     runner = gevent.spawn(connection.run, raw_mode(channel))
@@ -103,10 +104,11 @@ def test_frames_the_request_reader_already_buffered_are_read_first(hub):
     peer.sendall(client_frame(0x1, b"early") + client_frame(0x1, b"bird"))
     rfile = ours.makefile("rb")
     assert rfile.peek(1), "the frames wait in the reader's buffer, not in the socket"
+    pending = take_buffered(ours, rfile)
     connection = WebSocketConnection(
-        ours, rfile, hub, max_message_size=65536, buffer_limit=1 << 20, close_timeout=5.0,
+        ours, hub, max_message_size=65536, buffer_limit=1 << 20, close_timeout=5.0,
     )
-    runner = gevent.spawn(connection.run, raw_mode("c"))
+    runner = gevent.spawn(connection.run, raw_mode("c"), None, pending)
     peer.settimeout(5)
     data = b""
     while len(server_frames(data)) < 2:

@@ -1,10 +1,12 @@
 """One accepted WebSocket: the only reader and the only writer of its socket.
 
-The reader runs in the request's own greenlet. Writes are non-blocking and
-happen when the hub's flusher asks; only when the kernel buffer is full does
-a writer greenlet exist, to wait for the socket and finish the queue. An
-idle connection therefore costs no greenlet but its request's; a token's
-expiry is a libev timer, which spawns a greenlet only when it fires.
+The reader runs in one greenlet: a fresh one once the socket left its request
+(:meth:`~wsrelay.handler.DeferredWebSocket.detach`), else the request's own.
+Writes are non-blocking and happen when the hub's flusher asks; only when the
+kernel buffer is full does a writer greenlet exist, to wait for the socket
+and finish the queue. An idle connection therefore costs one greenlet with a
+shallow stack; a token's expiry is a libev timer, which spawns a greenlet
+only when it fires.
 
 What the client's messages mean is its *mode*'s business (:mod:`wsrelay.modes`:
 raw relay or ``wsrelay.v1`` requests); the connection holds the mode's
@@ -69,7 +71,6 @@ class WebSocketConnection:
         "opened",
         "outbox",
         "received",
-        "rfile",
         "sent",
         "session",
         "sock",
@@ -80,14 +81,13 @@ class WebSocketConnection:
     )
 
     def __init__(
-        self, sock: socket.socket, rfile, hub: MessageServer, *,
+        self, sock: socket.socket, hub: MessageServer, *,
         max_message_size: int, buffer_limit: int, close_timeout: float,
         expires: float | None = None,
     ) -> None:
         """``expires``: the Unix time the client's token expires, when the connection is
         closed with 1008."""
         self.sock = sock
-        self.rfile = rfile
         self.hub = hub
         self.id = f"{_PREFIX}-{next(_ids)}"
         self.subscriptions: dict[str, Subscription] = {}
@@ -110,11 +110,13 @@ class WebSocketConnection:
         self.expires = expires
         self._expiry = None  # the libev timer that closes the connection when its token expires
 
-    # -- reading (the request greenlet) -------------------------------------------------
+    # -- reading (the connection's greenlet) -------------------------------------------
 
-    def run(self, mode: Mode, handshake: Callable[[], None] | None = None) -> None:
+    def run(
+        self, mode: Mode, handshake: Callable[[], None] | None = None, pending: bytes = b""
+    ) -> None:
         """Let ``mode`` start (subscribe, replay), complete the handshake, then serve until
-        the connection ends.
+        the connection ends; ``pending``: what the client sent that was read already.
 
         ``handshake`` writes the 101. It runs only once the mode has subscribed, so a
         client that sees its handshake complete misses nothing published from then on,
@@ -148,7 +150,7 @@ class WebSocketConnection:
                 gevent.spawn, self.close, CloseCode.POLICY_VIOLATION, "token expired"
             )
         try:
-            self._read_loop(mode)
+            self._read_loop(mode, pending)
         except Exception:
             log.exception("connection %s failed", self.id)
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -156,16 +158,19 @@ class WebSocketConnection:
         finally:
             self._release()
 
-    def _read_loop(self, mode: Mode) -> None:
+    def _read_loop(self, mode: Mode, data: bytes) -> None:
+        """Read and answer until the end. ``sock.recv`` allocates its buffer only once data
+        is there: an idle connection holds no read buffer."""
         session = self.session
         while self.state != "closed":
-            try:
-                data = self._receive()
-            except (OSError, ValueError):  # reset, or the socket was closed under us
-                return
             if not data:
-                session.receive_eof()
-                return
+                try:
+                    data = self.sock.recv(READ_SIZE)
+                except (OSError, ValueError):  # reset, or the socket was closed under us
+                    return
+                if not data:
+                    session.receive_eof()
+                    return
             self.last_seen = time.monotonic()
             for message in session.receive_data(data):
                 if message.replies:
@@ -175,31 +180,11 @@ class WebSocketConnection:
                     break
                 self.received += 1
                 mode.receive(self, message)
+            data = b""
             self._queue_session_output()
             if session.finished:
                 self._finish_writes_and_close()
                 return
-
-    def _receive(self) -> bytes:
-        """The next bytes from the client; ``b""`` at EOF.
-
-        ``sock.recv`` allocates its buffer only once data is there, whereas the
-        request's buffered reader holds a ``READ_SIZE`` buffer for as long as it
-        waits: 64 KiB per idle connection. The reader is read once, without
-        waiting, for what it took in past the handshake, then closed.
-        """
-        rfile, self.rfile = self.rfile, None
-        if rfile is not None:
-            timeout = self.sock.gettimeout()
-            self.sock.settimeout(0.0)
-            try:
-                data = rfile.read1(READ_SIZE)  # b"" when nothing came yet
-            finally:
-                self.sock.settimeout(timeout)
-                rfile.close()  # frees its 8 KiB buffer; the socket stays open
-            if data:
-                return data
-        return self.sock.recv(READ_SIZE)
 
     # -- subscriptions ----------------------------------------------------------------
 

@@ -4,8 +4,9 @@ The stock ``WebSocketHandler`` completes the handshake before the Flask app
 runs, so a view can no longer refuse with an HTTP status. ``RelayHandler``
 hands the view a :class:`DeferredWebSocket` in ``environ['wsgi.websocket']``
 instead: the view checks channel, origin and token, then either returns an
-ordinary error response or calls :meth:`DeferredWebSocket.accept`, which
-writes the 101 and gives it the socket.
+ordinary error response or takes the socket (:func:`take_socket`): the 101
+is written once the relay has subscribed, and the connection leaves the
+request, which ends (:meth:`DeferredWebSocket.detach`).
 
 It also bounds the one thing pywsgi lets a client take for ever: the time
 to send a request head. A connection that sends nothing, or its head too
@@ -26,9 +27,10 @@ import functools
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
+from gevent.pool import PoolFull
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
@@ -111,34 +113,75 @@ class DeferredWebSocket:
 
     def __init__(self, handler: RelayHandler) -> None:
         self._handler = handler
-        self.accepted = False
-
-    def accept(self, subprotocol: str | None = None) -> tuple[socket.socket, Any]:
-        """Write the 101 and return the socket and its buffered reader.
-
-        Raise :class:`~wsrelay.errors.ApiError` when the handshake is invalid.
-        """
-        handshake = self.prepare(subprotocol)
-        handshake()
-        return self._handler.socket, self._handler.rfile
 
     def prepare(self, subprotocol: str | None = None) -> Callable[[], None]:
         """Check the handshake now (ApiError if it is invalid) and return what writes the
         101 later: a relay subscribes first, so a client that sees the 101 misses nothing."""
-        handler = self._handler
-        response = switching_protocols(accept_key(handler.environ), subprotocol)
+        response = switching_protocols(accept_key(self._handler.environ), subprotocol)
         return functools.partial(self._switch, response)
 
     def _switch(self, response: bytes) -> None:
+        self._handler.socket.sendall(response)
+        self._mark_upgraded(len(response))
+
+    def detach(self, subprotocol: str | None = None) -> TakenSocket | None:
+        """Take the connection out of its request, which then ends without a response and
+        reads no further request; None when the socket cannot be duplicated (TLS).
+
+        The request's greenlet, its stacks and the request's objects then go, instead
+        of living as long as the connection: most of an idle WebSocket's memory. The
+        connection keeps a duplicate of the socket (the server closes the original once
+        the request ends) and runs in a greenlet of its own (:meth:`TakenSocket.serve`).
+        """
         handler = self._handler
-        handler.socket.sendall(response)
+        response = switching_protocols(accept_key(handler.environ), subprotocol)  # ApiError
+        try:
+            sock = handler.socket.dup()
+        except NotImplementedError:  # an SSLSocket: its TLS state cannot be shared
+            return None
+        pending = take_buffered(handler.socket, handler.rfile)
+        # pywsgi's cleanup reads what is left on its socket before closing it: with no
+        # socket it leaves the client's first frames to us (the server still closes it).
+        handler.socket = None
+        self._mark_upgraded(len(response))
+        return TakenSocket(
+            sock, pending, functools.partial(sock.sendall, response),
+            functools.partial(_spawn_in_server, handler.server),
+        )
+
+    def _mark_upgraded(self, response_length: int) -> None:
+        """The request is answered by the 101: no HTTP response, no further request."""
+        handler = self._handler
         handler.upgraded = True
         handler.status = "101 Switching Protocols"
         handler.headers_sent = True
         handler.close_connection = True
-        handler.response_length = len(response)
-        self.accepted = True
-        return handler.socket, handler.rfile
+        handler.response_length = response_length
+
+
+def _serve_here(target: Callable[[], None]) -> None:
+    target()
+
+
+def _spawn_in_server(server: Any, target: Callable[[], None]) -> None:
+    """Run a detached connection in a fresh greenlet (a shallow stack) of the server's pool,
+    so a stopping gunicorn worker waits for it as for any request; a full pool runs it in
+    the request's greenlet, whose slot it already holds."""
+    pool = getattr(server, "pool", None)
+    if pool is None:
+        _ConnectionGreenlet.spawn(target)
+        return
+    try:
+        pool.start(_ConnectionGreenlet(target), blocking=False)
+    except PoolFull:
+        target()
+
+
+class _ConnectionGreenlet(gevent.Greenlet):
+    """A detached connection's greenlet: it does not keep a record of the stack that
+    spawned it (gevent's default: 10 frames, ~0.7 KiB per connection)."""
+
+    spawning_stack_limit = 0
 
 
 class RelayHandler(WebSocketHandler):
@@ -205,20 +248,63 @@ class RelayHandler(WebSocketHandler):
             WSGIHandler.log_request(self)
 
 
-def take_socket(
-    ws: Any, subprotocol: str | None = None
-) -> tuple[socket.socket, Any, Callable[[], None] | None]:
-    """The socket and reader behind ``environ['wsgi.websocket']``, and what completes its
-    handshake: for a deferred one, the 101 to write once subscribed (its handshake is
-    checked now: ApiError if invalid); gevent-websocket's own WebSocket was upgraded
-    already (None), so its socket is taken over as it is."""
+class TakenSocket(NamedTuple):
+    """A WebSocket's socket, taken from the request that asked for it."""
+
+    sock: socket.socket
+    #: What the request's buffered reader took in past the request head (the first frames).
+    pending: bytes
+    #: What writes the 101 once the relay has subscribed; None when it is out already.
+    handshake: Callable[[], None] | None
+    #: ``serve(target)`` runs the connection: in a greenlet of its own once detached from
+    #: its request, else in the request's greenlet until it ends.
+    serve: Callable[[Callable[[], None]], None]
+
+
+def take_buffered(sock: socket.socket, rfile: Any) -> bytes:
+    """What ``rfile`` took in past the request head, read without waiting; then close it.
+
+    ``sock.recv`` allocates its buffer only once data is there, whereas the
+    request's buffered reader keeps its 8 KiB buffer for as long as it lives.
+    """
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        return rfile.read1() or b""  # b"" (or None) when nothing came yet
+    except OSError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+        rfile.close()  # the socket stays open
+
+
+def take_socket(ws: Any, subprotocol: str | None = None, *, detach: bool = False) -> TakenSocket:
+    """The socket behind ``environ['wsgi.websocket']`` and what completes its handshake.
+
+    A deferred one has its handshake checked now (ApiError if invalid) and the
+    101 written once subscribed; with ``detach`` it leaves its request
+    (:meth:`DeferredWebSocket.detach`). gevent-websocket's own WebSocket was
+    upgraded already and stays in its request: the stock handler closes the
+    socket when the view returns, so the view serves it until it ends.
+    """
     if isinstance(ws, DeferredWebSocket):
+        taken = ws.detach(subprotocol) if detach else None
+        if taken is not None:
+            return taken
         handshake = ws.prepare(subprotocol)
-        return ws._handler.socket, ws._handler.rfile, handshake
-    return ws.handler.socket, ws.handler.rfile, None
+        handler = ws._handler
+        return TakenSocket(
+            handler.socket, take_buffered(handler.socket, handler.rfile), handshake, _serve_here
+        )
+    handler = ws.handler
+    pending = take_buffered(handler.socket, handler.rfile)
+    return TakenSocket(handler.socket, pending, None, functools.partial(_serve_stock, ws))
 
 
-def release_stock(ws: Any) -> None:
-    """Tell gevent-websocket's own WebSocket that wsrelay closed it (it must not write)."""
-    if not isinstance(ws, DeferredWebSocket):
+def _serve_stock(ws: Any, target: Callable[[], None]) -> None:
+    """Serve gevent-websocket's own WebSocket, then tell it wsrelay closed it (it must not
+    write)."""
+    try:
+        target()
+    finally:
         ws.closed = True

@@ -1,9 +1,10 @@
 """What a WebSocket's messages mean: the raw relay, or ``wsrelay.v1`` requests.
 
-Both modes get their rights from a :class:`Policy`, which the view builds
-from the request (token, connect hooks) before the upgrade, so a channel a
-JSON client subscribes to later passes exactly the checks the URL's channel
-passed.
+Both modes get their rights from the request (token, connect hooks), checked
+by the view before the upgrade. A raw connection's are decided then, once: it
+has one channel. A ``wsrelay.v1`` connection names channels later, when the
+request is over; its :class:`Policy` runs the same checks on each of them,
+so it passes exactly the checks the URL's channel passed.
 """
 
 from __future__ import annotations
@@ -57,26 +58,38 @@ class Policy:
 
     def take(self) -> bool:
         """Count one publish; False when it is over the rate."""
-        return self.rate is None or self.rate.take(time.monotonic())
+        return within_rate(self.rate)
+
+
+def within_rate(rate: TokenBucket | None) -> bool:
+    """Count one publish against ``rate`` (None: unlimited); False when it is over."""
+    return rate is None or rate.take(time.monotonic())
 
 
 class RawMode:
-    """``/ws/<channel>``: every message the client sends is published to its channel."""
+    """``/ws/<channel>``: every message the client sends is published to its channel.
 
-    def __init__(self, channel: str, since: MessageId | None, policy: Policy, *,
-                 echo: bool = True) -> None:
+    ``may_publish`` is the client's right to publish there, decided at connect;
+    ``rate`` its publish rate (None: unlimited).
+    """
+
+    __slots__ = ("channel", "echo", "may_publish", "rate", "since")
+
+    def __init__(self, channel: str, since: MessageId | None, *, may_publish: bool,
+                 rate: TokenBucket | None, echo: bool = True) -> None:
         self.channel = channel
         self.since = since
-        self.policy = policy
+        self.may_publish = may_publish
+        self.rate = rate
         self.echo = echo
 
     def start(self, connection: WebSocketConnection) -> None:
         connection.subscribe(self.channel, self.since, echo=self.echo)
 
     def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
-        if not self.policy.may(self.channel, PUBLISH):
+        if not self.may_publish:
             connection.close(CloseCode.POLICY_VIOLATION, "not allowed to publish")
-        elif not self.policy.take():
+        elif not within_rate(self.rate):
             connection.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         else:
             try:

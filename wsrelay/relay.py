@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -16,14 +17,14 @@ from .channels import check_channel
 from .config import DEFAULTS, from_environ, validate
 from .connection import WebSocketConnection
 from .errors import register_error_handlers
-from .handler import release_stock, take_socket
+from .handler import take_socket
 from .hub import MessageServer
 from .ids import MessageId
 from .limits import Limits
 from .logs import configure as configure_logs
 from .message import Message
 from .metrics import MetricsSync
-from .modes import Policy, RawMode
+from .modes import RawMode
 from .transports import create_blueprint
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,11 @@ class Relay:
         self.connect_hooks.append(hook)
         return hook
 
-    def open_connection(
-        self, sock: Any, rfile: Any, *, expires: float | None = None
-    ) -> WebSocketConnection:
+    def open_connection(self, sock: Any, *, expires: float | None = None) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits."""
         config = self.app.config
         return WebSocketConnection(
-            sock, rfile, self.hub,
+            sock, self.hub,
             max_message_size=config["WSRELAY_MAX_MESSAGE_SIZE"],
             buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
             close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
@@ -114,17 +113,14 @@ class Relay:
 
         For an application's own route (seed 002's pattern), which has made
         its own checks: everything the client sends is published, everything
-        published reaches it. Returns when the connection has ended.
+        published reaches it. Returns when the connection has ended: the view
+        serves it in its request, since the route's code may follow the call.
         """
         check_channel(channel)
-        sock, rfile, handshake = take_socket(ws)
-        policy = Policy(_allow_all, None, self.app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
-        try:
-            self.open_connection(sock, rfile).run(
-                RawMode(channel, since, policy, echo=echo), handshake
-            )
-        finally:
-            release_stock(ws)
+        taken = take_socket(ws)
+        mode = RawMode(channel, since, may_publish=True, rate=None, echo=echo)
+        connection = self.open_connection(taken.sock)
+        taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending))
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         """Run ``target(*args)`` in a greenlet, once per process however often it is asked."""
@@ -152,10 +148,6 @@ class Relay:
             self.hub.stop()
             self.metrics.stop()
             self.hub.broker.close()
-
-
-def _allow_all(channel: str, action: str) -> None:
-    """The policy of a route that made its own checks."""
 
 
 def shutdown_all(timeout: float | None = None) -> None:

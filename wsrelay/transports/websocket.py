@@ -8,65 +8,106 @@ Raw mode (the default) relays one channel. A client that offers the
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+from collections.abc import Callable
 
 from flask import Response, current_app, request
 from geventwebsocket.websocket import WebSocket
 
-from ..auth import SUBSCRIBE
+from ..auth import PUBLISH, SUBSCRIBE
+from ..connection import Mode, WebSocketConnection
 from ..envelopes import SUBPROTOCOL
 from ..errors import ApiError
-from ..handler import DeferredWebSocket, release_stock, take_socket
+from ..handler import DeferredWebSocket, take_socket
 from ..modes import JsonMode, Policy, RawMode
 from ..protocol import CloseCode, close_frame
 from .common import admit, admit_channel, admit_client, checked_since, client_address, occupy, relay
 
 
 def upgrade(channel: str | None = None) -> Response:
-    """Check the request, accept it, then serve the socket until it ends.
+    """Check the request, accept it, then let the connection serve the socket.
 
     The client needs the right to subscribe to the URL's channel; in raw
     mode whether what it sends is published depends on its right to publish
-    (without it, its first message closes the connection with 1008).
+    (without it, its first message closes the connection with 1008). Under
+    wsrelay's handler the view returns once the connection has started in a
+    greenlet of its own (see :meth:`~wsrelay.handler.DeferredWebSocket.detach`),
+    so nothing may need this request afterwards.
     """
     ws = request.environ.get("wsgi.websocket")
-    with contextlib.ExitStack() as held:
-        try:
-            if ws is None:
-                raise ApiError(
-                    501, "websocket_unsupported",
-                    "this server cannot upgrade: run manage.py serve or the gevent-websocket "
-                    "worker",
-                )
-            json = SUBPROTOCOL in _offered_subprotocols()
-            if channel is None and not json:
-                raise ApiError(
-                    400, "channel_required",
-                    f"raw mode relays one channel: /ws/<channel>, or offer {SUBPROTOCOL}",
-                )
-            access = admit(channel, SUBSCRIBE) if channel is not None else admit_client()
-            since = checked_since(request.args.get("since"))
-            echo = request.args.get("echo", "1") != "0"
-            held.callback(occupy(stream=False))
-            sock, rfile, handshake = take_socket(ws, SUBPROTOCOL if json else None)
-        except ApiError as exc:
-            if ws is None or isinstance(ws, DeferredWebSocket):
-                return exc.response()
-            _refuse_upgraded(ws, exc)
-            return Response(status=204)
-        config = current_app.config
-        policy = Policy(
-            admit_channel,
-            relay().limits.publish_bucket(client_address(), time.monotonic()),
-            config["WSRELAY_MAX_SUBSCRIPTIONS"],
-        )
+    try:
+        if ws is None:
+            raise ApiError(
+                501, "websocket_unsupported",
+                "this server cannot upgrade: run manage.py serve or the gevent-websocket "
+                "worker",
+            )
+        json = SUBPROTOCOL in _offered_subprotocols()
+        if channel is None and not json:
+            raise ApiError(
+                400, "channel_required",
+                f"raw mode relays one channel: /ws/<channel>, or offer {SUBPROTOCOL}",
+            )
+        access = admit(channel, SUBSCRIBE) if channel is not None else admit_client()
+        since = checked_since(request.args.get("since"))
+        rate = relay().limits.publish_bucket(client_address(), time.monotonic())
         if json:
+            policy = Policy(_checks_after_the_request(), rate,
+                            current_app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
             mode = JsonMode(policy, (access.channel, since) if channel is not None else None)
         else:
-            mode = RawMode(access.channel, since, policy, echo=echo)
-        relay().open_connection(sock, rfile, expires=access.expires).run(mode, handshake)
-    release_stock(ws)
+            echo = request.args.get("echo", "1") != "0"
+            mode = RawMode(access.channel, since, may_publish=_may_publish(access.channel),
+                           rate=rate, echo=echo)
+        leave = occupy(stream=False)
+        try:
+            taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True)
+            connection = relay().open_connection(taken.sock, expires=access.expires)
+        except BaseException:
+            leave()
+            raise
+    except ApiError as exc:
+        if ws is None or isinstance(ws, DeferredWebSocket):
+            return exc.response()
+        _refuse_upgraded(ws, exc)
+        return Response(status=204)
+    taken.serve(functools.partial(
+        _serve, connection, mode, taken.handshake, taken.pending, leave
+    ))
     return Response(status=204)
+
+
+def _serve(connection: WebSocketConnection, mode: Mode, handshake: Callable[[], None] | None,
+           pending: bytes, leave: Callable[[], None]) -> None:
+    """Run the connection, then give up its place in the per-IP count."""
+    try:
+        connection.run(mode, handshake, pending)
+    finally:
+        leave()
+
+
+def _may_publish(channel: str) -> bool:
+    """The raw client's right to publish to its channel, decided while its request is here."""
+    try:
+        admit_channel(channel, PUBLISH)
+    except ApiError:
+        return False
+    return True
+
+
+def _checks_after_the_request() -> Callable[[str, str], object]:
+    """``admit_channel`` for the channels a ``wsrelay.v1`` client names later, once its
+    request has ended: run in a request context rebuilt from a copy of this request's
+    environ, its CGI variables and headers (not its streams, socket or objects)."""
+    app = current_app._get_current_object()
+    environ = {key: value for key, value in request.environ.items() if isinstance(value, str)}
+
+    def check(channel: str, action: str) -> object:
+        with app.request_context(environ):
+            return admit_channel(channel, action)
+
+    return check
 
 
 def _offered_subprotocols() -> set[str]:
