@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 
-import requests
 from playwright.sync_api import Browser, Page, Playwright
+
+from tests.support import publish
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = [
@@ -61,18 +62,6 @@ def wait_for_messages(page: Page, *expected: str, timeout: float = TIMEOUT) -> l
     return messages(page)
 
 
-def publish(base_url: str, channel: str, data: str | bytes) -> str:
-    """POST /publish like any service would; return the message id."""
-    binary = isinstance(data, bytes)
-    response = requests.post(
-        f"{base_url}/publish/{channel}",
-        data=data if binary else data.encode("utf-8"),
-        headers={"Content-Type": "application/octet-stream" if binary
-                 else "text/plain; charset=utf-8"},
-        timeout=5,
-    )
-    response.raise_for_status()
-    return response.json()["id"]
 
 
 def fence(base_url: str, channel: str, *pages: Page) -> list[list[str]]:

@@ -25,6 +25,29 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+def publish(base: ServerProcess | str, channel: str, data: str | bytes) -> str:
+    """POST /publish as any service would (``str`` as UTF-8 text, ``bytes`` as binary) on a
+    server or a base URL; the server must accept it. Returns the message id."""
+    url = base if isinstance(base, str) else base.url
+    binary = isinstance(data, bytes)
+    response = requests.post(
+        f"{url}/publish/{channel}", data=data if binary else data.encode("utf-8"),
+        headers={"Content-Type": "application/octet-stream" if binary
+                 else "text/plain; charset=utf-8"},
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def poll_json(server: ServerProcess, channel: str, **params) -> dict:
+    """GET /poll with ``params``; the answer must be a 200, whose JSON is returned."""
+    wait = float(params.get("timeout", 25))
+    response = requests.get(f"{server.url}/poll/{channel}", params=params, timeout=wait + 10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def publish_stream(server: ServerProcess, channel: str, count: int) -> gevent.Greenlet:
     """A greenlet publishing ``n0`` ... ``n{count-1}`` over one WebSocket, briefly pausing
     every fifth message so readers interleave (keep ``count`` within one connection's

@@ -7,10 +7,9 @@ import re
 import subprocess
 
 import gevent
-import requests
 from gevent.pywsgi import WSGIServer
 
-from tests.support import PYTHON, ROOT, free_port, wait_until
+from tests.support import PYTHON, ROOT, free_port, poll_json, wait_until
 
 ID = re.compile(r"\d{13}-\d{10}")
 
@@ -32,21 +31,19 @@ def assert_clear_failure(result: subprocess.CompletedProcess, *needles: str) -> 
     assert result.stdout == ""
 
 
-def poll(server, channel: str, **params) -> dict:
-    return requests.get(f"{server.url}/poll/{channel}", params=params, timeout=10).json()
 
 
 # -- against a running server (memory broker) ---------------------------------------------
 
 def test_publish_posts_to_the_running_server_and_prints_the_id(server, channel):
-    since = poll(server, channel, timeout=0)["cursor"]
+    since = poll_json(server, channel, timeout=0)["cursor"]
     with server.ws(f"/ws/{channel}") as subscriber:
         result = manage("publish", channel, "hello from the shell ✓", "--url", server.url)
         assert result.returncode == 0, result.stderr
         assert subscriber.recv(timeout=5) == "hello from the shell ✓"  # text, intact
     printed = result.stdout.strip()
     assert ID.fullmatch(printed), result.stdout
-    assert poll(server, channel, since=since, timeout=0)["messages"] == [
+    assert poll_json(server, channel, since=since, timeout=0)["messages"] == [
         {"id": printed, "data": "hello from the shell ✓"}
     ]
 
@@ -98,7 +95,7 @@ def test_publish_goes_straight_into_redis(make_server, redis_server, channel):
     printed = result.stdout.strip()
     assert ID.fullmatch(printed), result.stdout
     since = f"{printed.split('-')[0]}-0000000000"
-    assert poll(server, channel, since=since, timeout=0)["messages"] == [
+    assert poll_json(server, channel, since=since, timeout=0)["messages"] == [
         {"id": printed, "data": "pushed into redis"}
     ]
 
@@ -107,7 +104,7 @@ def test_redis_publishes_reach_a_held_poll_in_order(make_server, redis_server, c
     env = {"WSRELAY_BROKER_URL": redis_server.url}
     server = make_server(env=env)
     first = manage("publish", channel, "one", env=env).stdout.strip()
-    task = gevent.spawn(poll, server, channel, since=first, timeout=30)
+    task = gevent.spawn(poll_json, server, channel, since=first, timeout=30)
     second = manage("publish", channel, "two", env=env).stdout.strip()
     assert task.get(timeout=10)["messages"] == [{"id": second, "data": "two"}]
     assert first < second

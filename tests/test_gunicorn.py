@@ -10,7 +10,16 @@ import gevent
 import pytest
 import requests
 
-from tests.support import PYTHON, ROOT, Refused, ServerProcess, free_port, wait_until
+from tests.support import (
+    PYTHON,
+    ROOT,
+    Refused,
+    ServerProcess,
+    free_port,
+    poll_json,
+    publish,
+    wait_until,
+)
 
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
@@ -36,17 +45,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def publish(server, channel: str, text: str) -> str:
-    response = requests.post(f"{server.url}/publish/{channel}", data=text.encode(),
-                             headers={"Content-Type": "text/plain"}, timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
 
 
-def poll(server, channel: str, **params) -> dict:
-    response = requests.get(f"{server.url}/poll/{channel}", params=params, timeout=40)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def first_sse_event(server, channel: str, since: str) -> dict[str, str]:
@@ -130,7 +130,7 @@ def test_config_boots_and_relays_websocket_poll_sse_and_publish(gunicorn, channe
     # a short keep-alive lets the worker notice the closed SSE stream, so it stops promptly
     server = gunicorn(env=clean_env(WSRELAY_SSE_KEEPALIVE="0.5"))
     assert server.health()["status"] == "ok"
-    cursor = poll(server, channel, timeout=0)["cursor"]
+    cursor = poll_json(server, channel, timeout=0)["cursor"]
     with server.ws(f"/ws/{channel}") as a, server.ws(f"/ws/{channel}") as b:
         a.send("over websocket")
         a.send(b"\x00binary\xff")
@@ -139,14 +139,14 @@ def test_config_boots_and_relays_websocket_poll_sse_and_publish(gunicorn, channe
             assert client.recv() == b"\x00binary\xff"
         posted = publish(server, channel, "over http")
         assert b.recv() == "over http"
-    messages = poll(server, channel, since=cursor, timeout=0)["messages"]
+    messages = poll_json(server, channel, since=cursor, timeout=0)["messages"]
     assert [m.get("encoding") for m in messages] == [None, "base64", None]
     assert messages[0]["data"] == "over websocket" and messages[2] == {"id": posted,
                                                                      "data": "over http"}
     event = first_sse_event(server, channel, since=messages[1]["id"])
     assert event == {"id": posted, "data": "over http"}
     # a held long-poll is answered by a later publish
-    task = gevent.spawn(poll, server, channel, since=posted, timeout=30)
+    task = gevent.spawn(poll_json, server, channel, since=posted, timeout=30)
     wait_until(lambda: server.health()["waiters"] >= 1)
     later = publish(server, channel, "later")
     assert task.get(timeout=5)["messages"] == [{"id": later, "data": "later"}]
@@ -233,7 +233,8 @@ def test_two_workers_on_redis_give_every_client_every_message_in_one_order(
         assert mine == [f"s{i}-{n}" for n in range(per_sender)]
     assert all(seen == order for seen in received), "clients saw different orders"
     # and long-poll (whichever worker answers) reports the same order
-    assert [m["data"] for m in poll(server, channel, since=start, timeout=0)["messages"]] == order
+    answer = poll_json(server, channel, since=start, timeout=0)
+    assert [m["data"] for m in answer["messages"]] == order
 
 
 def test_stock_worker_with_the_config_refuses_a_bad_channel_before_the_upgrade(

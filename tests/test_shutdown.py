@@ -8,7 +8,7 @@ import gevent
 import pytest
 import requests
 
-from tests.support import Closed, EventStream, ServerProcess, wait_until
+from tests.support import Closed, EventStream, ServerProcess, publish, wait_until
 from wsrelay import create_app
 
 
@@ -21,8 +21,6 @@ def ended_cleanly(stream: EventStream, timeout: float = 10) -> bool:
             return True
 
 
-def publish(server, channel, data):
-    return requests.post(f"{server.url}/publish/{channel}", data=data, timeout=5).json()["id"]
 
 
 def test_sigterm_closes_websockets_with_1001_after_their_queue(make_server, channel):

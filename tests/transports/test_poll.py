@@ -13,7 +13,7 @@ import gevent
 import pytest
 import requests
 
-from tests.support import ServerProcess, publish_stream, wait_until
+from tests.support import ServerProcess, publish, publish_stream, wait_until
 
 ID = re.compile(r"\d{13}-\d{10}")
 
@@ -26,14 +26,6 @@ def quiet_server():
     proc.stop()
 
 
-def publish(server, channel: str, data: str | bytes) -> str:
-    headers = {"Content-Type": "application/octet-stream" if isinstance(data, bytes)
-               else "text/plain; charset=utf-8"}
-    body = data if isinstance(data, bytes) else data.encode("utf-8")
-    response = requests.post(f"{server.url}/publish/{channel}", data=body, headers=headers,
-                             timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
 
 
 def poll(server, channel: str, **params) -> requests.Response:

@@ -9,7 +9,15 @@ import time
 import pytest
 import requests
 
-from tests.support import Comment, Event, EventStream, publish_stream, wait_until
+from tests.support import (
+    Comment,
+    Event,
+    EventStream,
+    poll_json,
+    publish,
+    publish_stream,
+    wait_until,
+)
 
 
 def open_stream(server, channel: str, query: str = "", **headers: str) -> EventStream:
@@ -18,20 +26,8 @@ def open_stream(server, channel: str, query: str = "", **headers: str) -> EventS
     return stream
 
 
-def publish(server, channel: str, data: str | bytes) -> str:
-    headers = {"Content-Type": "application/octet-stream" if isinstance(data, bytes)
-               else "text/plain; charset=utf-8"}
-    body = data if isinstance(data, bytes) else data.encode("utf-8")
-    response = requests.post(f"{server.url}/publish/{channel}", data=body, headers=headers,
-                             timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
 
 
-def poll(server, channel: str, **params) -> dict:
-    response = requests.get(f"{server.url}/poll/{channel}", params=params, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 # -- the stream ---------------------------------------------------------------------------
@@ -220,14 +216,14 @@ def test_closed_streams_are_forgotten(make_server, channel):
 # -- one id on every transport ------------------------------------------------------------
 
 def test_a_websocket_message_has_the_same_id_on_poll_and_sse(server, channel):
-    cursor = poll(server, channel, timeout=0)["cursor"]
+    cursor = poll_json(server, channel, timeout=0)["cursor"]
     with open_stream(server, channel) as stream, server.ws(f"/ws/{channel}") as client:
         stream.wait_connected()
         client.send("over websocket")
         client.send(b"\x01\x02 binary over websocket")
         assert client.recv() == "over websocket"
         text_event, binary_event = stream.events(2)
-    items = poll(server, channel, since=cursor, timeout=0)["messages"]
+    items = poll_json(server, channel, since=cursor, timeout=0)["messages"]
     assert [item["id"] for item in items] == [text_event.id, binary_event.id]
     assert text_event == Event("message", "over websocket", items[0]["id"])
     assert json.loads(binary_event.data) == items[1]
