@@ -66,3 +66,42 @@ def test_background_task_starts_once(app):
     first.kill()
     assert len(ticks) >= 3
     assert [m.data for m in history(app, "ticker")][:3] == [b"1", b"2", b"3"]
+
+
+@pytest.fixture
+def cross_origin_app():
+    app = create_app({"WSRELAY_ALLOWED_ORIGINS": ("https://app.example",)})
+    yield app
+    app.extensions["wsrelay"].close()
+
+
+def test_allowed_origins_may_read_the_http_transports(cross_origin_app):
+    web = cross_origin_app.test_client()
+    origin = {"Origin": "https://app.example"}
+    published = web.post("/publish/news", data="hi", headers=origin)
+    assert published.status_code == 200
+    assert published.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    polled = web.get("/poll/news?timeout=0", headers=origin)
+    assert polled.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    preflight = web.options("/publish/news", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    })
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+
+
+def test_a_foreign_origin_gets_neither_an_answer_nor_cors_headers(cross_origin_app):
+    web = cross_origin_app.test_client()
+    refused = web.post("/publish/news", data="hi", headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403
+    assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+def test_without_allowed_origins_there_are_no_cors_headers(app):
+    answer = app.test_client().get("/poll/news?timeout=0",
+                                   headers={"Origin": "http://localhost"})
+    assert answer.status_code == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers

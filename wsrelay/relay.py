@@ -10,6 +10,7 @@ from typing import Any
 
 import gevent
 from flask import Flask, Request, current_app, has_app_context
+from flask_cors import CORS
 
 from .auth import Claims, Tokens
 from .broker import broker_from_config
@@ -73,6 +74,7 @@ class Relay:
         app.extensions["wsrelay"] = self
         app.register_blueprint(create_blueprint())
         register_error_handlers(app)
+        _allow_cross_origin(app, config["WSRELAY_ALLOWED_ORIGINS"])
         with _apps_lock:
             _apps.append(app)
 
@@ -148,6 +150,21 @@ class Relay:
             self.hub.stop()
             self.metrics.stop()
             self.hub.broker.close()
+
+
+def _allow_cross_origin(app: Flask, allowed: tuple[str, ...]) -> None:
+    """Let the pages of the allowed foreign origins read the HTTP transports (CORS).
+
+    The origin check admits them already; without these headers their
+    browsers would still hide the answers of SSE, long-poll and publish from
+    them. A WebSocket needs no CORS: the origin check is all it has.
+    """
+    if allowed:
+        CORS(app, resources={r"/(poll|sse|publish)/.*": {
+            "origins": "*" if "*" in allowed else list(allowed),
+            "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
+            "max_age": 600,
+        }})
 
 
 def shutdown_all(timeout: float | None = None) -> None:
