@@ -9,11 +9,19 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import os  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from tests.support import RedisServer, ServerProcess  # noqa: E402
+
+# CI explores the same examples on every run, so a landing never depends on a random draw;
+# on a developer's machine hypothesis keeps drawing new ones (and remembers failures).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

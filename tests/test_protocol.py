@@ -162,3 +162,17 @@ def test_close_between_fragments_and_empty_close_are_normal_closes():
     s.receive_data(client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.CLOSE, b""))
     assert sent_close(s) == (1000, "")
     assert s.finished
+
+
+def test_closed_by_peer_tells_an_echo_from_our_own_close():
+    echoed = session()
+    echoed.receive_data(client_frame(Opcode.CLOSE, Close(1011, "client trouble").serialize()))
+    assert sent_close(echoed)[0] == 1011 and echoed.closed_by_peer
+    failed = session()
+    failed.receive_data(client_frame(Opcode.TEXT, b"\xff"))
+    assert sent_close(failed)[0] == 1007 and not failed.closed_by_peer
+    ours = session()
+    ours.close(1001, "going away")
+    ours.take_output()
+    ours.receive_data(client_frame(Opcode.CLOSE, Close(1001, "").serialize()))
+    assert not ours.closed_by_peer

@@ -237,6 +237,13 @@ class WebSocketSession:
         return None if close is None else int(close.code)
 
     @property
+    def closed_by_peer(self) -> bool:
+        """True when the client sent the first close frame (ours, if any, echoes it)."""
+        return self._protocol.close_rcvd is not None and bool(
+            self._protocol.close_rcvd_then_sent or self._protocol.close_sent is None
+        )
+
+    @property
     def close_reason(self) -> str:
         close = self._protocol.close_rcvd or self._protocol.close_sent
         return "" if close is None else close.reason
