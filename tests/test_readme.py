@@ -14,8 +14,8 @@ def test_readme_starts_with_the_serve_and_test_commands():
     assert README.startswith("```sh\n")
     serve, test = blocks[0].strip(), blocks[1].strip()
     assert "manage.py serve" in serve
-    assert test == "bash .ci/test"
-    assert "bash .ci/test" in (ROOT / ".ci" / "run").read_text()
+    assert "pytest" in test
+    assert test in (ROOT / ".ci" / "run").read_text(), ".ci/run runs the README's test command"
 
 
 def test_every_option_is_documented_with_its_default():

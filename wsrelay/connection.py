@@ -174,8 +174,7 @@ class WebSocketConnection:
             self.last_seen = time.monotonic()
             for message in session.receive_data(data):
                 if message.replies:
-                    self.outbox.push(message.replies)  # pongs the client asked for first
-                    self.hub.mark_dirty(self)
+                    self._queue_control(message.replies)  # pongs the client asked for first
                 if self.state != "open":
                     break
                 self.received += 1
@@ -265,8 +264,12 @@ class WebSocketConnection:
     def _queue_session_output(self) -> None:
         data, _eof = self.session.take_output()
         if data:
-            self.outbox.push(data)  # control frames are never refused
-            self.flush()
+            self._queue_control(data)
+
+    def _queue_control(self, data: bytes) -> None:
+        """Queue control frames (pongs, close) past the buffer limit, and write them now."""
+        self.outbox.push(data)
+        self.flush()
 
     # -- closing ------------------------------------------------------------------------
 
@@ -340,5 +343,4 @@ class WebSocketConnection:
             self.state = "closed"
             self._close_socket()
         self._log_close()
-        self.outbox.drop_unstarted()
-        self.outbox = Outbox(0)
+        self.outbox = Outbox(0)  # frees what was still queued

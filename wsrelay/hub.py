@@ -338,5 +338,4 @@ class MessageServer:
                 log.info("dropping %s: no answer to pings", connection.id)
                 connection.abort()
             else:
-                connection.push(PING_FRAME)
-                self.mark_dirty(connection)
+                self.send(connection, PING_FRAME)

@@ -49,13 +49,6 @@ class Policy:
             self._authorize(channel, action)
             self._allowed.add(key)
 
-    def may(self, channel: str, action: str) -> bool:
-        try:
-            self.check(channel, action)
-        except ApiError:
-            return False
-        return True
-
     def take(self) -> bool:
         """Count one publish; False when it is over the rate."""
         return within_rate(self.rate)
