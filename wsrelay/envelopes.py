@@ -26,17 +26,49 @@ A subscription's ``ack`` comes after the replayed messages: from then on it is l
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from .channels import InvalidChannel, check_channel
+from .channels import CHANNEL_PATTERN, InvalidChannel, check_channel
 from .ids import InvalidMessageId, MessageId
 from .message import Message
 
 SUBPROTOCOL = "wsrelay.v1"
 REQUEST_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "presence"})
+#: A request is one flat JSON object: at most this many members, each a scalar.
+MAX_MEMBERS = 16
+#: The largest ``ack``: numbers up to it survive a round trip through JavaScript.
+MAX_ACK = 2**53 - 1
+#: Room in a request frame beside its data: type, a 128-character channel, since, ack,
+#: encoding, the keys and the JSON around them, with room to spare.
+ENVELOPE_ROOM = 1024
+#: Separators (``,`` ``:``) and openers (``[`` ``{``) up to which parsing costs little
+#: whatever the text: that few values, that shallow. A frame with more is parsed only once
+#: :data:`_FLAT` says it is a flat object of few members (base64 data has none of these).
+_CHEAP = 4 * MAX_MEMBERS
+
+_WS = r"[ \t\n\r]*+"
+_STRING = r'"(?:[^"\\]++|\\.)*+"'
+_SCALAR = rf"(?:{_STRING}|-?+[0-9]++(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+|true|false|null)"
+_MEMBER = rf"{_WS}{_STRING}{_WS}:{_WS}{_SCALAR}{_WS}"
+#: A JSON object of at most MAX_MEMBERS members whose values are scalars (the exact JSON
+#: grammar of strings and numbers is left to the parser).
+_FLAT = re.compile(
+    rf"{_WS}\{{(?:{_MEMBER}(?:,{_MEMBER}){{0,{MAX_MEMBERS - 1}}}|{_WS})\}}{_WS}", re.S
+)
+_NOT_A_REQUEST = (
+    f"a request is one JSON object of at most {MAX_MEMBERS} members whose values are "
+    "strings, numbers, true, false or null"
+)
+
+
+def max_request_size(max_message_size: int) -> int:
+    """The largest ``wsrelay.v1`` frame: a message of ``max_message_size`` bytes as base64
+    (4 bytes for 3) in its envelope. The one rule for how large a request may be; a larger
+    frame is refused from its header (close 1009), like any message over the limit."""
+    return 4 * -(-max_message_size // 3) + ENVELOPE_ROOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,30 +91,66 @@ class BadRequest(ValueError):
         self.envelope = error(code, reason, request)
 
 
-def _echo(raw: Any) -> dict[str, Any] | None:
-    """What an error repeats of the request it answers (never the payload)."""
-    if not isinstance(raw, dict):
-        return None
-    return {key: raw[key] for key in ("type", "channel", "ack") if key in raw}
+def _is_type(value: Any) -> bool:
+    return isinstance(value, str) and value in REQUEST_TYPES
 
 
-def parse_request(text: str | bytes) -> Request:
-    """Parse one client frame; raise :class:`BadRequest` with the error to send."""
+def _is_channel(value: Any) -> bool:
+    return isinstance(value, str) and CHANNEL_PATTERN.fullmatch(value) is not None
+
+
+def _is_ack(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_ACK
+
+
+_VALID = {"type": _is_type, "channel": _is_channel, "ack": _is_ack}
+
+
+def _echo(raw: dict[str, Any]) -> dict[str, Any]:
+    """What an error repeats of the request it answers: its type, channel and ack where they
+    are valid, so never the payload, nor anything large or that JSON cannot encode."""
+    return {key: raw[key] for key, valid in _VALID.items() if valid(raw.get(key))}
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load(text: str) -> Any:
+    """Parse a request's JSON, at a cost bounded by its size whatever it holds."""
+    if sum(map(text.count, ",:[{")) > _CHEAP and _FLAT.fullmatch(text) is None:
+        raise BadRequest("invalid_request", _NOT_A_REQUEST)
     try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError:  # also numbers of over 4300 digits
         raise BadRequest("invalid_json", "a request is one JSON object") from None
+
+
+def parse_request(text: str | bytes, max_data: int) -> Request:
+    """Parse one client frame; raise :class:`BadRequest` with the error to send.
+
+    Any text gets one or the other, whatever it holds; ``max_data`` bounds a
+    publish's data once decoded.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("invalid_json", "a request is one JSON object") from None
+    raw = _load(text)
+    if not isinstance(raw, dict) or len(raw) > MAX_MEMBERS or any(
+        isinstance(value, (dict, list)) for value in raw.values()
+    ):
+        raise BadRequest("invalid_request", _NOT_A_REQUEST)
     echo = _echo(raw)
-    if not isinstance(raw, dict):
-        raise BadRequest("invalid_request", "a request is one JSON object")
     kind = raw.get("type")
-    if kind not in REQUEST_TYPES:
+    if not _is_type(kind):
         raise BadRequest(
             "unknown_type", f"type must be one of {', '.join(sorted(REQUEST_TYPES))}", echo
         )
     ack = raw.get("ack")
-    if ack is not None and (not isinstance(ack, int) or isinstance(ack, bool)):
-        raise BadRequest("invalid_ack", "ack is an integer", echo)
+    if ack is not None and not _is_ack(ack):
+        raise BadRequest("invalid_ack", f"ack is an integer from 0 to {MAX_ACK}", echo)
     channel = raw.get("channel")
     try:
         check_channel(channel if isinstance(channel, str) else "")
@@ -90,28 +158,42 @@ def parse_request(text: str | bytes) -> Request:
         raise BadRequest("invalid_channel", str(exc), echo) from None
     since = None
     if kind == "subscribe" and raw.get("since") is not None:
-        try:
-            since = MessageId.parse(str(raw["since"]))
-        except InvalidMessageId as exc:
-            raise BadRequest("invalid_since", str(exc), echo) from None
+        since = _since(raw["since"], echo)
     data, binary = b"", False
     if kind == "publish":
         data, binary = _payload(raw, echo)
+        if len(data) > max_data:
+            raise BadRequest("request_entity_too_large",
+                             f"a message is at most {max_data} bytes", echo)
     return Request(kind, channel, ack, since, data, binary)
 
 
-def _payload(raw: dict[str, Any], echo: dict[str, Any] | None) -> tuple[bytes, bool]:
+def _since(value: Any, echo: dict[str, Any]) -> MessageId:
+    if not isinstance(value, str):
+        raise BadRequest("invalid_since", "since is a message id, a string", echo)
+    try:
+        return MessageId.parse(value)
+    except InvalidMessageId as exc:
+        raise BadRequest("invalid_since", str(exc), echo) from None
+
+
+def _payload(raw: dict[str, Any], echo: dict[str, Any]) -> tuple[bytes, bool]:
     value = raw.get("data")
     if not isinstance(value, str):
         raise BadRequest("invalid_data", "data is a string (base64 for binary)", echo)
     encoding = raw.get("encoding")
     if encoding is None:
-        return value.encode("utf-8"), False
+        try:
+            return value.encode("utf-8"), False
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "invalid_data", "data is not Unicode text: it holds a lone surrogate", echo
+            ) from None
     if encoding != "base64":
         raise BadRequest("invalid_encoding", "encoding is absent or 'base64'", echo)
     try:
         return base64.b64decode(value, validate=True), True
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or characters outside ASCII
         raise BadRequest("invalid_data", "data is not valid base64", echo) from None
 
 
