@@ -78,6 +78,8 @@ MANY_LISTS = '{"type":"subscribe","channel":"a","x":[' + ",".join(["[]"] * 200_0
     ('{"type":"subscribe","channel":"a","ack":9007199254740992}', "invalid_ack"),
     ('{"type":"subscribe","channel":"a","ack":1e400}', "invalid_ack"),
     ('{"type":"subscribe","channel":"a","ack":' + "9" * 5000 + "}", "invalid_json"),
+    ('{"type":"subscribe","channel":"a","ack":' + "9" * 33 + "}", "invalid_json"),
+    ('{"type":"subscribe","channel":"a","ack":-' + "9" * 32 + "}", "invalid_ack"),
     ('{"type":"subscribe","channel":"a","ack":NaN}', "invalid_json"),
     ('{"type":"subscribe","channel":"a","ack":Infinity}', "invalid_json"),
     ('{"type":"subscribe","channel":"a","since":5}', "invalid_since"),

@@ -41,6 +41,8 @@ REQUEST_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "presence"})
 MAX_MEMBERS = 16
 #: The largest ``ack``: numbers up to it survive a round trip through JavaScript.
 MAX_ACK = 2**53 - 1
+#: Digits an integer in a request may have (``ack`` needs 16).
+MAX_INT_DIGITS = 32
 #: Room in a request frame beside its data: type, a 128-character channel, since, ack,
 #: encoding, the keys and the JSON around them, with room to spare.
 ENVELOPE_ROOM = 1024
@@ -116,13 +118,21 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _integer(text: str) -> int:
+    """An integer of the request: ``ack`` needs 16 digits; thousands would cost the
+    parser quadratic time, so past :data:`MAX_INT_DIGITS` the text is no request."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError("integer too long")
+    return int(text)
+
+
 def _load(text: str) -> Any:
     """Parse a request's JSON, at a cost bounded by its size whatever it holds."""
     if sum(map(text.count, ",:[{")) > _CHEAP and _FLAT.fullmatch(text) is None:
         raise BadRequest("invalid_request", _NOT_A_REQUEST)
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError:  # also numbers of over 4300 digits
+        return json.loads(text, parse_constant=_reject_constant, parse_int=_integer)
+    except ValueError:
         raise BadRequest("invalid_json", "a request is one JSON object") from None
 
 
