@@ -164,6 +164,29 @@ def test_any_text_gets_a_request_or_an_error(text):
     answer_of(text)
 
 
+flat_values = st.one_of(st.none(), st.booleans(), st.integers(-10**31, 10**31),
+                       st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), flat_values, max_size=envelopes.MAX_MEMBERS),
+       st.sampled_from([None, 0, 2]), st.booleans())
+def test_a_flat_object_reads_as_json_reads_it(request, indent, ascii_only):
+    """The request parser walks the top level itself: it must agree with json."""
+    text = json.dumps(request, indent=indent, ensure_ascii=ascii_only)
+    assert envelopes._load(text) == json.loads(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values.map(json.dumps))
+def test_any_json_is_read_as_json_reads_it_or_refused(text):
+    try:
+        request = envelopes._load(text)
+    except BadRequest:
+        return
+    assert request == json.loads(text)
+
+
 def test_error_repeats_type_channel_and_ack_but_not_data():
     envelope = error_of('{"type":"publish","channel":"a","data":"x","encoding":"hex","ack":4}')
     assert envelope["request"] == {"type": "publish", "channel": "a", "ack": 4}
