@@ -1,8 +1,9 @@
 """The ``wsrelay.v1`` subprotocol without I/O: JSON requests in, JSON envelopes out.
 
-One WebSocket carries many channels. Every client request is a JSON object
-with a ``type``; any request may carry an ``ack`` number, which the answer
-repeats. A request the server cannot honour gets an ``error`` envelope that
+One WebSocket carries many channels. Every client request is a flat JSON
+object (at most 16 members, each a scalar) with a ``type``; any request may
+carry an ``ack`` number, which the answer repeats. A request the server
+cannot honour, whatever the frame holds, gets an ``error`` envelope that
 names it; the connection stays open.
 
 Client -> server::
