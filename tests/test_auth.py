@@ -88,9 +88,19 @@ def test_a_bad_pattern_is_refused_at_issue(tokens, pattern):
         tokens.issue(pattern)
 
 
-def test_a_ttl_must_be_positive(tokens):
+@pytest.mark.parametrize("ttl", [0, -1, -5.0, float("nan"), float("inf"), float("-inf"),
+                                 True, "60"])
+def test_a_ttl_must_be_finite_and_positive(tokens, ttl):
     with pytest.raises(ValueError, match="ttl"):
-        tokens.issue("c", ttl=0)
+        tokens.issue("c", ttl=ttl)
+
+
+@pytest.mark.parametrize("exp", [float("nan"), float("inf"), "1e400", "nan", True, None, [1]])
+def test_a_token_whose_expiry_is_not_a_finite_time_is_invalid(tokens, exp):
+    """Signed with the right key (an older version, or a bug, could have issued it): a NaN
+    or infinite expiry would never pass, so the token is refused as malformed."""
+    forged = tokens._serializer.dumps({"ch": "c", "pub": False, "exp": exp})
+    assert refusal(tokens.verify, forged, now=NOW) == (401, "invalid_token")
 
 
 # -- authorize: the rule every transport applies ---------------------------------------------

@@ -85,7 +85,8 @@ def raw_request(server, head: bytes, body: bytes = b"") -> tuple[bytes, float]:
     b"".join(b"X-%d: y\r\n" % i for i in range(100)),
 ], ids=["one-huge-line", "70-KB-in-total", "100-lines"])
 def test_oversized_headers_are_431(server, headers):
-    answer, _ = raw_request(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    answer, _ = raw_request(server, head + headers + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert b"headers_too_large" in answer
     assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
@@ -94,7 +95,8 @@ def test_oversized_headers_are_431(server, headers):
 def test_headers_within_the_limits_are_served(server):
     headers = b"".join(b"X-%d: %s\r\n" % (i, b"y" * 600) for i in range(90))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers
+                     + b"\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
@@ -102,7 +104,7 @@ def test_headers_within_the_limits_are_served(server):
 def test_a_refused_body_is_not_read(server, channel, path, status):
     """A body announced at 10 GB, of which 100 bytes come: the refusal comes at once, says
     Connection: close, and the server hangs up instead of waiting for the rest."""
-    head = (f"POST {path.format(channel=channel)} HTTP/1.1\r\nHost: x\r\n"
+    head = (f"POST {path.format(channel=channel)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Content-Type: text/plain\r\nContent-Length: 10000000000\r\n\r\n").encode()
     answer, closed_after = raw_request(server, head, b"x" * 100)
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
@@ -234,3 +236,22 @@ def test_a_later_private_channel_still_needs_a_token(detaching):
         client.send(json.dumps({"type": "subscribe", "channel": "private-x", "ack": 1}))
         refused = json.loads(client.recv())
         assert refused["type"] == "error" and refused["code"].startswith("token")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_the_handler_tells_the_app_the_address_a_request_arrived_on(address):
+    """``SERVER_ADDR``: what the host check tells loopback from the rest by (pywsgi's
+    SERVER_NAME is a name looked up for the listening address, not the connection's)."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ.get("SERVER_ADDR", "").encode()]
+
+    server = WSGIServer((address, 0), app, handler_class=RelayHandler, log=None)
+    server.start()
+    try:
+        host = f"[{address}]" if ":" in address else address
+        answer = requests.get(f"http://{host}:{server.server_port}/", timeout=5)
+        assert answer.text == address
+    finally:
+        server.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -77,6 +78,21 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
+def check_ttl(ttl: float) -> float:
+    """Return a valid ttl, else raise ``ValueError``: a finite, positive number of seconds
+    (NaN or infinity would make a token that never expires)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+        raise ValueError("ttl must be a finite, positive number of seconds")
+    return ttl
+
+
+def _expiry(value: Any) -> float:
+    """A token's ``exp``: a finite Unix time (a number; NaN or infinity would never pass)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("exp is a finite Unix time")
+    return float(value)
+
+
 def needs_token(channel: str, require_token: bool) -> bool:
     """``private-*`` channels always do; every channel does under WSRELAY_REQUIRE_TOKEN=1."""
     return require_token or channel.startswith(PRIVATE_PREFIX)
@@ -101,10 +117,11 @@ class Tokens:
         now: float | None = None,
     ) -> str:
         """A token for the channels matching ``channel`` (a glob), valid ``ttl`` seconds
-        (None: forever). Subscribe is always granted; publish only with ``publish=True``."""
+        (None: forever; else finite and positive). Subscribe is always granted; publish
+        only with ``publish=True``."""
         check_pattern(channel)
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be a positive number of seconds")
+        if ttl is not None:
+            check_ttl(ttl)
         payload: dict[str, Any] = {"ch": channel, "pub": bool(publish)}
         if ttl is not None:
             payload["exp"] = round((time.time() if now is None else now) + ttl, 3)
@@ -118,7 +135,7 @@ class Tokens:
             claims = Claims(
                 channel=check_pattern(payload["ch"]),
                 publish=payload["pub"] is True,
-                expires=float(payload["exp"]) if "exp" in payload else None,
+                expires=_expiry(payload["exp"]) if "exp" in payload else None,
             )
         except (BadSignature, KeyError, TypeError, ValueError):
             raise ApiError(

@@ -14,7 +14,7 @@ import gevent
 from gevent.pywsgi import WSGIServer
 
 from .app import create_app
-from .auth import DEFAULT_TTL, Tokens
+from .auth import DEFAULT_TTL, Tokens, check_ttl
 from .bench.command import bench
 from .broker import BrokerUnavailable
 from .config import DEFAULTS, ConfigError, from_environ
@@ -109,14 +109,18 @@ def publish(channel: str, message: str, url: str) -> None:
 @click.option("--channel", "pattern", required=True,
               help="the channel, or a glob of channels (e.g. 'private-team-*')")
 @click.option("--publish", is_flag=True, help="grant publishing too (subscribing always is)")
-@click.option("--ttl", default=DEFAULT_TTL, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="seconds the token is valid")
+@click.option("--ttl", default=DEFAULT_TTL, show_default=True, type=float,
+              help="seconds the token is valid (finite, positive)")
 def token(pattern: str, publish: bool, ttl: float) -> None:
     """Print a signed, expiring token for the channels matching --channel.
 
     Signed with WSRELAY_SECRET_KEY, which the servers must share. Clients pass
     it as ?token=... (browsers' WebSockets) or 'Authorization: Bearer ...'.
     """
+    try:
+        check_ttl(ttl)
+    except ValueError as exc:
+        raise click.ClickException(f"--ttl {ttl}: {exc}") from None
     try:
         secret = {**DEFAULTS, **from_environ()}["WSRELAY_SECRET_KEY"]
     except ConfigError as exc:

@@ -7,10 +7,13 @@ single source for defaults, parsing and the README's option list.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .origins import canonical_origin
 
 
 class ConfigError(ValueError):
@@ -31,13 +34,24 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise ValueError("must be a positive number")
+    if not 0 < value < math.inf:
+        raise ValueError("must be a finite, positive number")
     return value
 
 
 def _word_list(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(",", " ").split() if part)
+
+
+def _origin_list(text: str) -> tuple[str, ...]:
+    """Origins in canonical form (what browsers send), or ``*``."""
+    origins = []
+    for word in _word_list(text):
+        origin = word if word == "*" else canonical_origin(word)
+        if origin is None:
+            raise ValueError(f"{word!r} is not an origin: scheme://host[:port]")
+        origins.append(origin)
+    return tuple(origins)
 
 
 def _key_prefix(text: str) -> str:
@@ -100,12 +114,16 @@ OPTIONS: tuple[Option, ...] = (
            "bytes queued to one slow WebSocket subscriber before it is closed with 1013"),
     Option("WSRELAY_MAX_SUBSCRIPTIONS", 100, _positive_int,
            "channels one wsrelay.v1 WebSocket may subscribe to at once"),
-    Option("WSRELAY_ALLOWED_ORIGINS", (), _word_list,
+    Option("WSRELAY_ALLOWED_ORIGINS", (), _origin_list,
            "browser origins allowed besides the server's own (space/comma separated, `*`: any)"),
+    Option("WSRELAY_ALLOWED_HOSTS", (), _word_list,
+           "host names the relay answers to (`.example.com`: and its subdomains, `*`: any); "
+           "empty: on a loopback address only loopback names; required in production"),
     Option("WSRELAY_REQUIRE_ORIGIN", False, _flag,
            "1: refuse requests without `Origin` (browsers only); 0: allow curl and services"),
     Option("WSRELAY_ENV", "development", _environment,
-           "`production` refuses to start without a WSRELAY_SECRET_KEY of 32+ characters"),
+           "`production` refuses to start without a WSRELAY_SECRET_KEY of 32+ characters "
+           "and without WSRELAY_ALLOWED_HOSTS"),
     Option("WSRELAY_SECRET_KEY", "", str,
            "key for signing tokens; empty means a random key per process (development only)"),
     Option("WSRELAY_REQUIRE_TOKEN", False, _flag,
@@ -181,4 +199,9 @@ def validate(config: Mapping[str, Any]) -> None:
             f"WSRELAY_ENV=production needs a WSRELAY_SECRET_KEY of at least {MIN_SECRET_LENGTH} "
             "characters, the same on every worker and host (tokens are signed with it); make one "
             "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if config["WSRELAY_ENV"] == "production" and not config["WSRELAY_ALLOWED_HOSTS"]:
+        raise ConfigError(
+            "WSRELAY_ENV=production needs WSRELAY_ALLOWED_HOSTS: the host names clients use to "
+            "reach this relay (e.g. 'relay.example.com', '.example.com' for every subdomain)"
         )

@@ -197,6 +197,15 @@ class RelayHandler(WebSocketHandler):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().handle()
 
+    def get_environ(self) -> dict[str, Any]:
+        """pywsgi's environ, with ``SERVER_ADDR``: the address the connection arrived on
+        (the host check tells loopback from the rest by it)."""
+        environ = super().get_environ()
+        with contextlib.suppress(OSError, TypeError, IndexError):
+            address = self.socket.getsockname()
+            environ["SERVER_ADDR"] = str(address[0] if isinstance(address, tuple) else address)
+        return environ
+
     def read_requestline(self) -> str:
         """Wait for the next request line at most the idle timeout; then close quietly (an
         idle keep-alive connection and a client that never starts look the same)."""

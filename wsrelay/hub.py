@@ -238,7 +238,9 @@ class MessageServer:
         duplicate, whatever the broker's latency. Without ``since`` the read
         still fixes where "live" starts, so a message already in flight from
         another worker is not delivered as if it were new. A JSON subscription
-        is told of a gap with a ``reset`` envelope before the replay.
+        is told of a gap with a ``reset`` envelope before the replay; a raw one,
+        whose frames cannot say so, gets nothing and is removed again: its mode
+        reports the gap (it closes the connection).
         """
         channel = subscription.channel
         subscription.held = []
@@ -251,7 +253,10 @@ class MessageServer:
             raise
         held, subscription.held = subscription.held or [], None
         connection = subscription.connection
-        if page.reset and subscription.json:
+        if page.reset:
+            if not subscription.json:
+                self.unsubscribe(subscription)
+                return page
             connection.push(encode_frame(envelopes.reset(channel, page.cursor), binary=False))
         for message in page.messages:
             connection.push(subscription.frame(message))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import envelopes
 from .auth import PUBLISH, SUBSCRIBE
-from .broker import BrokerUnavailable
+from .broker import BrokerUnavailable, History
 from .envelopes import BadRequest, Request, request_echo
 from .errors import ApiError
 from .ids import MessageId
@@ -77,7 +77,11 @@ class RawMode:
         self.echo = echo
 
     def start(self, connection: WebSocketConnection) -> None:
-        connection.subscribe(self.channel, self.since, echo=self.echo)
+        """Subscribe, replaying what followed ``since``; if history no longer holds all of
+        it, close with 4410 before replaying anything (see :func:`gap_reason`)."""
+        page = connection.subscribe(self.channel, self.since, echo=self.echo)
+        if page.reset:
+            connection.close(CloseCode.HISTORY_GAP, gap_reason(page))
 
     def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
         if not self.may_publish:
@@ -93,16 +97,31 @@ class RawMode:
                 connection.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
 
 
+def gap_reason(page: History) -> str:
+    """The reason of a 4410 close: the id to reconnect with, ``since=<id>``, which replays
+    everything history still holds (the position before its oldest message)."""
+    if page.messages:
+        first = page.messages[0].id
+        resume = MessageId(first.epoch, first.seq - 1)
+    else:
+        resume = page.cursor
+    return f"messages were missed: resume with since={resume}"
+
+
 class JsonMode:
     """``wsrelay.v1``: JSON requests over one socket, any number of channels.
 
-    A request that cannot be honoured is answered with an ``error`` envelope
-    naming it; the connection stays open.
+    A request that cannot be honoured, however malformed, is answered with an
+    ``error`` envelope naming it; the connection stays open. ``max_data``: the
+    largest message a publish may carry (its frame may be larger: see
+    :func:`~wsrelay.envelopes.max_request_size`).
     """
 
-    def __init__(self, policy: Policy, first: tuple[str, MessageId | None] | None = None) -> None:
+    def __init__(self, policy: Policy, first: tuple[str, MessageId | None] | None = None, *,
+                 max_data: int) -> None:
         self.policy = policy
         self.first = first
+        self.max_data = max_data
 
     def start(self, connection: WebSocketConnection) -> None:
         if self.first is not None:
@@ -114,9 +133,11 @@ class JsonMode:
             reply = envelopes.error("invalid_request", "wsrelay.v1 requests are JSON text frames")
         else:
             try:
-                reply = self._answer(connection, envelopes.parse_request(message.data))
+                request = envelopes.parse_request(message.data, self.max_data)
             except BadRequest as exc:
                 reply = exc.envelope
+            else:
+                reply = self._answer(connection, request)
         if reply is not None:
             connection.send(encode_frame(reply, binary=False))
 

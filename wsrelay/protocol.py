@@ -28,7 +28,8 @@ from websockets.protocol import SERVER, Protocol, State
 
 
 class CloseCode(IntEnum):
-    """The RFC 6455 close codes wsrelay sends."""
+    """The close codes wsrelay sends: RFC 6455's, and one of the range it leaves to
+    applications (4000-4999)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
@@ -38,6 +39,8 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    #: wsrelay's own: raw mode's ``since`` is older than what history retains.
+    HISTORY_GAP = 4410
 
 
 class InboundMessage(NamedTuple):

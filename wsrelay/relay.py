@@ -17,6 +17,7 @@ from .broker import broker_from_config
 from .channels import check_channel
 from .config import DEFAULTS, from_environ, validate
 from .connection import WebSocketConnection
+from .envelopes import max_request_size
 from .errors import register_error_handlers
 from .handler import take_socket
 from .hub import MessageServer
@@ -97,12 +98,16 @@ class Relay:
         self.connect_hooks.append(hook)
         return hook
 
-    def open_connection(self, sock: Any, *, expires: float | None = None) -> WebSocketConnection:
-        """A connection on an accepted socket, with this app's limits."""
+    def open_connection(
+        self, sock: Any, *, expires: float | None = None, json: bool = False
+    ) -> WebSocketConnection:
+        """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
+        (``json``) request frame may exceed a message by its base64 and envelope."""
         config = self.app.config
+        limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
         return WebSocketConnection(
             sock, self.hub,
-            max_message_size=config["WSRELAY_MAX_MESSAGE_SIZE"],
+            max_message_size=max_request_size(limit) if json else limit,
             buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
             close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
             expires=expires,

@@ -162,6 +162,111 @@ def test_require_origin_lets_a_browsers_same_origin_get_through(browsers_only, c
                        headers={"Sec-Fetch-Site": "cross-site"}).status == 403
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_origin_of_another_scheme_or_port_is_refused_on_every_transport(
+    server, channel, transport
+):
+    """Origin is scheme, host and port: a TLS page is not this plain-HTTP server's own."""
+    for origin in (server.url.replace("http:", "https:"), server.url.replace("http:", "ws:"),
+                   f"http://127.0.0.1:{server.port + 1}", "http://127.0.0.1"):
+        refused = attempt(server, transport, channel, headers={"Origin": origin})
+        assert (refused.status, refused.error) == (403, "origin_not_allowed"), origin
+    assert admitted(server, transport, channel, headers={"Origin": server.url})
+    assert admitted(server, transport, channel,
+                    headers={"Origin": f"http://localhost:{server.port}",
+                             "Host": f"LOCALHOST:{server.port}"})
+
+
+@pytest.fixture(scope="module")
+def behind_tls_proxy():
+    """As behind a reverse proxy that terminates TLS and says so in X-Forwarded-Proto."""
+    yield from serve({"WSRELAY_PROXY_HOPS": "1",
+                      "WSRELAY_ALLOWED_ORIGINS": "https://App.example:443"})
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_behind_a_tls_proxy_the_own_origin_is_https(behind_tls_proxy, channel, transport):
+    server = behind_tls_proxy
+    https, http = f"https://127.0.0.1:{server.port}", f"http://127.0.0.1:{server.port}"
+    tls = {"X-Forwarded-Proto": "https"}
+    assert admitted(server, transport, channel, headers={**tls, "Origin": https})
+    assert attempt(server, transport, channel, headers={**tls, "Origin": http}).status == 403
+    assert attempt(server, transport, channel, headers={"Origin": https}).status == 403
+    assert admitted(server, transport, channel, headers={"Origin": http})  # no proxy's word
+    # An allowed origin, listed in another spelling, compares the same way.
+    assert admitted(server, transport, channel, headers={"Origin": "https://app.example"})
+    refused = attempt(server, transport, channel, headers={"Origin": "http://app.example"})
+    assert (refused.status, refused.error) == (403, "origin_not_allowed")
+
+
+# -- hosts (DNS rebinding) ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def named():
+    yield from serve({"WSRELAY_ALLOWED_HOSTS": "relay.example, .example.org"})
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_loopback_relay_refuses_a_rebound_name_on_every_transport(server, channel, transport):
+    """A page of evil.example whose name now resolves to 127.0.0.1 is same-origin with
+    itself: only Host gives it away."""
+    evil = f"evil.example:{server.port}"
+    rebound = {"Host": evil, "Origin": f"http://{evil}"}
+    refused = attempt(server, transport, channel, headers=rebound)
+    assert (refused.status, refused.error) == (400, "invalid_host")
+    assert "WSRELAY_ALLOWED_HOSTS" in refused.message
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "app.localhost",
+                 f"[::1]:{server.port}"):
+        assert admitted(server, transport, channel, headers={"Host": host}), host
+
+
+def test_every_route_checks_the_host_first(server):
+    for path in ("/", "/healthz", "/readyz", "/metrics", "/dashboard", "/ws", "/ws/bad$name",
+                 "/poll/bad$name?since=nonsense", "/no-such-route"):
+        response = requests.get(f"{server.url}{path}", headers={"Host": "evil.example"},
+                                timeout=5)
+        if path == "/no-such-route":  # not a wsrelay route: the application's own 404
+            assert response.status_code == 404
+            continue
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_host"), path
+    assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_allowed_hosts_names_the_hosts_served(named, channel, transport):
+    for host in ("relay.example", "relay.example:8443", "example.org", "ws.example.org"):
+        assert admitted(named, transport, channel, headers={"Host": host}), host
+    for host in ("evil.example", "relay.example.evil", "127.0.0.1", "localhost"):
+        refused = attempt(named, transport, channel, headers={"Host": host})
+        assert (refused.status, refused.error) == (400, "invalid_host"), host
+
+
+def test_gunicorn_refuses_a_rebound_name_too(channel):
+    server = ServerProcess.gunicorn()
+    try:
+        for transport in TRANSPORTS:
+            refused = attempt(server, transport, channel, headers={"Host": "evil.example"})
+            assert (refused.status, refused.error) == (400, "invalid_host"), transport
+            assert admitted(server, transport, channel)
+    finally:
+        server.stop()
+
+
+def test_off_loopback_any_name_is_served_in_development():
+    """A relay reached on a public address (here as its handler reports one) answers to
+    any name until WSRELAY_ALLOWED_HOSTS says otherwise."""
+    app = wsrelay.create_app({})
+    public = {"SERVER_ADDR": "203.0.113.7", "REMOTE_ADDR": "198.51.100.9"}
+    try:
+        client = app.test_client()
+        assert client.get("/healthz", headers={"Host": "relay.example"},
+                          environ_base=public).status_code == 200
+        assert client.get("/healthz", headers={"Host": "relay.example"},
+                          environ_base={**public, "SERVER_ADDR": "127.0.0.1"}).status_code == 400
+    finally:
+        app.extensions["wsrelay"].close()
+
+
 # -- tokens -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -315,9 +420,21 @@ def test_production_refuses_to_start_without_a_real_secret(secret):
         wsrelay.create_app(env)
 
 
-def test_production_starts_with_a_real_secret(make_server, channel):
-    server = make_server(env={"WSRELAY_ENV": "production", "WSRELAY_SECRET_KEY": SECRET})
+def test_production_refuses_to_start_without_allowed_hosts():
+    env = {"WSRELAY_ENV": "production", "WSRELAY_SECRET_KEY": SECRET}
+    result = manage("serve", "--port", str(free_port()), env=env)
+    assert result.returncode != 0
+    assert "WSRELAY_ALLOWED_HOSTS" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(ConfigError, match="WSRELAY_ALLOWED_HOSTS"):
+        wsrelay.create_app(env)
+
+
+def test_production_starts_with_a_real_secret_and_allowed_hosts(make_server, channel):
+    server = make_server(env={"WSRELAY_ENV": "production", "WSRELAY_SECRET_KEY": SECRET,
+                              "WSRELAY_ALLOWED_HOSTS": "127.0.0.1"})
     assert admitted(server, "ws", f"private-{channel}", token=TOKENS.issue("private-*"))
+    refused = attempt(server, "ws", channel, headers={"Host": f"localhost:{server.port}"})
+    assert (refused.status, refused.error) == (400, "invalid_host")
 
 
 # -- the connect hook (an app of this process, as an application embeds wsrelay) ----------

@@ -11,6 +11,7 @@ from tests.support import (
     Refused,
     client_frame,
     handshake_request,
+    publish,
     raw_websocket,
     read_http_head,
     wait_until,
@@ -89,6 +90,46 @@ def test_since_while_publishing_concurrently_loses_nothing(server, channel):
         got = [resumed.recv(timeout=5) for _ in range(300)]
         resumed.close()
     assert got == [f"n{i}" for i in range(300)]
+
+
+def closed_at_once(server, path: str) -> Closed:
+    """Connect to ``path``; the server must close before sending any message."""
+    with server.ws(path) as client, pytest.raises(Closed) as closed:
+        client.recv(timeout=5)
+    return closed.value
+
+
+def test_a_gap_history_cannot_fill_closes_with_4410_and_the_id_to_resume_from(
+    make_server, channel
+):
+    server = make_server(env={"WSRELAY_HISTORY_SIZE": "3"})
+    ids = [publish(server, channel, f"m{i}") for i in range(6)]  # m0..m2 are gone
+    gap = closed_at_once(server, f"/ws/{channel}?since={ids[0]}")
+    assert gap.code == 4410
+    assert gap.reason.startswith("messages were missed: resume with since=")
+    resume = gap.reason.rsplit("since=", 1)[1]
+    # A client that reconnects with the old id forever is told the same, every time.
+    assert closed_at_once(server, f"/ws/{channel}?since={ids[1]}").reason == gap.reason
+    with server.ws(f"/ws/{channel}?since={resume}") as resumed:
+        assert [resumed.recv(timeout=5) for _ in range(3)] == ["m3", "m4", "m5"]
+        publish(server, channel, "live")
+        assert resumed.recv(timeout=5) == "live"
+    # Retained now: m4, m5, live. From m3 nothing is missing: replayed as ever.
+    with server.ws(f"/ws/{channel}?since={ids[3]}") as no_gap:
+        assert [no_gap.recv(timeout=5) for _ in range(3)] == ["m4", "m5", "live"]
+
+
+def test_a_cursor_from_before_a_restart_closes_with_4410(make_server, channel):
+    first = make_server()
+    stale = publish(first, channel, "before")
+    first.stop()
+    second = make_server(port=first.port)  # the memory broker starts a new epoch
+    gap = closed_at_once(second, f"/ws/{channel}?since={stale}")
+    assert gap.code == 4410
+    resume = gap.reason.rsplit("since=", 1)[1]
+    with second.ws(f"/ws/{channel}?since={resume}") as resumed:
+        publish(second, channel, "after")
+        assert resumed.recv(timeout=5) == "after"
 
 
 def test_bad_channel_is_refused_with_400_before_the_upgrade(server):

@@ -1,11 +1,16 @@
 """The ``wsrelay.v1`` subprotocol end to end: many channels over one real WebSocket."""
 
+import base64
 import json
+import time
 
+import gevent
 import pytest
 import requests
+from gevent.event import Event
 
-from tests.support import Refused, ServerProcess, WSClient, wait_until
+from tests.support import Closed, Refused, ServerProcess, WSClient, wait_until
+from wsrelay.envelopes import max_request_size
 
 V1 = ["wsrelay.v1"]
 
@@ -143,6 +148,121 @@ def test_bad_requests_get_errors_and_the_connection_stays(server, channel, frame
         client.ws.send(b"\x00binary")
         assert client.until("error")["code"] == "invalid_request"
         assert "cursor" in client.call(type="subscribe", channel=channel)  # still serving
+
+
+SURROGATE = "\\ud800"  # a lone surrogate, escaped as JSON allows
+MALFORMED = [
+    ("[" * 100_000, "invalid_request"),                       # 100k nesting
+    ('{"a":' * 100_000, "invalid_request"),
+    ('{"type":"subscribe","channel":"x","n":[' + ",".join(["[]"] * 300_000) + "]}",
+     "invalid_request"),                                       # ~1 MB of tiny lists
+    ("{" + ",".join(f'"k{i}":{i}' for i in range(50_000)) + "}", "invalid_request"),
+    ('{"type":"publish","channel":"x","data":"' + "\\u0000" * 150_000 + '","ack":' + "9" * 30
+     + "}", "invalid_ack"),                                    # escapes, and a large number
+    ('{"type":"subscribe","channel":"x","ack":' + "9" * 5000 + "}", "invalid_json"),
+    ('{"type":"subscribe","channel":"x","ack":NaN}', "invalid_json"),
+    ('"just a string"', "invalid_request"),
+    ("null", "invalid_request"),
+    ('{"type":["publish"],"channel":"x","data":"d"}', "invalid_request"),
+    ('{"type":{"publish":1},"channel":"x"}', "invalid_request"),
+    ('{"type":5,"channel":"x"}', "unknown_type"),
+    ('{"type":null,"channel":"x"}', "unknown_type"),
+    ('{"type":false,"channel":"x"}', "unknown_type"),
+    (f'{{"type":"{SURROGATE}","channel":"x"}}', "unknown_type"),
+    ('{"type":"subscribe","channel":["x"]}', "invalid_request"),
+    ('{"type":"subscribe","channel":7}', "invalid_channel"),
+    ('{"type":"subscribe","channel":null}', "invalid_channel"),
+    (f'{{"type":"subscribe","channel":"{SURROGATE}"}}', "invalid_channel"),
+    ('{"type":"subscribe","channel":"x","ack":"1"}', "invalid_ack"),
+    ('{"type":"subscribe","channel":"x","ack":true}', "invalid_ack"),
+    ('{"type":"subscribe","channel":"x","ack":1e400}', "invalid_ack"),
+    ('{"type":"subscribe","channel":"x","ack":{"n":1}}', "invalid_request"),
+    ('{"type":"subscribe","channel":"x","since":12}', "invalid_since"),
+    ('{"type":"subscribe","channel":"x","since":["1-1"]}', "invalid_request"),
+    (f'{{"type":"subscribe","channel":"x","since":"{SURROGATE}"}}', "invalid_since"),
+    ('{"type":"publish","channel":"x","data":7}', "invalid_data"),
+    ('{"type":"publish","channel":"x","data":false}', "invalid_data"),
+    ('{"type":"publish","channel":"x","data":{"text":"hi"}}', "invalid_request"),
+    (f'{{"type":"publish","channel":"x","data":"hi {SURROGATE}"}}', "invalid_data"),
+    ('{"type":"publish","channel":"x","data":"\u00e9t\u00e9","encoding":"base64"}',
+     "invalid_data"),
+    ('{"type":"publish","channel":"x","data":"aGk=","encoding":["base64"]}', "invalid_request"),
+    ('{"type":"publish","channel":"x","data":"aGk=","encoding":64}', "invalid_encoding"),
+    (f'{{"type":"publish","channel":"x","data":"aGk=","encoding":"{SURROGATE}"}}',
+     "invalid_encoding"),
+]
+
+
+def bystander(server, channel: str, stop: Event) -> tuple[gevent.Greenlet, Event]:
+    """A second client's view while an attack runs: a message every 20 ms from one
+    WebSocket to another until ``stop``; the greenlet returns (sent, delivery latencies),
+    the event is set at the first delivery."""
+    ready = Event()
+
+    def run() -> tuple[int, list[float]]:
+        latencies: list[float] = []
+        with server.ws(f"/ws/{channel}?echo=0") as sender, server.ws(f"/ws/{channel}") as reader:
+            def read() -> None:
+                while True:
+                    latencies.append(time.monotonic() - float(reader.recv(timeout=10)))
+                    ready.set()
+
+            reading = gevent.spawn(read)
+            sent = 0
+            while not stop.is_set():
+                sender.send(repr(time.monotonic()))
+                sent += 1
+                gevent.sleep(0.02)
+            wait_until(lambda: len(latencies) >= sent or reading.dead, timeout=10)
+            reading.kill()
+        return sent, latencies
+
+    return gevent.spawn(run), ready
+
+
+def test_malformed_requests_get_errors_and_cost_no_one_anything(server, channel):
+    """Each malformed request gets an error envelope; the same socket then still publishes
+    and subscribes; a bystander's messages all arrive, on time, throughout."""
+    stop = Event()
+    watcher, watching = bystander(server, f"{channel}-bystander", stop)
+    assert watching.wait(timeout=10)
+    try:
+        with JsonClient(json_url(server), timeout=10) as client:
+            client.call(type="subscribe", channel=channel)
+            for n, (frame, code) in enumerate(MALFORMED):
+                client.ws.send(frame)
+                error = client.until("error", timeout=10)
+                assert (error["code"], bool(error["reason"])) == (code, True), frame[:80]
+                answer = client.call(type="publish", channel=channel, data=f"ok {n}")
+                assert client.message_after(answer)["data"] == f"ok {n}"
+                assert "cursor" in client.call(type="subscribe", channel=f"{channel}-{n}")
+    finally:
+        stop.set()
+    sent, latencies = watcher.get(timeout=30)
+    assert sent >= 2 and len(latencies) == sent
+    assert sorted(latencies)[int(0.99 * (len(latencies) - 1))] < 0.5, max(latencies)
+    assert "Traceback" not in server.log()
+
+
+def test_a_v1_publish_carries_a_whole_message_as_base64(make_server, channel):
+    limit = 3000
+    server = make_server(env={"WSRELAY_MAX_MESSAGE_SIZE": str(limit),
+                              "WSRELAY_SUBSCRIBER_BUFFER": str(1 << 20)})
+    largest = bytes(range(256)) * (limit // 256) + b"x" * (limit % 256)
+    with JsonClient(json_url(server)) as client:
+        client.call(type="subscribe", channel=channel)
+        answer = client.call(type="publish", channel=channel, encoding="base64",
+                             data=base64.b64encode(largest).decode())
+        assert base64.b64decode(client.message_after(answer)["data"]) == largest
+        too_large = client.call(type="publish", channel=channel, data="y" * (limit + 1))
+        assert too_large["code"] == "request_entity_too_large"
+        assert "id" in client.call(type="publish", channel=channel, data="still open")
+        client.ws.send(json.dumps({"type": "publish", "channel": channel,
+                                   "data": "z" * (max_request_size(limit) + 1)}))
+        with pytest.raises(Closed) as closed:  # over the frame limit: refused from its header
+            while True:
+                client.next()
+        assert closed.value.code == 1009
 
 
 def test_private_channel_needs_a_token_per_channel(make_server, channel):

@@ -8,7 +8,6 @@ this host's loopback interface may read them.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import time
 
@@ -16,18 +15,9 @@ from flask import Response, current_app, jsonify, render_template, request
 from prometheus_client.exposition import choose_encoder
 
 from ..errors import ApiError
+from ..hosts import host_name, is_loopback_address, is_loopback_name
 from ..metrics import SYNC_INTERVAL, exposition_registry, multiprocess_dir, read_totals
 from .common import client_address, relay, request_token
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def _from_this_host() -> bool:
@@ -42,10 +32,9 @@ def _from_this_host() -> bool:
         "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
     ):
         return False
-    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
-    if host.strip("[]").lower() != "localhost" and not _is_loopback(host.strip("[]")):
+    if not is_loopback_name(host_name(request.host)):
         return False
-    return _is_loopback(client_address())
+    return is_loopback_address(client_address())
 
 
 def check_admin() -> None:

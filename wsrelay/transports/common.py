@@ -1,5 +1,5 @@
 """The checks every transport makes before serving a client, answered as :class:`ApiError`:
-channel name, origin, token, the application's connect hooks, and the limits."""
+the host, channel name, origin, token, the application's connect hooks, and the limits."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from flask import current_app, request
 from ..auth import SUBSCRIBE, Access, Claims, Refuse, authorize
 from ..channels import InvalidChannel, check_channel
 from ..errors import ApiError
+from ..hosts import host_allowed, host_name
 from ..ids import InvalidMessageId, MessageId
-from ..origins import origin_allowed
+from ..origins import DEFAULT_PORTS, origin_allowed, own_origin
 
 
 def relay():
@@ -45,6 +46,36 @@ def check_serving() -> None:
                        headers={"Retry-After": "1"})
 
 
+def check_host() -> None:
+    """400 ``invalid_host`` for a request naming a host the relay does not answer to (a
+    rebound DNS name: see :mod:`wsrelay.hosts`); every wsrelay route asks this first."""
+    name = host_name(request.host)
+    allowed = current_app.config["WSRELAY_ALLOWED_HOSTS"]
+    if host_allowed(name, allowed, local_address()):
+        return
+    if allowed:
+        why = "it is not in WSRELAY_ALLOWED_HOSTS"
+    else:
+        why = ("a relay reached on a loopback address answers only to loopback names "
+               "(localhost, 127.0.0.1, [::1]); list the names it serves in WSRELAY_ALLOWED_HOSTS")
+    raise ApiError(400, "invalid_host", f"host {name[:200]!r} is not allowed: {why}")
+
+
+def local_address() -> str:
+    """The address the request arrived on: ``SERVER_ADDR`` (the accepted socket's, which
+    wsrelay's handler sets), else ``REMOTE_ADDR``, loopback exactly when that one is."""
+    return request.environ.get("SERVER_ADDR") or request.environ.get("REMOTE_ADDR") or ""
+
+
+def request_scheme() -> str:
+    """``http`` or ``https``, as the client reached us: ``wsgi.url_scheme``, or behind
+    WSRELAY_PROXY_HOPS proxies the ``X-Forwarded-Proto`` the one we trust set."""
+    proto = forwarded("X-Forwarded-Proto")
+    if proto is not None and proto.lower() in DEFAULT_PORTS:
+        return proto.lower()
+    return request.environ.get("wsgi.url_scheme", "http")
+
+
 def check_origin() -> None:
     """Refuse a browser request from an origin that is neither ours nor allowed, and, under
     WSRELAY_REQUIRE_ORIGIN, a request that shows no origin at all.
@@ -62,8 +93,13 @@ def check_origin() -> None:
                 403, "origin_required", "this server serves browsers only: send an Origin"
             )
         return
-    if not origin_allowed(origin, request.host, config["WSRELAY_ALLOWED_ORIGINS"]):
-        raise ApiError(403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed")
+    own = own_origin(request_scheme(), request.host)
+    if not origin_allowed(origin, own, config["WSRELAY_ALLOWED_ORIGINS"]):
+        raise ApiError(
+            403, "origin_not_allowed",
+            f"origin {origin[:200]!r} is not allowed: this relay's own is {own!r} (scheme, "
+            "host and port); behind a TLS proxy set WSRELAY_PROXY_HOPS and X-Forwarded-Proto",
+        )
 
 
 def request_token() -> str | None:
@@ -117,15 +153,21 @@ def admit_client() -> Access:
     return Access("", claims, may_publish=False, expires=claims.expires if claims else None)
 
 
-def client_address() -> str:
-    """The client's IP: ``REMOTE_ADDR``, or the address the WSRELAY_PROXY_HOPS-th proxy from
-    us saw in ``X-Forwarded-For`` (werkzeug's ProxyFix rule; only that proxy is trusted)."""
+def forwarded(header: str) -> str | None:
+    """What the WSRELAY_PROXY_HOPS-th proxy from us put in ``header``, a list each proxy
+    appends to (werkzeug's ProxyFix rule: only that proxy is trusted); None without one."""
     hops = current_app.config["WSRELAY_PROXY_HOPS"]
     if hops:
-        forwarded = request.headers.get("X-Forwarded-For", "").split(",")
-        if len(forwarded) >= hops and forwarded[-hops].strip():
-            return forwarded[-hops].strip()
-    return request.remote_addr or ""
+        values = request.headers.get(header, "").split(",")
+        if len(values) >= hops and values[-hops].strip():
+            return values[-hops].strip()
+    return None
+
+
+def client_address() -> str:
+    """The client's IP: ``REMOTE_ADDR``, or the address the WSRELAY_PROXY_HOPS-th proxy from
+    us saw in ``X-Forwarded-For``."""
+    return forwarded("X-Forwarded-For") or request.remote_addr or ""
 
 
 def occupy(*, stream: bool) -> Callable[[], None]:

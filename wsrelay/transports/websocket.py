@@ -55,7 +55,8 @@ def upgrade(channel: str | None = None) -> Response:
         if json:
             policy = Policy(_checks_after_the_request(), rate,
                             current_app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
-            mode = JsonMode(policy, (access.channel, since) if channel is not None else None)
+            mode = JsonMode(policy, (access.channel, since) if channel is not None else None,
+                            max_data=current_app.config["WSRELAY_MAX_MESSAGE_SIZE"])
         else:
             echo = request.args.get("echo", "1") != "0"
             mode = RawMode(access.channel, since, may_publish=_may_publish(access.channel),
@@ -63,7 +64,7 @@ def upgrade(channel: str | None = None) -> Response:
         leave = occupy(stream=False)
         try:
             taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True)
-            connection = relay().open_connection(taken.sock, expires=access.expires)
+            connection = relay().open_connection(taken.sock, expires=access.expires, json=json)
         except BaseException:
             leave()
             raise
