@@ -294,6 +294,14 @@ def test_the_token_command_prints_a_token_the_server_accepts(secured, channel):
     assert not admitted(secured, "ws", f"private-{channel}-x.y", token=reader)
 
 
+def test_the_token_command_names_a_subject():
+    result = manage("token", "--channel", "room-*", "--publish", "--subject", "user-42",
+                    env={"WSRELAY_SECRET_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    claims = TOKENS.verify(result.stdout.strip())
+    assert (claims.channel, claims.publish, claims.subject) == ("room-*", True, "user-42")
+
+
 def test_manage_publish_reaches_a_private_channel_with_the_shared_secret(secured, channel):
     room = f"private-{channel}"
     with secured.ws(f"/ws/{room}?token={TOKENS.issue(room)}") as subscriber:
@@ -307,6 +315,7 @@ def test_manage_publish_reaches_a_private_channel_with_the_shared_secret(secured
     (["--channel", "private-*"], {}, "WSRELAY_SECRET_KEY is not set"),
     (["--channel", "bad channel"], {"WSRELAY_SECRET_KEY": SECRET}, "pattern"),
     (["--channel", "x", "--ttl", "0"], {"WSRELAY_SECRET_KEY": SECRET}, "--ttl"),
+    (["--channel", "x", "--subject", "x" * 201], {"WSRELAY_SECRET_KEY": SECRET}, "--subject"),
 ])
 def test_the_token_command_refuses_clearly(args, env, needle):
     result = manage("token", *args, env=env)
