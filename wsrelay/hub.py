@@ -91,7 +91,6 @@ class MessageServer:
         #: Channels whose local count changed since the last presence report (only kept
         #: where a shared broker reads the reports).
         self._presence_changed: set[str] = set()
-        self._reports_presence = broker.shared
         self._dirty: list[Connection] = []
         #: Publish times of messages delivered since the last flush (for the latency metric).
         self._flush_times: list[float] = []
@@ -108,7 +107,7 @@ class MessageServer:
         """Start the flusher, the heartbeat and presence reports; idempotent."""
         if not self._greenlets:
             self._greenlets = [gevent.spawn(self._flusher), gevent.spawn(self._heartbeat)]
-            if self._reports_presence:
+            if self.broker.shared:
                 self._greenlets.append(gevent.spawn(self._report_presence))
 
     def stop(self) -> None:
@@ -299,7 +298,7 @@ class MessageServer:
         return self.broker.presence(channel, len(self._channels.get(channel, ())))
 
     def _presence_may_change(self, channel: str) -> None:
-        if self._reports_presence:
+        if self.broker.shared:
             self._presence_changed.add(channel)
 
     def _report_presence(self) -> None:
