@@ -17,6 +17,7 @@ import time
 import uuid
 
 import gevent
+import pytest
 import redis
 import requests
 
@@ -111,6 +112,7 @@ def settled(server) -> dict:
     return wait_until(empty, timeout=10, message=f"state left: {server.health()}")
 
 
+@pytest.mark.timeout(300)  # about a minute alone on 2 cores; more on a shared machine
 def test_two_hundred_thousand_channel_names_leave_nothing_behind(make_server, channel):
     server = make_server(env={"WSRELAY_HISTORY_TTL": "2", "WSRELAY_PING_INTERVAL": "1"},
                          options=("--no-ticker",))
