@@ -513,3 +513,56 @@ class EventStream:
             if isinstance(item, Comment) and item.text == "connected":
                 return
             assert not isinstance(item, Event), item
+
+
+# -- a bystander: what everyone else gets while one client attacks --------------------------
+
+class Bystander:
+    """A legitimate client beside an attack: it publishes a numbered, timestamped message
+    every ``interval`` over one WebSocket and receives them over another, from this host
+    (exempt from the per-IP limits by default). ``finish()`` stops it, fails on a lost or
+    reordered message, and returns the delivery latencies in seconds."""
+
+    def __init__(self, server: ServerProcess, channel: str, interval: float = 0.05) -> None:
+        self.subscriber = server.ws(f"/ws/{channel}")
+        self.publisher = server.ws(f"/ws/{channel}?echo=0")
+        self.interval = interval
+        self.sent = 0
+        self.latencies: list[float] = []
+        self._stopped = False
+        self._tasks = [gevent.spawn(self._publish), gevent.spawn(self._receive)]
+
+    def _publish(self) -> None:
+        while not self._stopped:
+            self.publisher.send(f"{self.sent} {time.time()!r}")
+            self.sent += 1
+            gevent.sleep(self.interval)
+
+    def _receive(self) -> None:
+        while True:
+            number, stamp = self.subscriber.recv(timeout=30).split()
+            assert int(number) == len(self.latencies), "a bystander's message was lost"
+            self.latencies.append(time.time() - float(stamp))
+
+    def finish(self) -> list[float]:
+        self._stopped = True
+        publisher, receiver = self._tasks
+        try:
+            publisher.get(timeout=5)
+            deadline = time.monotonic() + 10
+            while len(self.latencies) < self.sent and time.monotonic() < deadline:
+                if receiver.dead:
+                    receiver.get()  # raises what went wrong
+                gevent.sleep(0.02)
+        finally:
+            gevent.killall(self._tasks)
+            self.subscriber.close()
+            self.publisher.close()
+        assert self.sent and len(self.latencies) == self.sent, (
+            f"the bystander got {len(self.latencies)} of its {self.sent} messages")
+        return self.latencies
+
+    @staticmethod
+    def p99(latencies: list[float]) -> float:
+        ordered = sorted(latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]

@@ -1,6 +1,7 @@
 """Tokens and the access rule, without sockets: issue, verify, tamper, expire, grant."""
 
 import base64
+import hashlib
 
 import pytest
 from itsdangerous import URLSafeSerializer
@@ -101,6 +102,21 @@ def test_a_token_whose_expiry_is_not_a_finite_time_is_invalid(tokens, exp):
     or infinite expiry would never pass, so the token is refused as malformed."""
     forged = tokens._serializer.dumps({"ch": "c", "pub": False, "exp": exp})
     assert refusal(tokens.verify, forged, now=NOW) == (401, "invalid_token")
+
+
+def test_a_token_may_name_its_subject(tokens):
+    """The subject (a user, a service) is signed like the grant; without one there is none."""
+    claims = tokens.verify(tokens.issue("c", subject="user-42", now=NOW), now=NOW)
+    assert claims.subject == "user-42"
+    assert tokens.verify(tokens.issue("c", now=NOW), now=NOW).subject is None
+    for bad in ("", "x" * 201):
+        with pytest.raises(ValueError, match="subject"):
+            tokens.issue("c", subject=bad)
+    signer = URLSafeSerializer(SECRET, salt="wsrelay.channel-token",
+                               signer_kwargs={"digest_method": hashlib.sha256})
+    for bad in (42, "", None, ["a"]):  # signed with the key, yet not a subject
+        assert refusal(tokens.verify, signer.dumps({"ch": "c", "pub": False, "sub": bad})) == (
+            401, "invalid_token")
 
 
 # -- authorize: the rule every transport applies ---------------------------------------------

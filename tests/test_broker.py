@@ -63,7 +63,9 @@ def make_broker(request):
         created.append(broker)
         return broker
 
-    make.kind = request.param
+    make.kind, make.prefix = request.param, prefix
+    if request.param == "redis":
+        make.redis_url = request.getfixturevalue("redis_server").url
     yield make
     for broker in created:
         broker.close()
@@ -82,6 +84,32 @@ def watch(broker: Broker, channel: str) -> None:
 
 def ids(messages: list[Message]) -> list[MessageId]:
     return [m.id for m in messages]
+
+
+def _redis(make_broker):
+    import redis
+
+    return redis.Redis.from_url(make_broker.redis_url)
+
+
+def stored(make_broker, broker: Broker) -> set[str]:
+    """The channels the broker keeps anything of: Redis keys, memory broker entries."""
+    if make_broker.kind == "memory":
+        return set(broker._channels) | set(broker._watched)
+    with _redis(make_broker) as client:
+        keys = [key.decode() for key in client.scan_iter(f"{make_broker.prefix}:{{*")]
+    return {key.split("{", 1)[1].rsplit("}", 1)[0] for key in keys}
+
+
+def lose_data(make_broker, broker: Broker) -> Broker:
+    """A broker after losing its data: a memory broker restarted; every key of the Redis
+    relay gone, as after a restart without persistence or a FLUSHALL."""
+    if make_broker.kind == "memory":
+        return make_broker()
+    with _redis(make_broker) as client:
+        for key in client.scan_iter(f"{make_broker.prefix}:*"):
+            client.delete(key)
+    return broker
 
 
 # -- ids ------------------------------------------------------------------------------
@@ -123,13 +151,75 @@ def test_history_without_since_returns_no_messages_and_the_cursor(broker, channe
 
 def test_cursor_of_a_fresh_channel_continues_without_gap_or_reset(broker, channel):
     cursor = broker.history(channel, None).cursor
-    assert broker.history(channel, cursor) == broker.history(channel, cursor)
-    assert broker.history(channel, cursor).messages == []
-    assert broker.history(channel, cursor).reset is False
+    for _ in range(2):  # while nothing is published the cursor stays before any message
+        page = broker.history(channel, cursor)
+        assert page.messages == [] and page.reset is False and page.cursor.seq == 0
+        assert page.cursor.epoch >= cursor.epoch
+        cursor = page.cursor
+        gevent.sleep(0.01)
     published = [broker.publish(channel, b"m%d" % i) for i in range(3)]
     page = broker.history(channel, cursor)
     assert page.reset is False
     assert ids(page.messages) == ids(published)
+
+
+def test_a_poll_of_an_empty_channel_then_a_publish_misses_nothing(make_broker, channel):
+    """The long-poll of a channel that never had a message stores nothing, yet its cursor
+    still leads to the first message without a gap, from any worker."""
+    reader = make_broker()
+    writer = make_broker() if make_broker.kind == "redis" else reader  # another worker
+    cursor = reader.history(channel, None).cursor
+    assert cursor.seq == 0 and stored(make_broker, reader) == set()
+    message = writer.publish(channel, b"first")
+    page = reader.history(channel, cursor)
+    assert page.reset is False and ids(page.messages) == [message.id]
+    assert page.cursor == message.id
+
+
+def test_reads_and_watches_of_unknown_channels_store_nothing(make_broker, channel):
+    """A client naming channel after channel leaves nothing behind once it has left them:
+    no key in Redis, no entry in the memory broker."""
+    broker = make_broker()
+    broker.start(Recorder())
+    names = [f"{channel}-{n}" for n in range(50)]
+    for name in names:
+        broker.watch(name)
+        cursor = broker.history(name, None).cursor
+        broker.history(name, cursor)
+        broker.history(name, MessageId(cursor.epoch - 10**9, 0))  # stale: a reset, no key
+        broker.unwatch(name)
+    broker.sweep()
+    assert stored(make_broker, broker) == set()
+    assert broker.status().get("watched", 0) == 0
+    broker.publish(names[0], b"kept")  # a message does create state, for its TTL
+    assert stored(make_broker, broker) == {names[0]}
+
+
+def test_a_seq0_cursor_older_than_the_ttl_reports_reset(make_broker, channel):
+    """A whole epoch may have come and expired since: the gap is reported."""
+    broker = make_broker(history_ttl=0.3)
+    cursor = broker.history(channel, None).cursor
+    gevent.sleep(0.4)
+    message = broker.publish(channel, b"late")
+    page = broker.history(channel, cursor)
+    assert page.reset is True and ids(page.messages) == [message.id]
+
+
+def test_a_seq0_cursor_from_before_the_data_was_lost_reports_reset(make_broker, channel):
+    """A memory broker that restarted, or a Redis that restarted empty or was flushed, may
+    have lost an epoch before its TTL: a cursor from before that is not trusted."""
+    before = make_broker()
+    cursor = before.history(channel, None).cursor
+    lost = before.publish(channel, b"lost")
+    gevent.sleep(0.01)
+    after = lose_data(make_broker, before)
+    message = after.publish(channel, b"after")
+    assert message.id.epoch > lost.id.epoch and message.id.seq == 1
+    page = after.history(channel, cursor)
+    assert page.reset is True and ids(page.messages) == [message.id]
+    fresh = after.history(channel + "-other", None).cursor  # cursors issued since are fine
+    other = after.publish(channel + "-other", b"x")
+    assert ids(after.history(channel + "-other", fresh).messages) == [other.id]
 
 
 def test_history_after_a_cursor_returns_exactly_the_newer_messages(broker, channel):

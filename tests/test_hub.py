@@ -134,6 +134,23 @@ def test_unsubscribed_and_unwatched_channels_cost_nothing():
     assert hub.counts() == {"connections": 0, "channels": 0, "subscribers": 0, "waiters": 0}
 
 
+def test_channels_everyone_left_leave_nothing_in_the_hub_or_broker():
+    """Without a shared broker there is no presence to report, so nothing is kept per
+    channel name once its last subscriber or waiter left."""
+    hub = make_hub()
+    connection = FakeConnection("s")
+    hub.attach(connection)
+    for n in range(1000):
+        subscription = Subscription(connection, f"c{n}", json=True)
+        hub.subscribe(subscription, None)
+        hub.unsubscribe(subscription)
+        with hub.watch(f"w{n}"):
+            hub.broker.history(f"w{n}", None)
+    assert hub.counts() == {"connections": 1, "channels": 0, "subscribers": 0, "waiters": 0}
+    assert hub._presence_changed == set()
+    assert hub.broker.status()["channels"] == hub.broker.status()["watched"] == 0
+
+
 def test_presence_counts_local_subscriptions():
     hub = make_hub()
     join(hub, "a")

@@ -1,4 +1,4 @@
-"""Limit bookkeeping without sockets: token buckets, per-IP and per-worker counts."""
+"""Limit bookkeeping without sockets: rates per client, per-IP and per-worker counts."""
 
 import pytest
 
@@ -7,7 +7,8 @@ from wsrelay.limits import Limits, TokenBucket
 
 
 def limits(**overrides) -> Limits:
-    options = {"publish_rate": 2.0, "publish_burst": 3, "max_per_ip": 2, "max_streams": 3}
+    options = {"publish_rate": 2.0, "publish_burst": 3, "max_per_ip": 2, "max_streams": 3,
+               "connect_rate": 1.0, "connect_burst": 2}
     return Limits(**{**options, **overrides})
 
 
@@ -52,6 +53,47 @@ def test_idle_publishers_are_forgotten_so_the_table_stays_small():
     assert refusal(limit.check_publish, "10.1.0.0", 10.0).code == "rate_limited"  # kept
 
 
+def test_every_connection_of_a_client_and_its_http_publishes_share_one_rate():
+    """Reconnecting, or spreading messages over several sockets, gains nothing."""
+    limit = limits()
+    first, second = limit.publisher("10.0.0.1"), limit.publisher("10.0.0.1")
+    assert [first.take(0.0), second.take(0.0), first.take(0.0)] == [True, True, True]
+    assert not second.take(0.0)
+    assert refusal(limit.check_publish, "10.0.0.1", 0.0).code == "rate_limited"
+    assert limit.publisher("10.0.0.2").take(0.0)  # another client
+    assert first.take(0.5) and not second.take(0.5)  # one token per 1/rate seconds, shared
+
+
+def test_a_token_subject_is_one_publisher_from_any_address():
+    """A subject spread over many addresses, or behind a proxy on this host whose address
+    is exempt, still has one rate; and its IP's rate still applies to it."""
+    limit = limits(exempt=["127.0.0.1"])
+    assert limit.publisher("127.0.0.1") is None
+    behind_proxy = limit.publisher("127.0.0.1", "alice")
+    assert [behind_proxy.take(0.0) for _ in range(4)] == [True, True, True, False]
+    elsewhere = limit.publisher("10.0.0.1", "alice")
+    assert not elsewhere.take(0.0)
+    assert refusal(limit.check_publish, "10.0.0.2", 0.0, "alice").code == "rate_limited"
+    assert limit.publisher("127.0.0.1", "bob").take(0.0)
+    # Both buckets need room, and a refusal spends from neither.
+    assert not elsewhere.take(0.0)
+    assert [limit.publisher("10.0.0.1").take(0.0) for _ in range(4)] == [True] * 3 + [False]
+
+
+def test_connects_of_one_ip_are_rate_limited():
+    limit = limits(exempt=["127.0.0.1"])
+    limit.check_connect("10.0.0.1", 0.0)
+    limit.check_connect("10.0.0.1", 0.0)  # the burst is 2
+    refused = refusal(limit.check_connect, "10.0.0.1", 0.2)
+    assert (refused.status, refused.code) == (429, "connect_rate_limited")
+    assert refused.headers["Retry-After"] == "1"
+    limit.check_connect("10.0.0.2", 0.2)  # another address
+    limit.check_connect("10.0.0.1", 1.0)  # one per second
+    for _ in range(100):
+        limit.check_connect("127.0.0.1", 1.0)  # exempt
+    assert limit.counts()["connecting"] == 2
+
+
 def test_connections_of_one_ip_are_capped_and_released():
     limit = limits()
     limit.enter("10.0.0.1", stream=False)
@@ -64,7 +106,8 @@ def test_connections_of_one_ip_are_capped_and_released():
     limit.enter("10.0.0.1", stream=False)
     for client, stream in [("10.0.0.1", False), ("10.0.0.1", False), ("10.0.0.2", False)]:
         limit.leave(client, stream=stream)
-    assert limit.counts() == {"connections": 0, "addresses": 0, "streams": 0, "publishers": 0}
+    assert limit.counts() == {"connections": 0, "addresses": 0, "streams": 0, "publishers": 0,
+                              "connecting": 0}
 
 
 def test_streams_of_a_worker_are_capped_and_websockets_are_not_streams():
@@ -83,10 +126,11 @@ def test_streams_of_a_worker_are_capped_and_websockets_are_not_streams():
 def test_exempt_addresses_have_no_ip_cap_and_no_rate_but_share_the_stream_cap():
     limit = limits(exempt=["127.0.0.1"])
     for _ in range(10):
+        limit.check_connect("127.0.0.1", 0.0)
         limit.enter("127.0.0.1", stream=False)
         limit.check_publish("127.0.0.1", 0.0)
-    assert limit.publish_bucket("127.0.0.1", 0.0) is None
-    assert limit.publish_bucket("10.0.0.1", 0.0) is not None
+    assert limit.publisher("127.0.0.1") is None
+    assert limit.publisher("10.0.0.1") is not None
     for _ in range(3):
         limit.enter("127.0.0.1", stream=True)
     assert refusal(limit.enter, "127.0.0.1", stream=True).code == "too_many_streams"

@@ -34,6 +34,8 @@ PRIVATE_PREFIX = "private-"
 #: A channel name (see :mod:`wsrelay.channels`) with the glob characters of :mod:`fnmatch`.
 PATTERN = re.compile(r"[A-Za-z0-9_.:*?!\[\]-]{1,128}")
 DEFAULT_TTL = 3600.0
+#: The longest subject a token may name (it keys a rate bucket on every worker).
+MAX_SUBJECT = 200
 _SALT = "wsrelay.channel-token"
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="wsrelay"'}
 
@@ -44,11 +46,13 @@ class Refuse(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Claims:
-    """What a token grants: a channel pattern, the publish right, an expiry (Unix time)."""
+    """What a token grants: a channel pattern, the publish right, an expiry (Unix time), and
+    whom it was issued to (``subject``: optional; its publishes share one rate)."""
 
     channel: str
     publish: bool
     expires: float | None
+    subject: str | None = None
 
     def grants(self, channel: str, action: str) -> bool:
         """True when ``action`` on ``channel`` is allowed (subscribe comes with every token)."""
@@ -93,6 +97,13 @@ def _expiry(value: Any) -> float:
     return float(value)
 
 
+def check_subject(subject: str) -> str:
+    """Return a valid subject, else raise ``ValueError`` saying what is allowed."""
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT:
+        raise ValueError(f"a subject is a string of 1-{MAX_SUBJECT} characters")
+    return subject
+
+
 def needs_token(channel: str, require_token: bool) -> bool:
     """``private-*`` channels always do; every channel does under WSRELAY_REQUIRE_TOKEN=1."""
     return require_token or channel.startswith(PRIVATE_PREFIX)
@@ -114,15 +125,19 @@ class Tokens:
 
     def issue(
         self, channel: str, *, publish: bool = False, ttl: float | None = DEFAULT_TTL,
-        now: float | None = None,
+        subject: str | None = None, now: float | None = None,
     ) -> str:
         """A token for the channels matching ``channel`` (a glob), valid ``ttl`` seconds
         (None: forever; else finite and positive). Subscribe is always granted; publish
-        only with ``publish=True``."""
+        only with ``publish=True``. ``subject`` names the user or service it is for:
+        every client showing a token of that subject shares one publish rate, from any
+        address."""
         check_pattern(channel)
         if ttl is not None:
             check_ttl(ttl)
         payload: dict[str, Any] = {"ch": channel, "pub": bool(publish)}
+        if subject is not None:
+            payload["sub"] = check_subject(subject)
         if ttl is not None:
             payload["exp"] = round((time.time() if now is None else now) + ttl, 3)
         return self._serializer.dumps(payload)
@@ -136,6 +151,7 @@ class Tokens:
                 channel=check_pattern(payload["ch"]),
                 publish=payload["pub"] is True,
                 expires=_expiry(payload["exp"]) if "exp" in payload else None,
+                subject=check_subject(payload["sub"]) if "sub" in payload else None,
             )
         except (BadSignature, KeyError, TypeError, ValueError):
             raise ApiError(

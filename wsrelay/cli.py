@@ -14,7 +14,7 @@ import gevent
 from gevent.pywsgi import WSGIServer
 
 from .app import create_app
-from .auth import DEFAULT_TTL, Tokens, check_ttl
+from .auth import DEFAULT_TTL, Tokens, check_subject, check_ttl
 from .bench.command import bench
 from .broker import BrokerUnavailable
 from .config import DEFAULTS, ConfigError, from_environ
@@ -111,7 +111,9 @@ def publish(channel: str, message: str, url: str) -> None:
 @click.option("--publish", is_flag=True, help="grant publishing too (subscribing always is)")
 @click.option("--ttl", default=DEFAULT_TTL, show_default=True, type=float,
               help="seconds the token is valid (finite, positive)")
-def token(pattern: str, publish: bool, ttl: float) -> None:
+@click.option("--subject", default=None,
+              help="whom the token is for: all clients showing its tokens share one publish rate")
+def token(pattern: str, publish: bool, ttl: float, subject: str | None) -> None:
     """Print a signed, expiring token for the channels matching --channel.
 
     Signed with WSRELAY_SECRET_KEY, which the servers must share. Clients pass
@@ -131,8 +133,13 @@ def token(pattern: str, publish: bool, ttl: float) -> None:
             "the token (without one a server signs with a random key of its own, and no "
             "token opens its private channels)."
         )
+    if subject is not None:
+        try:
+            check_subject(subject)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--subject") from None
     try:
-        click.echo(Tokens(secret).issue(pattern, publish=publish, ttl=ttl))
+        click.echo(Tokens(secret).issue(pattern, publish=publish, ttl=ttl, subject=subject))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--channel") from None
 

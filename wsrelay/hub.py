@@ -88,6 +88,8 @@ class MessageServer:
         self.connections: set[Connection] = set()
         self._channels: dict[str, set[Subscription]] = {}
         self._waiters: dict[str, set[Event]] = {}
+        #: Channels whose local count changed since the last presence report (only kept
+        #: where a shared broker reads the reports).
         self._presence_changed: set[str] = set()
         self._dirty: list[Connection] = []
         #: Publish times of messages delivered since the last flush (for the latency metric).
@@ -245,7 +247,7 @@ class MessageServer:
         channel = subscription.channel
         subscription.held = []
         self._add_interest(channel, self._channels, subscription)
-        self._presence_changed.add(channel)
+        self._presence_may_change(channel)
         try:
             page = self.broker.history(channel, since)
         except BaseException:
@@ -268,7 +270,7 @@ class MessageServer:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         if self._remove_interest(subscription.channel, self._channels, subscription):
-            self._presence_changed.add(subscription.channel)
+            self._presence_may_change(subscription.channel)
 
     @contextlib.contextmanager
     def watch(self, channel: str) -> Iterator[Event]:
@@ -300,8 +302,17 @@ class MessageServer:
         """WebSocket subscribers of ``channel`` on every worker sharing the broker."""
         return self.broker.presence(channel, len(self._channels.get(channel, ())))
 
+    def _presence_may_change(self, channel: str) -> None:
+        if self.broker.shared:
+            self._presence_changed.add(channel)
+
     def _report_presence(self) -> None:
-        """Tell a shared broker the local counts that changed, in one batch a second."""
+        """Tell a shared broker the local counts that changed, in one batch a second.
+
+        A report that failed is retried for the channels that still have
+        subscribers; a count that dropped to zero and could not be withdrawn
+        goes stale by itself (see the broker), so nothing is kept for channels
+        everyone left."""
         for tick in itertools.count(1):
             gevent.sleep(PRESENCE_INTERVAL)
             changed, self._presence_changed = self._presence_changed, set()
@@ -313,7 +324,7 @@ class MessageServer:
                     self.broker.report_presence(counts)
                 except Exception:
                     log.exception("presence report failed")
-                    self._presence_changed |= changed
+                    self._presence_changed |= changed & self._channels.keys()
 
     def counts(self) -> dict[str, int]:
         """Numbers for health checks and tests."""

@@ -6,9 +6,14 @@ sockets. A refusal is an :class:`~wsrelay.errors.ApiError` with a
 as a whole is full. Counts are per worker process (each gunicorn worker keeps
 its own), which is where the memory and greenlets they protect live.
 
+Rates are kept per client, not per connection: one table of buckets by
+client IP (and by token subject) serves every WebSocket and HTTP request of
+that client, so reconnecting starts no fresh bucket.
+
 Addresses in WSRELAY_LIMITS_EXEMPT (by default this host's own) have no
-per-IP cap and no publish rate: behind a reverse proxy on the same host every
-client would otherwise share the proxy's address and its one quota.
+per-IP cap, connect rate or publish rate: behind a reverse proxy on the same
+host every client would otherwise share the proxy's address and its one
+quota. A token's subject is limited wherever it comes from.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from .errors import ApiError
 
 #: Seconds a client refused for a full worker or too many connections is told to wait.
 RETRY_LATER = 5
-#: The table of HTTP publishers is swept of idle entries when it grows past this.
+#: A table of rate buckets is swept of idle entries when it grows past this.
 _PRUNE_MIN = 1024
+#: Keys of token subjects in the publish table (no IP address starts with it).
+_SUBJECT = "sub:"
 
 
 class TokenBucket:
@@ -56,12 +63,74 @@ class TokenBucket:
         return self._refill(now) >= self.burst
 
 
+class RateTable:
+    """Token buckets of one rate and burst, one per key (a client IP, a token subject).
+
+    A bucket that has refilled is the same as a new one, so the table forgets
+    those when it grows: it holds only the keys active within the last
+    ``burst / rate`` seconds, however many came and went before.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+        self._prune_at = _PRUNE_MIN
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, keys: tuple[str, ...], now: float) -> float:
+        """Spend one token of every key's bucket when each has one and return 0; else spend
+        nothing and return the seconds until each has one."""
+        buckets = self._buckets
+        if len(keys) == 1:  # the usual case, kept to one lookup
+            bucket = buckets.get(keys[0]) or self._add(keys[0], now)
+            return 0.0 if bucket.take(now) else bucket.retry_after(now)
+        held = [buckets.get(key) or self._add(key, now) for key in keys]
+        wait = max(bucket.retry_after(now) for bucket in held)
+        if wait <= 0.0:
+            for bucket in held:
+                bucket.take(now)
+        return wait
+
+    def _add(self, key: str, now: float) -> TokenBucket:
+        if len(self._buckets) >= self._prune_at:
+            self._buckets = {
+                known: bucket for known, bucket in self._buckets.items() if not bucket.full(now)
+            }
+            self._prune_at = max(_PRUNE_MIN, 2 * len(self._buckets))
+        bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket
+
+
+class Publisher:
+    """The buckets one client's messages count against, whichever way it sends them: its
+    IP's (unless exempt) and its token subject's (if any). All its WebSockets and HTTP
+    publishes share them, so reconnecting gains nothing."""
+
+    __slots__ = ("keys", "table")
+
+    def __init__(self, table: RateTable, keys: tuple[str, ...]) -> None:
+        self.table = table
+        self.keys = keys
+
+    def wait(self, now: float) -> float:
+        """Count one message and return 0, or the seconds until one is allowed."""
+        return self.table.take(self.keys, now)
+
+    def take(self, now: float) -> bool:
+        """Count one message; False when it is over the rate."""
+        return self.table.take(self.keys, now) <= 0.0
+
+
 class Limits:
-    """One worker's limits (``relay.limits``): publish rate, per-IP and stream counts."""
+    """One worker's limits (``relay.limits``): publish and connect rates, per-IP and stream
+    counts."""
 
     def __init__(
         self, *, publish_rate: float, publish_burst: int, max_per_ip: int, max_streams: int,
-        exempt: Iterable[str] = (),
+        connect_rate: float, connect_burst: int, exempt: Iterable[str] = (),
     ) -> None:
         self.publish_rate = publish_rate
         self.publish_burst = publish_burst
@@ -70,8 +139,8 @@ class Limits:
         self.exempt = frozenset(exempt)
         self.streams = 0
         self._per_ip: dict[str, int] = {}
-        self._publishers: dict[str, TokenBucket] = {}
-        self._prune_at = _PRUNE_MIN
+        self.publishes = RateTable(publish_rate, publish_burst)
+        self.connects = RateTable(connect_rate, connect_burst)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Limits:
@@ -80,42 +149,52 @@ class Limits:
             publish_burst=config["WSRELAY_PUBLISH_BURST"],
             max_per_ip=config["WSRELAY_MAX_CONNECTIONS_PER_IP"],
             max_streams=config["WSRELAY_MAX_STREAMS"],
+            connect_rate=config["WSRELAY_CONNECT_RATE"],
+            connect_burst=config["WSRELAY_CONNECT_BURST"],
             exempt=config["WSRELAY_LIMITS_EXEMPT"],
         )
 
     # -- publish rate ---------------------------------------------------------------
 
-    def publish_bucket(self, client: str, now: float) -> TokenBucket | None:
-        """A bucket for the messages of one WebSocket of ``client`` (None: unlimited)."""
-        if client in self.exempt:
-            return None
-        return TokenBucket(self.publish_rate, self.publish_burst, now)
+    def publisher(self, client: str, subject: str | None = None) -> Publisher | None:
+        """What the messages of ``client`` (its IP) count against; with a token ``subject``,
+        that subject's bucket too, wherever it connects from (an exempt address included:
+        behind a proxy on this host the subject is what tells clients apart). None:
+        unlimited."""
+        keys = () if client in self.exempt else (client,)
+        if subject is not None:
+            keys += (_SUBJECT + subject,)
+        return Publisher(self.publishes, keys) if keys else None
 
-    def check_publish(self, client: str, now: float) -> None:
-        """Count one HTTP publish of ``client`` (its IP); 429 when it is over the rate."""
-        if client in self.exempt:
+    def check_publish(self, client: str, now: float, subject: str | None = None) -> None:
+        """Count one HTTP publish of ``client``; 429 when it is over the rate."""
+        publisher = self.publisher(client, subject)
+        if publisher is None:
             return
-        bucket = self._publishers.get(client)
-        if bucket is None:
-            if len(self._publishers) >= self._prune_at:
-                self._prune(now)
-            bucket = self._publishers[client] = TokenBucket(
-                self.publish_rate, self.publish_burst, now
-            )
-        if not bucket.take(now):
+        wait = publisher.wait(now)
+        if wait > 0.0:
             raise ApiError(
                 429, "rate_limited",
                 f"over {self.publish_rate:g} messages per second (burst {self.publish_burst})",
-                headers={"Retry-After": str(max(1, math.ceil(bucket.retry_after(now))))},
+                headers={"Retry-After": _seconds(wait)},
             )
 
-    def _prune(self, now: float) -> None:
-        """Forget the buckets that have refilled (a new one is the same), so the table holds
-        only clients that published within the last ``burst / rate`` seconds."""
-        self._publishers = {
-            client: bucket for client, bucket in self._publishers.items() if not bucket.full(now)
-        }
-        self._prune_at = max(_PRUNE_MIN, 2 * len(self._publishers))
+    # -- connect rate ---------------------------------------------------------------
+
+    def check_connect(self, client: str, now: float) -> None:
+        """Count one admission (a WebSocket upgrade, an SSE stream, a long-poll) of
+        ``client``; 429 when its IP connects faster than the connect rate."""
+        if client in self.exempt:
+            return
+        wait = self.connects.take((client,), now)
+        if wait > 0.0:
+            table = self.connects
+            raise ApiError(
+                429, "connect_rate_limited",
+                f"over {table.rate:g} new connections per second from one address "
+                f"(burst {table.burst})",
+                headers={"Retry-After": _seconds(wait)},
+            )
 
     # -- open connections -----------------------------------------------------------
 
@@ -155,5 +234,11 @@ class Limits:
             "connections": sum(self._per_ip.values()),
             "addresses": len(self._per_ip),
             "streams": self.streams,
-            "publishers": len(self._publishers),
+            "publishers": len(self.publishes),
+            "connecting": len(self.connects),
         }
+
+
+def _seconds(wait: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least one."""
+    return str(max(1, math.ceil(wait)))

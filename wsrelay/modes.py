@@ -23,23 +23,27 @@ from .protocol import CloseCode, InboundMessage, encode_frame
 
 if TYPE_CHECKING:
     from .connection import WebSocketConnection
-    from .limits import TokenBucket
+    from .limits import Publisher
 
 
 class Policy:
     """What one connection may do: rights per channel and action, and its publish rate.
 
     ``authorize(channel, action)`` raises :class:`ApiError` when the action is
-    not allowed; a channel found allowed once stays allowed for the life of
-    the connection (the token cannot change; its expiry closes the socket).
+    not allowed. The last channels found allowed are remembered, so a client
+    publishing to its channels is not checked again for every message (the
+    token cannot change; its expiry closes the socket); only a few are, since
+    a client may name any number of channels over one connection.
     """
 
     def __init__(
-        self, authorize: Callable[[str, str], object], rate: TokenBucket | None,
+        self, authorize: Callable[[str, str], object], rate: Publisher | None,
         max_subscriptions: int,
     ) -> None:
         self._authorize = authorize
-        self._allowed: set[tuple[str, str]] = set()
+        #: (channel, action) pairs found allowed, oldest first.
+        self._allowed: dict[tuple[str, str], None] = {}
+        self._remembered = 2 * max_subscriptions
         self.rate = rate
         self.max_subscriptions = max_subscriptions
 
@@ -47,14 +51,16 @@ class Policy:
         key = (channel, action)
         if key not in self._allowed:
             self._authorize(channel, action)
-            self._allowed.add(key)
+            if len(self._allowed) >= self._remembered:
+                del self._allowed[next(iter(self._allowed))]
+            self._allowed[key] = None
 
     def take(self) -> bool:
         """Count one publish; False when it is over the rate."""
         return within_rate(self.rate)
 
 
-def within_rate(rate: TokenBucket | None) -> bool:
+def within_rate(rate: Publisher | None) -> bool:
     """Count one publish against ``rate`` (None: unlimited); False when it is over."""
     return rate is None or rate.take(time.monotonic())
 
@@ -69,7 +75,7 @@ class RawMode:
     __slots__ = ("channel", "echo", "may_publish", "rate", "since")
 
     def __init__(self, channel: str, since: MessageId | None, *, may_publish: bool,
-                 rate: TokenBucket | None, echo: bool = True) -> None:
+                 rate: Publisher | None, echo: bool = True) -> None:
         self.channel = channel
         self.since = since
         self.may_publish = may_publish

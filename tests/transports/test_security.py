@@ -4,6 +4,7 @@ with real clients. Every refusal must come before any upgrade, as an HTTP status
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import itertools
 import os
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import time
 import types
+from collections import Counter
 from typing import NamedTuple
 
 import gevent
@@ -22,16 +24,24 @@ import wsrelay
 from tests.support import (
     PYTHON,
     ROOT,
+    Bystander,
     Closed,
     Refused,
     ServerProcess,
     WSClient,
+    client_frame,
     free_port,
+    handshake_request,
+    publish,
+    read_http_head,
+    server_frames,
     wait_until,
 )
+from tests.transports.test_websocket_json import JsonClient
 from wsrelay.auth import Tokens
 from wsrelay.config import ConfigError
 from wsrelay.handler import RelayHandler
+from wsrelay.ids import MessageId
 
 SECRET = "tests-share-this-secret-with-the-server-0123456789"
 TOKENS = Tokens(SECRET)
@@ -122,8 +132,9 @@ def browsers_only():
 @pytest.fixture(scope="module")
 def limited():
     """Small limits, loopback not exempt, one trusted proxy hop so that each test can be a
-    client IP of its own (``another_address``)."""
+    client IP of its own (``another_address``); shares SECRET for tokens with a subject."""
     yield from serve({
+        "WSRELAY_SECRET_KEY": SECRET,
         "WSRELAY_LIMITS_EXEMPT": "", "WSRELAY_PROXY_HOPS": "1",
         "WSRELAY_MAX_CONNECTIONS_PER_IP": "3", "WSRELAY_PUBLISH_RATE": "1",
         "WSRELAY_PUBLISH_BURST": "5", "WSRELAY_SSE_KEEPALIVE": "0.5",
@@ -388,6 +399,14 @@ def test_the_token_command_prints_a_token_the_server_accepts(secured, channel):
     assert not admitted(secured, "ws", f"private-{channel}-x.y", token=reader)
 
 
+def test_the_token_command_names_a_subject():
+    result = manage("token", "--channel", "room-*", "--publish", "--subject", "user-42",
+                    env={"WSRELAY_SECRET_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    claims = TOKENS.verify(result.stdout.strip())
+    assert (claims.channel, claims.publish, claims.subject) == ("room-*", True, "user-42")
+
+
 def test_manage_publish_reaches_a_private_channel_with_the_shared_secret(secured, channel):
     room = f"private-{channel}"
     with secured.ws(f"/ws/{room}?token={TOKENS.issue(room)}") as subscriber:
@@ -401,6 +420,7 @@ def test_manage_publish_reaches_a_private_channel_with_the_shared_secret(secured
     (["--channel", "private-*"], {}, "WSRELAY_SECRET_KEY is not set"),
     (["--channel", "bad channel"], {"WSRELAY_SECRET_KEY": SECRET}, "pattern"),
     (["--channel", "x", "--ttl", "0"], {"WSRELAY_SECRET_KEY": SECRET}, "--ttl"),
+    (["--channel", "x", "--subject", "x" * 201], {"WSRELAY_SECRET_KEY": SECRET}, "--subject"),
 ])
 def test_the_token_command_refuses_clearly(args, env, needle):
     result = manage("token", *args, env=env)
@@ -562,6 +582,180 @@ def test_http_publishing_too_fast_is_429_per_client_ip(limited, channel):
     assert admitted(limited, "publish", channel, headers=another_address())
     time.sleep(1.1)  # the rate is one per second
     assert admitted(limited, "publish", channel, headers=me)
+
+
+def test_a_clients_new_connections_start_with_its_spent_publish_rate(limited, channel):
+    """One bucket per client IP, whichever way it publishes: reconnecting gains nothing."""
+    me = another_address()
+    with WSClient(f"{limited.ws_url}/ws/{channel}", headers=another_address()) as listener:
+        with WSClient(f"{limited.ws_url}/ws/{channel}?echo=0", headers=me) as first:
+            for n in range(5):  # the burst
+                first.send(f"m{n}")
+            assert [listener.recv(timeout=5) for _ in range(5)] == [f"m{n}" for n in range(5)]
+        with WSClient(f"{limited.ws_url}/ws/{channel}?echo=0", headers=me) as again:
+            again.send("one more")
+            with pytest.raises(Closed) as closed:
+                again.recv(timeout=5)
+            assert (closed.value.code, closed.value.reason) == (1008, "rate limit exceeded")
+        with JsonClient(f"{limited.ws_url}/ws", headers=me) as json_client:
+            answer = json_client.call(type="publish", channel=channel, data="and another")
+            assert (answer["type"], answer["code"]) == ("error", "rate_limited")
+        assert attempt(limited, "publish", channel, headers=me).error == "rate_limited"
+        with pytest.raises(TimeoutError):
+            listener.recv(timeout=0.5)  # none of them was published
+        assert admitted(limited, "publish", channel, headers=another_address())
+
+
+def test_a_token_subject_is_one_publisher_from_every_address(limited, channel):
+    """A subject's clients share one rate wherever they connect from, and the IP's own rate
+    still applies beside it."""
+    token = TOKENS.issue(channel, publish=True, subject="mallory")
+    with WSClient(f"{limited.ws_url}/ws/{channel}", headers=another_address()) as listener:
+        with WSClient(f"{limited.ws_url}/ws/{channel}?echo=0&token={token}",
+                      headers=another_address()) as first:
+            for n in range(5):
+                first.send(f"m{n}")
+            assert [listener.recv(timeout=5) for _ in range(5)] == [f"m{n}" for n in range(5)]
+        elsewhere = another_address()
+        with WSClient(f"{limited.ws_url}/ws/{channel}?echo=0&token={token}",
+                      headers=elsewhere) as second:
+            second.send("from elsewhere")
+            with pytest.raises(Closed) as closed:
+                second.recv(timeout=5)
+            assert closed.value.code == 1008
+        assert attempt(limited, "publish", channel, token=token,
+                       headers=another_address()).error == "rate_limited"
+        other = TOKENS.issue(channel, publish=True, subject="alice")
+        assert admitted(limited, "publish", channel, token=other, headers=elsewhere)
+        assert admitted(limited, "publish", channel, headers=elsewhere)  # its IP has room
+
+
+ATTACKER = "127.0.0.2"  # loopback, but not this host's address: not exempt by default
+
+
+def _connect(server, source: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5,
+                                    source_address=(source, 0))
+
+
+def _reconnect_and_publish(server, channel: str, source: str, query: str,
+                           seconds: float, burst: int) -> int:
+    """Connect, send ``burst`` messages at once, read until closed, reconnect; for
+    ``seconds``. Returns how many connections were upgraded."""
+    frames = b"".join(client_frame(0x1, b"spam %d" % n) for n in range(burst))
+    upgraded = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        gevent.sleep(0)  # loopback I/O need not block: let the bystander run
+        with _connect(server, source) as sock:
+            sock.sendall(handshake_request(f"/ws/{channel}?echo=0&{query}", server.port))
+            status, _ = read_http_head(sock)
+            if status != 101:
+                assert status == 429, status
+                gevent.sleep(0.05)
+                continue
+            upgraded += 1
+            with contextlib.suppress(OSError):
+                sock.sendall(frames)
+                _read_until_close_frame(sock)  # over the rate: 1008
+    return upgraded
+
+
+def _read_until_close_frame(sock: socket.socket) -> None:
+    sock.settimeout(2)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+        if any(opcode == 0x8 for opcode, _ in server_frames(data)):
+            return
+
+
+@pytest.mark.parametrize("who", ["an address", "a subject behind a proxy on this host"])
+def test_a_reconnect_publish_loop_gets_no_more_than_the_rate(make_server, channel, who):
+    """A client that reconnects after every burst gets its rate, not a new burst each time,
+    while a bystander is served on time."""
+    rate, burst, seconds = 50, 100, 3.0
+    server = make_server(env={"WSRELAY_SECRET_KEY": SECRET, "WSRELAY_PUBLISH_RATE": str(rate),
+                              "WSRELAY_PUBLISH_BURST": str(burst)})
+    if who == "an address":
+        source, query = ATTACKER, ""
+    else:  # every client of a local proxy has its exempt address; the token tells them apart
+        source, query = "127.0.0.1", "token=" + TOKENS.issue(channel, publish=True,
+                                                             subject="mallory")
+    bystander = Bystander(server, f"{channel}-bystander")
+    started = time.monotonic()
+    upgraded = _reconnect_and_publish(server, channel, source, query, seconds, 2 * burst)
+    elapsed = time.monotonic() - started
+    latencies = bystander.finish()
+    accepted = MessageId.parse(publish(server, channel, "count")).seq - 1
+    print(f"\n{who}: {upgraded} connections in {elapsed:.1f} s, {accepted} messages accepted "
+          f"(rate {rate}/s, burst {burst}); bystander p99 {Bystander.p99(latencies):.3f} s")
+    assert upgraded >= 5, "the loop did not reconnect"
+    assert burst <= accepted <= rate * (elapsed + 1) + burst
+    assert Bystander.p99(latencies) < 1.0
+
+
+def test_connects_of_one_address_are_rate_limited_before_the_upgrade(make_server, channel):
+    rate, burst, seconds = 10, 20, 2.0
+    server = make_server(env={"WSRELAY_CONNECT_RATE": str(rate),
+                              "WSRELAY_CONNECT_BURST": str(burst)})
+    bystander = Bystander(server, f"{channel}-bystander")
+    requests_by_transport = {
+        "ws": handshake_request(f"/ws/{channel}", server.port),
+        "sse": f"GET /sse/{channel} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        "poll": f"GET /poll/{channel}?timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    }
+    statuses: Counter[int] = Counter()
+    refusals = []
+    started = time.monotonic()
+    for transport in itertools.cycle(requests_by_transport):
+        if time.monotonic() - started > seconds:
+            break
+        gevent.sleep(0)
+        with _connect(server, ATTACKER) as sock:
+            sock.sendall(requests_by_transport[transport])
+            status, rest = read_http_head(sock)
+            statuses[status] += 1
+            if status == 429:
+                while b"}" not in rest:
+                    rest += sock.recv(4096)
+                refusals.append(rest)
+    elapsed = time.monotonic() - started
+    admitted_count = statuses[101] + statuses[200]
+    print(f"\n{sum(statuses.values())} connects in {elapsed:.1f} s: {dict(statuses)}")
+    assert set(statuses) <= {101, 200, 429}
+    assert burst <= admitted_count <= rate * (elapsed + 1) + burst
+    assert statuses[429] > admitted_count  # the loop went on well past the rate
+    assert all(b'"error":"connect_rate_limited"' in rest for rest in refusals)
+    with _connect(server, "127.0.0.3") as sock:  # another address is not held back
+        sock.sendall(handshake_request(f"/ws/{channel}", server.port))
+        assert read_http_head(sock)[0] == 101
+    latencies = bystander.finish()
+    assert Bystander.p99(latencies) < 1.0
+    time.sleep(1.1)  # Retry-After: one more is allowed a second later
+    with _connect(server, ATTACKER) as sock:
+        sock.sendall(handshake_request(f"/ws/{channel}", server.port))
+        assert read_http_head(sock)[0] == 101
+
+
+def test_a_reconnect_storm_behind_one_address_gets_in_with_the_defaults(make_server, channel):
+    """After a deploy, every client behind a NAT comes back at once: as many as the per-IP
+    cap holds are admitted together by the default connect rate."""
+    server = make_server()
+    clients = 250
+
+    def reconnect(_: int) -> int:
+        sock = _connect(server, ATTACKER)
+        sock.sendall(handshake_request(f"/ws/{channel}", server.port))
+        return read_http_head(sock)[0], sock
+
+    answers = [task.get(timeout=30) for task in
+               [gevent.spawn(reconnect, n) for n in range(clients)]]
+    try:
+        assert Counter(status for status, _ in answers) == {101: clients}
+    finally:
+        for _, sock in answers:
+            sock.close()
 
 
 # -- the HTTP idle timeout ------------------------------------------------------------------

@@ -39,20 +39,37 @@ class History:
 
 
 def read_after(
-    retained: list[Message], epoch: int, last_seq: int, since: MessageId | None
+    retained: list[Message], epoch: int, last_seq: int, since: MessageId | None, *,
+    ttl_ms: int, origin: int = 0,
 ) -> History:
     """Select the retained messages after ``since``: the rule every broker shares.
 
     ``retained`` are the channel's messages in order, ``epoch``/``last_seq``
-    its current position.
+    its current position. A channel that never had a message, or whose state
+    expired, stores nothing: it reads as a *virtual epoch*, the current time
+    in ms from the clock epochs are taken from, at seq 0.
+
+    A cursor at seq 0 stands before any message. Its epoch may differ from
+    the channel's (it was virtual, or the channel has started since), and
+    still nothing was missed if the channel's epoch began after it and less
+    than ``ttl_ms`` after it: a whole epoch that came and expired in between
+    would have lived at least that long (its state is kept for a TTL after its
+    last use), so the channel's epoch would be later. Then only the retained
+    messages must start at seq 1. ``origin`` is when the broker's data began
+    (a restart or a flush may have lost an epoch without waiting for its TTL):
+    a cursor from before it is not trusted.
     """
     cursor = MessageId(epoch, last_seq)
     if since is None:
         return History([], cursor)
-    if since.epoch != epoch or since.seq > last_seq:
-        return History(list(retained), cursor, reset=True)
     first_seq = retained[0].id.seq if retained else last_seq + 1
-    if first_seq > since.seq + 1:
+    if since.epoch == epoch and since.seq <= last_seq:
+        missed = first_seq > since.seq + 1
+    elif since.seq == 0 and origin <= since.epoch <= epoch < since.epoch + ttl_ms:
+        missed = first_seq > 1
+    else:  # another epoch, or a position this channel never reached
+        missed = True
+    if missed:
         return History(list(retained), cursor, reset=True)
     return History([m for m in retained if m.id.seq > since.seq], cursor)
 

@@ -1,4 +1,11 @@
-"""The embedded broker: one process, channels in a dict, history in deques."""
+"""The embedded broker: one process, channels in a dict, history in deques.
+
+A channel gets state (its epoch, sequence and history) with its first
+message and loses it a TTL after its last use once nothing is retained.
+Reading or watching a channel stores nothing about it beyond the watch
+count, which is gone when the last watcher leaves: a client naming new
+channels by the million costs nothing once it has left them.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,11 @@ class _Channel:
     epoch: int
     seq: int = 0
     retained: deque[Message] = field(default_factory=deque)
-    watchers: int = 0
     touched: float = 0.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class MemoryBroker(Broker):
@@ -31,16 +41,19 @@ class MemoryBroker(Broker):
     def __init__(self, *, history_size: int, history_ttl: float) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
         self._channels: dict[str, _Channel] = {}
+        #: Local watchers by channel; a channel leaves when its last watcher does.
+        self._watched: dict[str, int] = {}
         self._last_epoch = 0
+        self._ttl_ms = max(1, round(history_ttl * 1000))
+        #: Cursors from before this process started come from a broker whose data is gone.
+        self._origin = _now_ms()
 
-    def _channel(self, name: str) -> _Channel:
+    def _touch(self, name: str, now: float) -> _Channel | None:
+        """The channel's state, trimmed and marked as used; None when it has none."""
         channel = self._channels.get(name)
-        now = time.time()
-        if channel is None:
-            self._last_epoch = new_epoch(self._last_epoch)
-            channel = self._channels[name] = _Channel(epoch=self._last_epoch)
-        channel.touched = now
-        self._trim(channel, now)
+        if channel is not None:
+            channel.touched = now
+            self._trim(channel, now)
         return channel
 
     def _trim(self, channel: _Channel, now: float) -> None:
@@ -52,29 +65,36 @@ class MemoryBroker(Broker):
     def publish(
         self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
     ) -> Message:
-        state = self._channel(channel)
+        now = time.time()
+        state = self._touch(channel, now)
+        if state is None:
+            self._last_epoch = new_epoch(self._last_epoch)
+            state = self._channels[channel] = _Channel(epoch=self._last_epoch, touched=now)
         state.seq += 1
         message = Message(
-            channel, MessageId(state.epoch, state.seq), bytes(data), binary, sender, time.time()
+            channel, MessageId(state.epoch, state.seq), bytes(data), binary, sender, now
         )
         state.retained.append(message)
-        self._trim(state, message.time)
-        if self._deliver is not None and state.watchers:
+        self._trim(state, now)
+        if self._deliver is not None and channel in self._watched:
             self._deliver(message)
         return message
 
     def history(self, channel: str, since: MessageId | None) -> History:
-        state = self._channel(channel)
-        return read_after(list(state.retained), state.epoch, state.seq, since)
+        state = self._touch(channel, time.time())
+        if state is None:  # a virtual epoch: now, before any message
+            return read_after([], _now_ms(), 0, since, ttl_ms=self._ttl_ms, origin=self._origin)
+        return read_after(list(state.retained), state.epoch, state.seq, since,
+                          ttl_ms=self._ttl_ms, origin=self._origin)
 
     def watch(self, channel: str) -> None:
-        self._channel(channel).watchers += 1
+        self._watched[channel] = self._watched.get(channel, 0) + 1
 
     def unwatch(self, channel: str) -> None:
-        state = self._channels.get(channel)
-        if state is not None:
-            state.watchers -= 1
-            state.touched = time.time()
+        count = self._watched.pop(channel, 0) - 1
+        if count > 0:
+            self._watched[channel] = count
+        self._touch(channel, time.time())
 
     def sweep(self) -> None:
         """Forget channels that retain nothing, have no watcher and were idle for a TTL."""
@@ -82,8 +102,9 @@ class MemoryBroker(Broker):
         idle_before = now - self.history_ttl
         for name, state in list(self._channels.items()):
             self._trim(state, now)
-            if not state.retained and not state.watchers and state.touched < idle_before:
+            if not state.retained and name not in self._watched and state.touched < idle_before:
                 del self._channels[name]
 
     def status(self) -> dict[str, object]:
-        return {"broker": "memory", "ok": True, "channels": len(self._channels)}
+        return {"broker": "memory", "ok": True, "channels": len(self._channels),
+                "watched": len(self._watched)}

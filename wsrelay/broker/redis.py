@@ -8,7 +8,9 @@ Why it is built this way:
   a message is in the history before any worker can receive it live.
 * **Ids are stream ids.** ``MessageId(epoch, seq)`` is stored as the Redis
   stream id ``<epoch>-<seq>``. The epoch is Redis ``TIME`` (ms) when the
-  channel's state was created; the state expires with the history
+  channel's state was created by its first message (reads create nothing: a
+  channel without state reads as a virtual epoch, see
+  :func:`~wsrelay.broker.base.read_after`); the state expires with the history
   (``history_ttl``, refreshed on use), so a channel that went idle, or a
   Redis that lost its data, starts a new epoch and old cursors read as
   ``reset`` instead of silently skipping messages.
@@ -17,7 +19,8 @@ Why it is built this way:
   then decides exactly as in :class:`MemoryBroker`.
 * **Keys use one Redis Cluster hash tag per channel:** ``<prefix>:{<channel>}:state``
   (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
-  ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``.
+  ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
+  one key belongs to no channel: ``<prefix>:origin``, when the data began.
 * **One pub/sub connection per broker (per worker)**, read by one listener
   greenlet that hands messages to the hub in id order. It subscribes to a
   channel only while the hub has local subscribers for it. A subscription
@@ -63,29 +66,24 @@ log = logging.getLogger(__name__)
 #: its reports every few seconds, so only a crashed or cut-off worker's go stale).
 PRESENCE_STALE = 30.0
 
-# KEYS: state, log. ARGV[1]: the lowest epoch a new state may take, ARGV[2]: TTL in ms.
+# KEYS: state, log (and, to read, the origin). ARGV[1]: the lowest epoch a new state may take,
+# ARGV[2]: TTL in ms.
 _PRELUDE = """
 local state, log = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
--- The channel's position; a missing state starts a new epoch, after any older one.
-local function position()
-  local s = redis.call('HMGET', state, 'epoch', 'seq')
-  if s[1] then return tonumber(s[1]), tonumber(s[2]) end
-  local epoch = math.max(now, tonumber(ARGV[1]))
-  if redis.call('EXISTS', log) == 1 then  -- history without state: never reuse its epoch
-    local info = redis.call('XINFO', 'STREAM', log)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        epoch = math.max(epoch, tonumber(string.match(info[i + 1], '^%d+')) + 1)
-      end
+-- The last id the history generated (epoch, seq), or nil when there is no history.
+local function last_logged()
+  if redis.call('EXISTS', log) == 0 then return nil end
+  local info = redis.call('XINFO', 'STREAM', log)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local epoch, seq = string.match(info[i + 1], '^(%d+)-(%d+)')
+      return tonumber(epoch), tonumber(seq)
     end
-    redis.call('DEL', log)
   end
-  redis.call('HSET', state, 'epoch', string.format('%d', epoch), 'seq', '0')
-  return epoch, 0
 end
 
 -- Drop retained messages older than the TTL (entries are in time order).
@@ -105,8 +103,19 @@ end
 """
 
 # ARGV[3]: size, [4]: binary '0'/'1', [5]: sender ('' for none), [6]: data, [7]: pub/sub channel.
+# The channel's state is created here, by its first message, and only here.
 _PUBLISH = _PRELUDE + """
-local epoch = position()
+local s = redis.call('HMGET', state, 'epoch', 'seq')
+local epoch = tonumber(s[1])
+if not epoch then  -- a new epoch, after any older one
+  epoch = math.max(now, tonumber(ARGV[1]))
+  local logged = last_logged()
+  if logged then  -- history without state: never reuse its epoch
+    epoch = math.max(epoch, logged + 1)
+    redis.call('DEL', log)
+  end
+  redis.call('HSET', state, 'epoch', string.format('%d', epoch), 'seq', '0')
+end
 local seq = redis.call('HINCRBY', state, 'seq', 1)
 local sender = ARGV[5]
 local message = string.format('%d %d %d %s %d\\n', epoch, seq, now, ARGV[4], #sender)
@@ -120,20 +129,42 @@ redis.call('PUBLISH', ARGV[7], message)
 return {epoch, seq, now}
 """
 
-# ARGV[3], [4]: the cursor's epoch and seq ('' for none). Returns the position, the
-# first retained entry (for the gap check) and the entries after the cursor.
+# ARGV[3], [4]: the cursor's epoch and seq ('' for none). Returns the position, the first
+# retained entry (for the gap check), the entries after the cursor, and the data set's
+# origin (0 when the cursor does not need it). Writes nothing of the channel: one without
+# state reads as a virtual epoch, now at seq 0 (or, where its history outlived its state,
+# as that history's last id with nothing retained, so that any cursor before it is a gap).
+# The origin is the one key a read may write: the time this Redis's data began (it is
+# missing after a restart without persistence or a flush), set by the first read that
+# hands out or checks a seq-0 cursor; such a cursor from before it is not trusted.
 _READ = _PRELUDE + """
-local epoch, seq = position()
+local function origin()
+  local value = redis.call('GET', KEYS[3])
+  if value then return tonumber(value) end
+  redis.call('SET', KEYS[3], string.format('%d', now))
+  return now
+end
+local since_epoch, since_seq = tonumber(ARGV[3]), tonumber(ARGV[4])
+local s = redis.call('HMGET', state, 'epoch', 'seq')
+local epoch, seq = tonumber(s[1]), tonumber(s[2])
+if not epoch then
+  local logged_epoch, logged_seq = last_logged()
+  if logged_epoch then return {logged_epoch, logged_seq, {}, {}, 0} end
+  local needed = origin()
+  if not since_epoch or since_seq ~= 0 then needed = 0 end
+  return {now, 0, {}, {}, needed}
+end
 redis.call('PEXPIRE', state, ttl)
 trim_age()
-if ARGV[3] == '' then return {epoch, seq, {}, {}} end
-local since_epoch, since_seq = tonumber(ARGV[3]), tonumber(ARGV[4])
+if not since_epoch then return {epoch, seq, {}, {}, 0} end
 if since_epoch ~= epoch or since_seq > seq then
-  return {epoch, seq, {}, redis.call('XRANGE', log, '-', '+')}
+  local needed = 0
+  if since_seq == 0 then needed = origin() end
+  return {epoch, seq, {}, redis.call('XRANGE', log, '-', '+'), needed}
 end
 local start = string.format('%d-%d', epoch, since_seq + 1)
 return {epoch, seq, redis.call('XRANGE', log, '-', '+', 'COUNT', 1),
-  redis.call('XRANGE', log, start, '+')}
+  redis.call('XRANGE', log, start, '+'), 0}
 """
 
 
@@ -200,6 +231,8 @@ class RedisBroker(Broker):
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._read_script = self._redis.register_script(_READ)
         self._ttl_ms = max(1, round(history_ttl * 1000))
+        #: When this Redis's data began (see the read script): the one key not of a channel.
+        self._origin_key = f"{prefix}:origin"
         self._last_epoch = 0
         #: Client name of the pub/sub connection (``CLIENT LIST`` shows it).
         self.listener_name = f"{prefix}-listener-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -361,11 +394,13 @@ class RedisBroker(Broker):
     def _read(self, channel: str, since: MessageId | None) -> History:
         state, log_key, _ = self._keys(channel)
         cursor = ["", ""] if since is None else [since.epoch, since.seq]
-        epoch, seq, first, after = self._call(self._read_script, [state, log_key], cursor)
+        epoch, seq, first, after, origin = self._call(
+            self._read_script, [state, log_key, self._origin_key], cursor
+        )
         retained = [_decode(channel, fields[-1]) for _, fields in after]
         if first and (not after or first[0][0] != after[0][0]):
             retained.insert(0, _decode(channel, first[0][1][-1]))
-        return read_after(retained, epoch, seq, since)
+        return read_after(retained, epoch, seq, since, ttl_ms=self._ttl_ms, origin=origin)
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1

@@ -14,6 +14,7 @@ from ..channels import InvalidChannel, check_channel
 from ..errors import ApiError
 from ..hosts import host_allowed, host_name
 from ..ids import InvalidMessageId, MessageId
+from ..limits import Publisher
 from ..origins import DEFAULT_PORTS, origin_allowed, own_origin
 
 
@@ -171,14 +172,22 @@ def client_address() -> str:
 
 
 def occupy(*, stream: bool) -> Callable[[], None]:
-    """Count this client's open connection (``stream``: an SSE stream or long-poll) until the
-    returned function is called, once; 429 or 503 when its IP or the worker is full."""
+    """Count this client's new connection against its connect rate, and the open connection
+    (``stream``: an SSE stream or long-poll) until the returned function is called, once;
+    429 or 503 when its IP connects too fast or it or the worker is full."""
     limits = relay().limits
     client = client_address()
+    limits.check_connect(client, time.monotonic())
     limits.enter(client, stream=stream)
     return functools.partial(limits.leave, client, stream=stream)
 
 
-def check_publish_rate() -> None:
-    """Count one HTTP publish against its client IP's rate; 429 over it."""
-    relay().limits.check_publish(client_address(), time.monotonic())
+def publisher(claims: Claims | None) -> Publisher | None:
+    """What this client's messages count against: its IP, and its token's subject."""
+    return relay().limits.publisher(client_address(), claims.subject if claims else None)
+
+
+def check_publish_rate(claims: Claims | None) -> None:
+    """Count one HTTP publish against its client's rate (IP, token subject); 429 over it."""
+    relay().limits.check_publish(client_address(), time.monotonic(),
+                                 claims.subject if claims else None)

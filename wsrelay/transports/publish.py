@@ -12,8 +12,9 @@ from .common import admit, check_publish_rate, relay
 
 def publish(channel: str) -> Response:
     """``application/octet-stream`` is binary; any other body must be UTF-8 text."""
-    name = admit(channel, PUBLISH).channel
-    check_publish_rate()
+    access = admit(channel, PUBLISH)
+    name = access.channel
+    check_publish_rate(access.claims)
     limit = current_app.config["WSRELAY_MAX_MESSAGE_SIZE"]
     # A declared length over the limit is refused before reading; a chunked body is read
     # one byte past the limit, since Werkzeug stops there silently instead of refusing.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Callable
 
 from flask import Response, current_app, request
@@ -22,7 +21,7 @@ from ..errors import ApiError
 from ..handler import DeferredWebSocket, take_socket
 from ..modes import JsonMode, Policy, RawMode
 from ..protocol import CloseCode, close_frame
-from .common import admit, admit_channel, admit_client, checked_since, client_address, occupy, relay
+from .common import admit, admit_channel, admit_client, checked_since, occupy, publisher, relay
 
 
 def upgrade(channel: str | None = None) -> Response:
@@ -51,7 +50,7 @@ def upgrade(channel: str | None = None) -> Response:
             )
         access = admit(channel, SUBSCRIBE) if channel is not None else admit_client()
         since = checked_since(request.args.get("since"))
-        rate = relay().limits.publish_bucket(client_address(), time.monotonic())
+        rate = publisher(access.claims)
         if json:
             policy = Policy(_checks_after_the_request(), rate,
                             current_app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
