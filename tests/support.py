@@ -513,3 +513,66 @@ class EventStream:
             if isinstance(item, Comment) and item.text == "connected":
                 return
             assert not isinstance(item, Event), item
+
+
+# -- a bystander beside an attack ---------------------------------------------------------
+
+class Bystander:
+    """A client beside an attack: one WebSocket publishing a numbered message to ``channel``
+    every ``interval`` seconds and receiving each back (raw mode echoes to the sender),
+    recording each round trip, and what never came back.
+
+    ``with Bystander(server, channel) as bystander: <attack>``, then
+    ``bystander.assert_served()``.
+    """
+
+    def __init__(self, server: ServerProcess, channel: str, interval: float = 0.05) -> None:
+        self.client = server.ws(f"/ws/{channel}")
+        self.interval = interval
+        self.sent: dict[int, float] = {}
+        self.latencies: list[float] = []
+        self._sending = True
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def __enter__(self) -> Bystander:
+        self._greenlets = [gevent.spawn(self._send), gevent.spawn(self._receive)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Stop sending, give the last messages up to 10 s to come back, close."""
+        self._sending = False
+        sender, receiver = self._greenlets
+        sender.join(5)
+        deadline = time.monotonic() + 10
+        while (len(self.latencies) < len(self.sent) and not receiver.dead
+               and time.monotonic() < deadline):
+            gevent.sleep(0.05)
+        gevent.killall(self._greenlets)
+        self.client.close()
+
+    def _send(self) -> None:
+        n = 0
+        while self._sending:
+            self.sent[n] = time.monotonic()
+            self.client.send(str(n))
+            n += 1
+            gevent.sleep(self.interval)
+
+    def _receive(self) -> None:
+        while True:
+            n = int(self.client.recv(timeout=30))
+            self.latencies.append(time.monotonic() - self.sent[n])
+
+    @property
+    def lost(self) -> int:
+        return len(self.sent) - len(self.latencies)
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+    def assert_served(self, p99: float = 1.0) -> None:
+        """Every message came back, 99 % of them within ``p99`` seconds."""
+        assert self.sent, "the bystander sent nothing"
+        assert self.lost == 0, f"{self.lost} of {len(self.sent)} messages never came back"
+        assert self.p99() < p99, f"p99 round trip {self.p99():.3f}s"
