@@ -1,6 +1,7 @@
 """Both ways a request reaches the view: wsrelay's handler, and gevent-websocket's own."""
 
 import json
+import re
 import socket
 import time
 import types
@@ -10,7 +11,7 @@ import requests
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from tests.support import Closed, Refused, WSClient, wait_until
+from tests.support import Bystander, Closed, Refused, WSClient, poll_json, wait_until
 from wsrelay import create_app
 from wsrelay.handler import RelayHandler
 
@@ -108,6 +109,88 @@ def test_a_refused_body_is_not_read(server, channel, path, status):
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"\r\nConnection: close\r\n" in answer
     assert closed_after < 2
+
+
+# -- request heads whose framing could be read two ways ------------------------------------
+
+#: Header lines of a POST whose body would end in different places for different parsers.
+AMBIGUOUS = {
+    "CL and TE": "Host: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked",
+    "TE and CL": "Host: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5",
+    "two CLs": "Host: x\r\nContent-Length: 0\r\nContent-Length: 5",
+    "two equal CLs": "Host: x\r\nContent-Length: 5\r\nContent-Length: 5",
+    "CL +1": "Host: x\r\nContent-Length: +1",
+    "CL -1": "Host: x\r\nContent-Length: -1",
+    "CL 1 2": "Host: x\r\nContent-Length:  1 2",
+    "CL 0x10": "Host: x\r\nContent-Length: 0x10",
+    "CL empty": "Host: x\r\nContent-Length: ",
+    "CL folded": "Host: x\r\nContent-Length: 1\r\n 0",
+    "space before colon": "Host: x\r\nContent-Length : 5\r\nTransfer-Encoding: chunked",
+    "TE xchunked": "Host: x\r\nTransfer-Encoding: xchunked",
+    "TE chunked, identity": "Host: x\r\nTransfer-Encoding: chunked, identity",
+    "TE gzip": "Host: x\r\nTransfer-Encoding: gzip",
+    "two TEs": "Host: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    "two Hosts": "Host: x\r\nHost: y\r\nContent-Length: 5",
+    "no Host": "Content-Length: 5",
+}
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+def smuggling(port: int, channel: str, headers: str, version: str = "HTTP/1.1") -> bytes:
+    """POST /publish with ``headers``, a body that is a chunked body's end for a parser that
+    reads chunks and holds a second request, hidden, for one that does not; everything the
+    server answers until it closes the connection."""
+    hidden = (f"POST /publish/{channel}-smuggled HTTP/1.1\r\nHost: x\r\n"
+              "Connection: close\r\nContent-Length: 8\r\n\r\nsmuggled")
+    request = (f"POST /publish/{channel} {version}\r\n{headers}\r\n\r\n"
+               f"5\r\nhello\r\n0\r\n\r\n{hidden}").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def refused_whole(answer: bytes) -> bool:
+    """One answer only, a JSON 400 that closes the connection."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return (len(STATUS_LINE.findall(answer)) == 1 and head.startswith(b"HTTP/1.1 400 ")
+            and b"\r\nConnection: close\r\n" in head + b"\r\n"
+            and body.startswith(b'{"error":"bad_request","message":'))
+
+
+def test_requests_framed_two_ways_are_refused_whole_while_others_are_served(server, channel):
+    """Each is answered once, 400 with its reason, and its connection closed: nothing in its
+    body is read as a request, nothing is published. Sent 20 times each beside a bystander,
+    who is served on time throughout."""
+    targets = (channel, f"{channel}-smuggled")
+    cursors = [poll_json(server, target, timeout=0)["cursor"] for target in targets]
+    wrong = {}
+    with Bystander(server, f"{channel}-bystander") as bystander:
+        for _ in range(20):
+            for name, headers in [*AMBIGUOUS.items(), ("TE in HTTP/1.0", "TE 1.0")]:
+                answer = (smuggling(server.port, channel, "Transfer-Encoding: chunked",
+                                    "HTTP/1.0") if headers == "TE 1.0"
+                          else smuggling(server.port, channel, headers))
+                if not refused_whole(answer):
+                    wrong[name] = STATUS_LINE.findall(answer)
+    assert not wrong, wrong
+    bystander.assert_served(p99=1.0)
+    for target, cursor in zip(targets, cursors, strict=True):
+        assert poll_json(server, target, since=cursor, timeout=0)["messages"] == []
+
+
+def test_a_clearly_framed_publish_and_the_request_after_it_are_both_served(server, channel):
+    """The same bytes with one clear framing: two requests, two answers (so the test above
+    would see a hidden request answered)."""
+    cursor = poll_json(server, f"{channel}-smuggled", timeout=0)["cursor"]
+    answer = smuggling(server.port, channel, "Host: x\r\nTransfer-Encoding: chunked")
+    assert STATUS_LINE.findall(answer) == [b"200", b"200"]
+    published = poll_json(server, f"{channel}-smuggled", since=cursor, timeout=0)["messages"]
+    assert [message["data"] for message in published] == ["smuggled"]
 
 
 def test_both_handlers_speak_wsrelay_v1(handler_server):
