@@ -6,6 +6,7 @@ import socket
 import time
 import types
 
+import gevent
 import pytest
 import requests
 from gevent.pywsgi import WSGIServer
@@ -38,6 +39,20 @@ def test_both_handlers_relay(handler_server):
         assert b.recv() == "hi"
         a.send(b"\x00")
         assert b.recv() == b"\x00"
+
+
+def test_both_handlers_hold_a_long_poll_until_a_message_answers_it(handler_server, channel):
+    """The stock handler gives the view no socket to watch for its client leaving: the poll
+    is still held and answered as usual."""
+    _, url = handler_server
+    base = url.replace("ws://", "http://")
+    cursor = requests.get(f"{base}/poll/{channel}?timeout=0", timeout=5).json()["cursor"]
+    held = gevent.spawn(requests.get, f"{base}/poll/{channel}",
+                        params={"since": cursor, "timeout": 30}, timeout=40)
+    gevent.sleep(0.3)
+    assert not held.ready()
+    requests.post(f"{base}/publish/{channel}", data="answer", timeout=5)
+    assert [m["data"] for m in held.get(timeout=5).json()["messages"]] == ["answer"]
 
 
 def test_refusal_is_http_with_relay_handler_and_close_1008_with_the_stock_one(handler_server):

@@ -20,6 +20,9 @@ that; a request refused before its body was read (413, 403, ...) closes the
 connection instead of reading the rest, however large it claims to be. A head
 whose framing is ambiguous (:mod:`wsrelay.request_head`) is refused with 400
 and its connection closed, where pywsgi would guess.
+
+A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
+hold a request to notice its client leave.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from geventwebsocket.handler import WebSocketHandler
 from .config import DEFAULTS, from_environ
 from .handshake import accept_key, is_upgrade_request, switching_protocols
 from .request_head import framing_problem
+
+#: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
+SOCKET_KEY = "wsrelay.socket"
 
 
 def _refusal(status: str, error: str, message: str) -> bytes:
@@ -253,11 +259,14 @@ class RelayHandler(WebSocketHandler):
     def run_application(self) -> None:
         if is_upgrade_request(self.environ):
             self.environ["wsgi.websocket"] = DeferredWebSocket(self)
+        else:
+            self.environ[SOCKET_KEY] = self.socket
         self.upgraded = False
         try:
             WSGIHandler.run_application(self)
         finally:
             self.environ.pop("wsgi.websocket", None)
+            self.environ.pop(SOCKET_KEY, None)
 
     def start_response(self, status, headers, exc_info=None):
         if self.upgraded:  # the view returned after its WebSocket ended
