@@ -22,7 +22,8 @@ whose framing is ambiguous (:mod:`wsrelay.request_head`) is refused with 400
 and its connection closed, where pywsgi would guess.
 
 A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
-hold a request to notice its client leave.
+hold a request to notice its client leave. And once its application stops
+(:mod:`wsrelay.keep_alive`) a connection waits for no further request.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from .config import DEFAULTS, from_environ
 from .handshake import accept_key, is_upgrade_request, switching_protocols
+from .keep_alive import keep_alive
 from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
@@ -226,13 +228,18 @@ class RelayHandler(WebSocketHandler):
         super().handle()
 
     def read_requestline(self) -> str:
-        """Wait for the next request line at most the idle timeout; then close quietly (an
-        idle keep-alive connection and a client that never starts look the same)."""
-        timeout = idle_timeout(self.server.application)
+        """Wait for the next request line at most the idle timeout, and not once the server
+        stops; then close quietly (an idle keep-alive connection and a client that never
+        starts look the same)."""
+        application = self.server.application
+        connections = keep_alive(application)
+        if connections.ending:
+            return ""  # pywsgi closes the connection on an empty request line
+        timeout = idle_timeout(application)
         self._head_deadline = time.monotonic() + timeout
-        with gevent.Timeout(timeout, False):
+        with connections.waiting(self.socket), gevent.Timeout(timeout, False):
             return WSGIHandler.read_requestline(self)
-        return ""  # pywsgi closes the connection on an empty request line
+        return ""
 
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within what is left of the idle timeout; else answer 408."""
@@ -271,8 +278,10 @@ class RelayHandler(WebSocketHandler):
     def start_response(self, status, headers, exc_info=None):
         if self.upgraded:  # the view returned after its WebSocket ended
             return lambda data: None
-        if status[:1] in "45" and _skip_unread_body(self.wsgi_input):
-            headers = [*headers, ("Connection", "close")]  # the rest of the body stays unread
+        unread = status[:1] in "45" and _skip_unread_body(self.wsgi_input)
+        # the rest of the body stays unread, or the server stops: no further request
+        if unread or keep_alive(self.server.application).ending:
+            headers = [*headers, ("Connection", "close")]
         return WSGIHandler.start_response(self, status, headers, exc_info)
 
     def process_result(self) -> None:
