@@ -515,54 +515,64 @@ class EventStream:
             assert not isinstance(item, Event), item
 
 
-# -- a bystander: what everyone else gets while one client attacks --------------------------
+# -- a bystander beside an attack ---------------------------------------------------------
 
 class Bystander:
-    """A legitimate client beside an attack: it publishes a numbered, timestamped message
-    every ``interval`` over one WebSocket and receives them over another, from this host
-    (exempt from the per-IP limits by default). ``finish()`` stops it, fails on a lost or
-    reordered message, and returns the delivery latencies in seconds."""
+    """A client beside an attack: one WebSocket publishing a numbered message to ``channel``
+    every ``interval`` seconds and receiving each back (raw mode echoes to the sender),
+    recording each round trip, and what never came back.
+
+    ``with Bystander(server, channel) as bystander: <attack>``, then
+    ``bystander.assert_served()``.
+    """
 
     def __init__(self, server: ServerProcess, channel: str, interval: float = 0.05) -> None:
-        self.subscriber = server.ws(f"/ws/{channel}")
-        self.publisher = server.ws(f"/ws/{channel}?echo=0")
+        self.client = server.ws(f"/ws/{channel}")
         self.interval = interval
-        self.sent = 0
+        self.sent: dict[int, float] = {}
         self.latencies: list[float] = []
-        self._stopped = False
-        self._tasks = [gevent.spawn(self._publish), gevent.spawn(self._receive)]
+        self._sending = True
+        self._greenlets: list[gevent.Greenlet] = []
 
-    def _publish(self) -> None:
-        while not self._stopped:
-            self.publisher.send(f"{self.sent} {time.time()!r}")
-            self.sent += 1
+    def __enter__(self) -> Bystander:
+        self._greenlets = [gevent.spawn(self._send), gevent.spawn(self._receive)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Stop sending, give the last messages up to 10 s to come back, close."""
+        self._sending = False
+        sender, receiver = self._greenlets
+        sender.join(5)
+        deadline = time.monotonic() + 10
+        while (len(self.latencies) < len(self.sent) and not receiver.dead
+               and time.monotonic() < deadline):
+            gevent.sleep(0.05)
+        gevent.killall(self._greenlets)
+        self.client.close()
+
+    def _send(self) -> None:
+        n = 0
+        while self._sending:
+            self.sent[n] = time.monotonic()
+            self.client.send(str(n))
+            n += 1
             gevent.sleep(self.interval)
 
     def _receive(self) -> None:
         while True:
-            number, stamp = self.subscriber.recv(timeout=30).split()
-            assert int(number) == len(self.latencies), "a bystander's message was lost"
-            self.latencies.append(time.time() - float(stamp))
+            n = int(self.client.recv(timeout=30))
+            self.latencies.append(time.monotonic() - self.sent[n])
 
-    def finish(self) -> list[float]:
-        self._stopped = True
-        publisher, receiver = self._tasks
-        try:
-            publisher.get(timeout=5)
-            deadline = time.monotonic() + 10
-            while len(self.latencies) < self.sent and time.monotonic() < deadline:
-                if receiver.dead:
-                    receiver.get()  # raises what went wrong
-                gevent.sleep(0.02)
-        finally:
-            gevent.killall(self._tasks)
-            self.subscriber.close()
-            self.publisher.close()
-        assert self.sent and len(self.latencies) == self.sent, (
-            f"the bystander got {len(self.latencies)} of its {self.sent} messages")
-        return self.latencies
+    @property
+    def lost(self) -> int:
+        return len(self.sent) - len(self.latencies)
 
-    @staticmethod
-    def p99(latencies: list[float]) -> float:
-        ordered = sorted(latencies)
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+    def assert_served(self, p99: float = 1.0) -> None:
+        """Every message came back, 99 % of them within ``p99`` seconds."""
+        assert self.sent, "the bystander sent nothing"
+        assert self.lost == 0, f"{self.lost} of {len(self.sent)} messages never came back"
+        assert self.p99() < p99, f"p99 round trip {self.p99():.3f}s"

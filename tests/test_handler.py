@@ -1,16 +1,18 @@
 """Both ways a request reaches the view: wsrelay's handler, and gevent-websocket's own."""
 
 import json
+import re
 import socket
 import time
 import types
 
+import gevent
 import pytest
 import requests
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from tests.support import Closed, Refused, WSClient, wait_until
+from tests.support import Bystander, Closed, Refused, WSClient, poll_json, wait_until
 from wsrelay import create_app
 from wsrelay.handler import RelayHandler
 
@@ -37,6 +39,20 @@ def test_both_handlers_relay(handler_server):
         assert b.recv() == "hi"
         a.send(b"\x00")
         assert b.recv() == b"\x00"
+
+
+def test_both_handlers_hold_a_long_poll_until_a_message_answers_it(handler_server, channel):
+    """The stock handler gives the view no socket to watch for its client leaving: the poll
+    is still held and answered as usual."""
+    _, url = handler_server
+    base = url.replace("ws://", "http://")
+    cursor = requests.get(f"{base}/poll/{channel}?timeout=0", timeout=5).json()["cursor"]
+    held = gevent.spawn(requests.get, f"{base}/poll/{channel}",
+                        params={"since": cursor, "timeout": 30}, timeout=40)
+    gevent.sleep(0.3)
+    assert not held.ready()
+    requests.post(f"{base}/publish/{channel}", data="answer", timeout=5)
+    assert [m["data"] for m in held.get(timeout=5).json()["messages"]] == ["answer"]
 
 
 def test_refusal_is_http_with_relay_handler_and_close_1008_with_the_stock_one(handler_server):
@@ -110,6 +126,88 @@ def test_a_refused_body_is_not_read(server, channel, path, status):
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"\r\nConnection: close\r\n" in answer
     assert closed_after < 2
+
+
+# -- request heads whose framing could be read two ways ------------------------------------
+
+#: Header lines of a POST whose body would end in different places for different parsers.
+AMBIGUOUS = {
+    "CL and TE": "Host: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked",
+    "TE and CL": "Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5",
+    "two CLs": "Host: 127.0.0.1\r\nContent-Length: 0\r\nContent-Length: 5",
+    "two equal CLs": "Host: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 5",
+    "CL +1": "Host: 127.0.0.1\r\nContent-Length: +1",
+    "CL -1": "Host: 127.0.0.1\r\nContent-Length: -1",
+    "CL 1 2": "Host: 127.0.0.1\r\nContent-Length:  1 2",
+    "CL 0x10": "Host: 127.0.0.1\r\nContent-Length: 0x10",
+    "CL empty": "Host: 127.0.0.1\r\nContent-Length: ",
+    "CL folded": "Host: 127.0.0.1\r\nContent-Length: 1\r\n 0",
+    "space before colon": "Host: 127.0.0.1\r\nContent-Length : 5\r\nTransfer-Encoding: chunked",
+    "TE xchunked": "Host: 127.0.0.1\r\nTransfer-Encoding: xchunked",
+    "TE chunked, identity": "Host: 127.0.0.1\r\nTransfer-Encoding: chunked, identity",
+    "TE gzip": "Host: 127.0.0.1\r\nTransfer-Encoding: gzip",
+    "two TEs": "Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    "two Hosts": "Host: 127.0.0.1\r\nHost: y\r\nContent-Length: 5",
+    "no Host": "Content-Length: 5",
+}
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+def smuggling(port: int, channel: str, headers: str, version: str = "HTTP/1.1") -> bytes:
+    """POST /publish with ``headers``, a body that is a chunked body's end for a parser that
+    reads chunks and holds a second request, hidden, for one that does not; everything the
+    server answers until it closes the connection."""
+    hidden = (f"POST /publish/{channel}-smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              "Connection: close\r\nContent-Length: 8\r\n\r\nsmuggled")
+    request = (f"POST /publish/{channel} {version}\r\n{headers}\r\n\r\n"
+               f"5\r\nhello\r\n0\r\n\r\n{hidden}").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def refused_whole(answer: bytes) -> bool:
+    """One answer only, a JSON 400 that closes the connection."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return (len(STATUS_LINE.findall(answer)) == 1 and head.startswith(b"HTTP/1.1 400 ")
+            and b"\r\nConnection: close\r\n" in head + b"\r\n"
+            and body.startswith(b'{"error":"bad_request","message":'))
+
+
+def test_requests_framed_two_ways_are_refused_whole_while_others_are_served(server, channel):
+    """Each is answered once, 400 with its reason, and its connection closed: nothing in its
+    body is read as a request, nothing is published. Sent 20 times each beside a bystander,
+    who is served on time throughout."""
+    targets = (channel, f"{channel}-smuggled")
+    cursors = [poll_json(server, target, timeout=0)["cursor"] for target in targets]
+    wrong = {}
+    with Bystander(server, f"{channel}-bystander") as bystander:
+        for _ in range(20):
+            for name, headers in [*AMBIGUOUS.items(), ("TE in HTTP/1.0", "TE 1.0")]:
+                answer = (smuggling(server.port, channel, "Transfer-Encoding: chunked",
+                                    "HTTP/1.0") if headers == "TE 1.0"
+                          else smuggling(server.port, channel, headers))
+                if not refused_whole(answer):
+                    wrong[name] = STATUS_LINE.findall(answer)
+    assert not wrong, wrong
+    bystander.assert_served(p99=1.0)
+    for target, cursor in zip(targets, cursors, strict=True):
+        assert poll_json(server, target, since=cursor, timeout=0)["messages"] == []
+
+
+def test_a_clearly_framed_publish_and_the_request_after_it_are_both_served(server, channel):
+    """The same bytes with one clear framing: two requests, two answers (so the test above
+    would see a hidden request answered)."""
+    cursor = poll_json(server, f"{channel}-smuggled", timeout=0)["cursor"]
+    answer = smuggling(server.port, channel, "Host: 127.0.0.1\r\nTransfer-Encoding: chunked")
+    assert STATUS_LINE.findall(answer) == [b"200", b"200"]
+    published = poll_json(server, f"{channel}-smuggled", since=cursor, timeout=0)["messages"]
+    assert [message["data"] for message in published] == ["smuggled"]
 
 
 def test_both_handlers_speak_wsrelay_v1(handler_server):

@@ -1,5 +1,6 @@
 """Graceful shutdown: clients are sent away with what was queued, and resume elsewhere."""
 
+import http.client
 import signal
 import socket
 import time
@@ -41,8 +42,14 @@ def test_sigterm_closes_websockets_with_1001_after_their_queue(make_server, chan
     assert len(ids) == 50
 
 
-def test_sigterm_answers_held_long_polls_and_ends_sse_streams(make_server, channel):
-    server = make_server()
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_sigterm_answers_held_long_polls_and_ends_sse_streams(make_server, channel, broker,
+                                                              request):
+    """On Redis too: the broker is closed only once they are answered (no 500, no stream
+    cut without its end)."""
+    env = ({"WSRELAY_BROKER_URL": request.getfixturevalue("redis_server").url}
+           if broker == "redis" else {})
+    server = make_server(env=env)
     cursor = requests.get(f"{server.url}/poll/{channel}", params={"timeout": 0},
                           timeout=5).json()["cursor"]
     held = gevent.spawn(requests.get, f"{server.url}/poll/{channel}",
@@ -129,3 +136,54 @@ def test_a_peer_that_ignores_the_close_is_cut_at_the_drain_timeout(make_server, 
     assert server.proc.wait(10) == 0
     assert time.monotonic() - started < 5
     silent.close()
+
+
+def idle_keep_alive(server) -> http.client.HTTPConnection:
+    """A keep-alive connection that has had its answer and waits for its next request."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/healthz")
+    response = connection.getresponse()
+    assert response.status == 200 and response.read()
+    assert response.getheader("Connection") != "close"
+    return connection
+
+
+def test_draining_closes_idle_keep_alive_connections_and_ends_busy_ones(make_server, channel):
+    """An idle connection is closed at once; one holding a long-poll gets its answer with
+    ``Connection: close``, then is closed too, instead of waiting for a further request."""
+    server = make_server(env={"WSRELAY_HTTP_IDLE_TIMEOUT": "30"})
+    idle = idle_keep_alive(server)
+    busy = idle_keep_alive(server)
+    busy.request("GET", f"/poll/{channel}?timeout=30")
+    wait_until(lambda: server.health()["waiters"] == 1)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    answer = busy.getresponse()
+    assert answer.status == 200 and answer.getheader("Connection") == "close"
+    assert answer.read()
+    assert idle.sock.recv(1) == b""
+    assert time.monotonic() - started < 2
+    assert server.proc.wait(10) == 0
+    idle.close()
+    busy.close()
+
+
+def test_a_gunicorn_worker_holding_only_idle_keep_alive_connections_exits_at_once(channel):
+    """gunicorn waits for every connection its stopping worker holds: an idle keep-alive
+    one used to keep it until the graceful timeout (10 s in gunicorn.conf.py)."""
+    server = ServerProcess.gunicorn()
+    try:
+        connections = [idle_keep_alive(server) for _ in range(3)]
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        for connection in connections:
+            assert connection.sock.recv(1) == b""
+        closed = time.monotonic() - started
+        server.proc.wait(15)
+        exited = time.monotonic() - started
+        assert closed < 1, f"idle connections closed after {closed:.2f}s"
+        assert exited < 2, f"gunicorn exited after {exited:.2f}s"
+        print(f"idle connections closed after {closed * 1000:.0f} ms, gunicorn exited after "
+              f"{exited * 1000:.0f} ms")
+    finally:
+        server.stop()

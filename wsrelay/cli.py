@@ -11,6 +11,7 @@ import urllib.request
 
 import click
 import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from .app import create_app
@@ -42,8 +43,9 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
         raise click.ClickException(str(exc)) from None
     if ticker:
         app.extensions["wsrelay"].start_background_task(demo_ticker)
-    server = WSGIServer(
-        (host, port), app, handler_class=RelayHandler, log="default" if access_log else None
+    server = WSGIServer(  # a pool (unbounded), so that stop() waits for the requests
+        (host, port), app, handler_class=RelayHandler, log="default" if access_log else None,
+        spawn=Pool(),
     )
     server.start()
     bound_host, bound_port = server.address[:2]
@@ -51,7 +53,8 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
     sys.stdout.flush()
 
     def stop() -> None:
-        """Graceful: stop accepting, send clients away with what is queued, then exit."""
+        """Graceful: stop accepting, send clients away with what is queued, let the last
+        answers out (at most a second more), then exit."""
         server.close()
         app.extensions["wsrelay"].shutdown()
         server.stop(timeout=1)

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import signal
+import time
+import weakref
+from typing import Any
 
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
+from gunicorn.workers.ggevent import PyWSGIServer
 
 from .config import DEFAULTS, from_environ
 from .handler import RelayHandler
 from .relay import shutdown_all
+
+
+class RelayServer(PyWSGIServer):
+    """gunicorn's pywsgi server, known to its worker process, so that a stopping worker can
+    stop accepting at once and tell when its last connection has ended."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _servers.add(self)
+
+
+_servers: weakref.WeakSet[RelayServer] = weakref.WeakSet()
 
 
 class RelayWorker(GeventWebSocketWorker):
@@ -18,6 +34,7 @@ class RelayWorker(GeventWebSocketWorker):
     and a graceful exit that sends clients away instead of waiting for them."""
 
     wsgi_handler = RelayHandler
+    server_class = RelayServer
 
     def handle_exit(self, sig, frame) -> None:
         """SIGTERM (a stop, or the old workers of a graceful reload): drain, then exit."""
@@ -27,17 +44,46 @@ class RelayWorker(GeventWebSocketWorker):
 
 def drain_after_exit(worker: GeventWebSocketWorker) -> None:
     """Drain every relay of the worker within its graceful timeout (less a margin for the
-    worker's own shutdown), from a greenlet: a signal handler must not block."""
-    gevent.spawn(shutdown_all, max(0.5, min(worker.cfg.graceful_timeout - 1, 30)))
+    worker's own shutdown), from a greenlet: a signal handler must not block. Once only:
+    a stop signals the worker and the arbiter passes it on."""
+    if getattr(worker, "wsrelay_draining", False):
+        return
+    worker.wsrelay_draining = True
+    gevent.spawn(_drain_then_exit, max(0.5, min(worker.cfg.graceful_timeout - 1, 30)))
+
+
+def _connections() -> int:
+    return sum(len(server.pool) for server in _servers if server.pool is not None)
+
+
+def _drain_then_exit(timeout: float) -> None:
+    """Stop accepting, send every client away, and end the worker once its last connection
+    has ended.
+
+    gunicorn looks at its connections once a second and exits when none is
+    left; the worker leaves between two looks instead, by the ``SystemExit``
+    gunicorn's own worker raises when it finds its parent gone. With
+    connections left at the deadline gunicorn's own graceful timeout decides.
+    """
+    deadline = time.monotonic() + timeout
+    for server in list(_servers):
+        server.close()
+    shutdown_all(timeout)
+    while _connections() and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+    if not _connections():
+        gevent.kill(gevent.get_hub().parent, SystemExit)  # the main greenlet: gunicorn's loop
 
 
 def adopt_stock_worker(worker: object) -> None:
     """Give a stock ``GeventWebSocketWorker`` (chosen with ``-k``) what RelayWorker has:
-    wsrelay's handler, and the drain on SIGTERM."""
+    wsrelay's handler and server, and the drain on SIGTERM."""
     if not isinstance(worker, GeventWebSocketWorker) or isinstance(worker, RelayWorker):
         return
     if worker.wsgi_handler is WebSocketHandler:
         worker.wsgi_handler = RelayHandler
+    if worker.server_class is PyWSGIServer:
+        worker.server_class = RelayServer
 
     def handle_exit(sig, frame) -> None:
         worker.handle_exit(sig, frame)

@@ -17,13 +17,20 @@ SSE and long-poll responses are never cut by it.
 And what pywsgi lets a client make it hold or read: headers are bounded in
 total (pywsgi alone takes 100 lines of 64 KiB each) and answered 431 above
 that; a request refused before its body was read (413, 403, ...) closes the
-connection instead of reading the rest, however large it claims to be.
+connection instead of reading the rest, however large it claims to be. A head
+whose framing is ambiguous (:mod:`wsrelay.request_head`) is refused with 400
+and its connection closed, where pywsgi would guess.
+
+A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
+hold a request to notice its client leave. And once its application stops
+(:mod:`wsrelay.keep_alive`) a connection waits for no further request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -36,23 +43,30 @@ from geventwebsocket.handler import WebSocketHandler
 
 from .config import DEFAULTS, from_environ
 from .handshake import accept_key, is_upgrade_request, switching_protocols
+from .keep_alive import keep_alive
+from .request_head import framing_problem
 
-_TIMEOUT_BODY = b'{"error":"request_timeout","message":"the request head came too slowly"}'
-_REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
-)
+#: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
+SOCKET_KEY = "wsrelay.socket"
 
+
+def _refusal(status: str, error: str, message: str) -> bytes:
+    """A whole error response that closes the connection, as bytes."""
+    body = json.dumps({"error": error, "message": message}, separators=(",", ":")).encode()
+    return (
+        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+    )
+
+
+_REQUEST_TIMEOUT = _refusal("408 Request Timeout", "request_timeout",
+                            "the request head came too slowly")
 
 #: Headers of one request, in bytes and in lines (the blank line that ends them included).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_LINES = 100
-_TOO_LARGE_BODY = b'{"error":"headers_too_large","message":"the request headers are too large"}'
-_HEADERS_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
-    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-    % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
-)
+_HEADERS_TOO_LARGE = _refusal("431 Request Header Fields Too Large", "headers_too_large",
+                              "the request headers are too large")
 
 
 class RequestHeadersTooLarge(ValueError):
@@ -93,6 +107,22 @@ def _skip_unread_body(body: Any) -> bool:
 class RequestHeadTimeout(ValueError):
     """The request line came in time but the headers did not (a ``ValueError``, so pywsgi
     treats it as the client's fault)."""
+
+
+class BadRequestHead(ValueError):
+    """A request head whose framing could be read two ways; the message says why."""
+
+
+def _checked(headers: Any, version: str) -> Any:
+    """The parsed headers of a request, or BadRequestHead. The parser drops a line that is
+    not ``name: value`` (``Content-Length : 5``) and every line after it, silently: such a
+    head is refused too, since what was dropped may have framed the body."""
+    if headers.defects:
+        raise BadRequestHead("a header line that is not 'name: value'")
+    problem = framing_problem(headers.items(), version)
+    if problem:
+        raise BadRequestHead(problem)
+    return headers
 
 
 @functools.cache
@@ -207,13 +237,18 @@ class RelayHandler(WebSocketHandler):
         return environ
 
     def read_requestline(self) -> str:
-        """Wait for the next request line at most the idle timeout; then close quietly (an
-        idle keep-alive connection and a client that never starts look the same)."""
-        timeout = idle_timeout(self.server.application)
+        """Wait for the next request line at most the idle timeout, and not once the server
+        stops; then close quietly (an idle keep-alive connection and a client that never
+        starts look the same)."""
+        application = self.server.application
+        connections = keep_alive(application)
+        if connections.ending:
+            return ""  # pywsgi closes the connection on an empty request line
+        timeout = idle_timeout(application)
         self._head_deadline = time.monotonic() + timeout
-        with gevent.Timeout(timeout, False):
+        with connections.waiting(self.socket), gevent.Timeout(timeout, False):
             return WSGIHandler.read_requestline(self)
-        return ""  # pywsgi closes the connection on an empty request line
+        return ""
 
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within what is left of the idle timeout; else answer 408."""
@@ -222,30 +257,40 @@ class RelayHandler(WebSocketHandler):
             return WSGIHandler.read_request(self, raw_requestline)
 
     def MessageClass(self, rfile: Any, *args: Any) -> Any:
-        """Parse the headers through a reader that stops at the limits."""
-        return WSGIHandler.MessageClass(self, _BoundedHeaderReader(rfile), *args)
+        """Parse the headers through a reader that stops at the limits, then check them
+        before pywsgi reads its framing from them (it would drop a Content-Length beside
+        ``Transfer-Encoding: chunked``, and take ``+1`` for 1)."""
+        headers = WSGIHandler.MessageClass(self, _BoundedHeaderReader(rfile), *args)
+        return _checked(headers, self.request_version)
 
     def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
         if isinstance(ex, RequestHeadTimeout):
             return "408", _REQUEST_TIMEOUT
         if isinstance(ex, RequestHeadersTooLarge):
             return "431", _HEADERS_TOO_LARGE
+        if isinstance(ex, BadRequestHead):
+            return "400", _refusal("400 Bad Request", "bad_request", str(ex))
         return WSGIHandler._handle_client_error(self, ex)
 
     def run_application(self) -> None:
         if is_upgrade_request(self.environ):
             self.environ["wsgi.websocket"] = DeferredWebSocket(self)
+        else:
+            self.environ[SOCKET_KEY] = self.socket
         self.upgraded = False
         try:
             WSGIHandler.run_application(self)
         finally:
             self.environ.pop("wsgi.websocket", None)
+            self.environ.pop(SOCKET_KEY, None)
 
     def start_response(self, status, headers, exc_info=None):
         if self.upgraded:  # the view returned after its WebSocket ended
             return lambda data: None
-        if status[:1] in "45" and _skip_unread_body(self.wsgi_input):
-            headers = [*headers, ("Connection", "close")]  # the rest of the body stays unread
+        unread = status[:1] in "45" and _skip_unread_body(self.wsgi_input)
+        # the rest of the body stays unread, or the server stops: no further request
+        if unread or keep_alive(self.server.application).ending:
+            headers = [*headers, ("Connection", "close")]
         return WSGIHandler.start_response(self, status, headers, exc_info)
 
     def process_result(self) -> None:

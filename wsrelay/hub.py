@@ -119,7 +119,9 @@ class MessageServer:
 
         Held long-polls answer with what they have and SSE streams end (both
         are woken through their events); each WebSocket gets its queue, then
-        a close frame 1001. Whatever is still open at the deadline is cut.
+        a close frame 1001. It returns once all of them have left (the broker
+        may be closed then: nobody reads from it any more); whatever is still
+        open at the deadline is cut.
         """
         self.draining = True
         for events in list(self._waiters.values()):
@@ -128,10 +130,16 @@ class MessageServer:
         for connection in list(self.connections):
             connection.close(1001, "server shutting down")
         deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
+        while self._serving() and time.monotonic() < deadline:
             gevent.sleep(0.05)
         for connection in list(self.connections):
             connection.abort()
+
+    def _serving(self) -> bool:
+        """Clients still being served: WebSockets, long-polls and SSE streams (counted by
+        their transports from before their first read of the broker to after their last)."""
+        counts = self.stats.connections
+        return bool(self.connections or counts["poll"] or counts["sse"])
 
     def attach(self, connection: Connection) -> None:
         """A connection opened: it is pinged until :meth:`detach`."""

@@ -22,6 +22,7 @@ from .errors import register_error_handlers
 from .handler import take_socket
 from .hub import MessageServer
 from .ids import MessageId
+from .keep_alive import end_keep_alive
 from .limits import Limits
 from .logs import configure as configure_logs
 from .message import Message
@@ -146,7 +147,10 @@ class Relay:
             return
         if timeout is None:
             timeout = self.app.config["WSRELAY_DRAIN_TIMEOUT"]
-        log.info("draining: sending %d WebSocket clients away", len(self.hub.connections))
+        counts = self.hub.counts()
+        log.info("draining: sending %d WebSocket clients and %d long-polls and SSE streams away",
+                 counts["connections"], counts["waiters"])
+        end_keep_alive(self.app)  # idle keep-alive connections close now
         self.hub.drain(timeout)
         self.close()
 

@@ -682,56 +682,54 @@ def test_a_reconnect_publish_loop_gets_no_more_than_the_rate(make_server, channe
     else:  # every client of a local proxy has its exempt address; the token tells them apart
         source, query = "127.0.0.1", "token=" + TOKENS.issue(channel, publish=True,
                                                              subject="mallory")
-    bystander = Bystander(server, f"{channel}-bystander")
-    started = time.monotonic()
-    upgraded = _reconnect_and_publish(server, channel, source, query, seconds, 2 * burst)
-    elapsed = time.monotonic() - started
-    latencies = bystander.finish()
+    with Bystander(server, f"{channel}-bystander") as bystander:
+        started = time.monotonic()
+        upgraded = _reconnect_and_publish(server, channel, source, query, seconds, 2 * burst)
+        elapsed = time.monotonic() - started
     accepted = MessageId.parse(publish(server, channel, "count")).seq - 1
     print(f"\n{who}: {upgraded} connections in {elapsed:.1f} s, {accepted} messages accepted "
-          f"(rate {rate}/s, burst {burst}); bystander p99 {Bystander.p99(latencies):.3f} s")
+          f"(rate {rate}/s, burst {burst}); bystander p99 {bystander.p99():.3f} s")
     assert upgraded >= 5, "the loop did not reconnect"
     assert burst <= accepted <= rate * (elapsed + 1) + burst
-    assert Bystander.p99(latencies) < 1.0
+    bystander.assert_served(p99=1.0)
 
 
 def test_connects_of_one_address_are_rate_limited_before_the_upgrade(make_server, channel):
     rate, burst, seconds = 10, 20, 2.0
     server = make_server(env={"WSRELAY_CONNECT_RATE": str(rate),
                               "WSRELAY_CONNECT_BURST": str(burst)})
-    bystander = Bystander(server, f"{channel}-bystander")
-    requests_by_transport = {
-        "ws": handshake_request(f"/ws/{channel}", server.port),
-        "sse": f"GET /sse/{channel} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
-        "poll": f"GET /poll/{channel}?timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
-    }
-    statuses: Counter[int] = Counter()
-    refusals = []
-    started = time.monotonic()
-    for transport in itertools.cycle(requests_by_transport):
-        if time.monotonic() - started > seconds:
-            break
-        gevent.sleep(0)
-        with _connect(server, ATTACKER) as sock:
-            sock.sendall(requests_by_transport[transport])
-            status, rest = read_http_head(sock)
-            statuses[status] += 1
-            if status == 429:
-                while b"}" not in rest:
-                    rest += sock.recv(4096)
-                refusals.append(rest)
-    elapsed = time.monotonic() - started
-    admitted_count = statuses[101] + statuses[200]
-    print(f"\n{sum(statuses.values())} connects in {elapsed:.1f} s: {dict(statuses)}")
-    assert set(statuses) <= {101, 200, 429}
-    assert burst <= admitted_count <= rate * (elapsed + 1) + burst
-    assert statuses[429] > admitted_count  # the loop went on well past the rate
-    assert all(b'"error":"connect_rate_limited"' in rest for rest in refusals)
-    with _connect(server, "127.0.0.3") as sock:  # another address is not held back
-        sock.sendall(handshake_request(f"/ws/{channel}", server.port))
-        assert read_http_head(sock)[0] == 101
-    latencies = bystander.finish()
-    assert Bystander.p99(latencies) < 1.0
+    with Bystander(server, f"{channel}-bystander") as bystander:
+        requests_by_transport = {
+            "ws": handshake_request(f"/ws/{channel}", server.port),
+            "sse": f"GET /sse/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+            "poll": f"GET /poll/{channel}?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+        }
+        statuses: Counter[int] = Counter()
+        refusals = []
+        started = time.monotonic()
+        for transport in itertools.cycle(requests_by_transport):
+            if time.monotonic() - started > seconds:
+                break
+            gevent.sleep(0)
+            with _connect(server, ATTACKER) as sock:
+                sock.sendall(requests_by_transport[transport])
+                status, rest = read_http_head(sock)
+                statuses[status] += 1
+                if status == 429:
+                    while b"}" not in rest:
+                        rest += sock.recv(4096)
+                    refusals.append(rest)
+        elapsed = time.monotonic() - started
+        admitted_count = statuses[101] + statuses[200]
+        print(f"\n{sum(statuses.values())} connects in {elapsed:.1f} s: {dict(statuses)}")
+        assert set(statuses) <= {101, 200, 429}
+        assert burst <= admitted_count <= rate * (elapsed + 1) + burst
+        assert statuses[429] > admitted_count  # the loop went on well past the rate
+        assert all(b'"error":"connect_rate_limited"' in rest for rest in refusals)
+        with _connect(server, "127.0.0.3") as sock:  # another address is not held back
+            sock.sendall(handshake_request(f"/ws/{channel}", server.port))
+            assert read_http_head(sock)[0] == 101
+    bystander.assert_served(p99=1.0)
     time.sleep(1.1)  # Retry-After: one more is allowed a second later
     with _connect(server, ATTACKER) as sock:
         sock.sendall(handshake_request(f"/ws/{channel}", server.port))

@@ -9,7 +9,9 @@ from flask import Response, current_app, jsonify, request
 from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
+from ..handler import SOCKET_KEY
 from .common import admit, checked_since, occupy, relay
+from .hangup import watch_hangup
 
 MAX_POLL_TIMEOUT = 60.0
 
@@ -28,7 +30,8 @@ def _timeout() -> float:
 
 
 def poll(channel: str) -> Response:
-    """Answer at once when messages after ``since`` exist; else hold until one arrives."""
+    """Answer at once when messages after ``since`` exist; else hold until one arrives, the
+    timeout passes, the server stops or the client leaves."""
     name = admit(channel, SUBSCRIBE).channel
     since = checked_since(request.args.get("since"))
     deadline = time.monotonic() + _timeout()
@@ -36,11 +39,13 @@ def poll(channel: str) -> Response:
     release = occupy(stream=True)
     hub.stats.connections["poll"] += 1
     try:
-        with hub.watch(name) as arrived:
+        with hub.watch(name) as arrived, watch_hangup(
+            request.environ.get(SOCKET_KEY), arrived
+        ) as hangup:
             page = hub.broker.history(name, since)
             while not page.messages and not page.reset and not hub.draining:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not arrived.wait(remaining):
+                if remaining <= 0 or not arrived.wait(remaining) or hangup.gone:
                     break
                 arrived.clear()
                 page = hub.broker.history(name, page.cursor)

@@ -6,14 +6,17 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Response, current_app, request
 
 from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
+from ..handler import SOCKET_KEY
 from ..hub import MessageServer
 from ..ids import MessageId
 from .common import admit, checked_since, occupy, relay
+from .hangup import watch_hangup
 
 
 def _reset_event(cursor: MessageId) -> bytes:
@@ -29,17 +32,17 @@ def _left(expires: float | None) -> float:
 
 
 def _events(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float, expires: float | None) -> Iterator[bytes]:
+            keepalive: float, expires: float | None, sock: Any | None) -> Iterator[bytes]:
     hub.stats.connections["sse"] += 1
     try:
-        yield from _stream(hub, channel, since, keepalive, expires)
+        yield from _stream(hub, channel, since, keepalive, expires, sock)
     finally:
         hub.stats.connections["sse"] -= 1
 
 
 def _stream(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float, expires: float | None) -> Iterator[bytes]:
-    with hub.watch(channel) as arrived:
+            keepalive: float, expires: float | None, sock: Any | None) -> Iterator[bytes]:
+    with hub.watch(channel) as arrived, watch_hangup(sock, arrived) as hangup:
         try:
             page = hub.broker.history(channel, since)
         except BrokerUnavailable:
@@ -61,6 +64,8 @@ def _stream(hub: MessageServer, channel: str, since: MessageId | None,
                 if _left(expires) <= 0:
                     break
                 yield b": keep-alive\n\n"
+            if hangup.gone:  # nobody to write to: give the stream's place back now
+                return
             arrived.clear()
             try:
                 page = hub.broker.history(channel, cursor)
@@ -71,13 +76,15 @@ def _stream(hub: MessageServer, channel: str, since: MessageId | None,
 
 def sse(channel: str) -> Response:
     """Stream every message of the channel; resume from ``Last-Event-ID`` or ``?since=``.
-    The stream ends when the token it was opened with expires."""
+    The stream ends when the token it was opened with expires, the server stops or the
+    client leaves."""
     access = admit(channel, SUBSCRIBE)
     since = checked_since(request.headers.get("Last-Event-ID") or request.args.get("since"))
     keepalive = current_app.config["WSRELAY_SSE_KEEPALIVE"]
     release = occupy(stream=True)
     response = Response(
-        _events(relay().hub, access.channel, since, keepalive, access.expires),
+        _events(relay().hub, access.channel, since, keepalive, access.expires,
+                request.environ.get(SOCKET_KEY)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
