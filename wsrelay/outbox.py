@@ -16,13 +16,19 @@ class Outbox:
     joined only while none is partly written, so each begins and ends on a
     frame boundary, and dropping every chunk that has not started leaves a
     valid stream.
+
+    Pongs wait apart, and go out at the next frame boundary, ahead of the
+    frames not yet begun: a client's pings are answered however much data is
+    queued for it. Pongs still waiting are replaced by newer ones, so a
+    client that pings and never reads costs one batch of pongs, not a queue.
     """
 
-    __slots__ = ("_chunks", "_offset", "limit", "size")
+    __slots__ = ("_chunks", "_offset", "_pongs", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self._chunks: deque[bytes] = deque()
         self._offset = 0
+        self._pongs = b""
         self.size = 0
         self.limit = limit
 
@@ -35,9 +41,20 @@ class Outbox:
         self.size += len(frame)
         return self.size <= self.limit
 
+    def push_pongs(self, pongs: bytes) -> bool:
+        """Queue pong frames ahead of every frame not yet begun, in place of the pongs still
+        waiting (RFC 6455 5.5.3: only the answer to the latest ping is due); return False
+        when the outbox is now over its limit."""
+        self.size += len(pongs) - len(self._pongs)
+        self._pongs = pongs
+        return self.size <= self.limit
+
     def peek(self) -> memoryview:
         """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
         chunks = self._chunks
+        if self._pongs and not self._offset:
+            chunks.appendleft(self._pongs)
+            self._pongs = b""
         if len(chunks) > 1 and not self._offset:  # a partly written head goes out alone
             if self.size <= WRITE_SIZE:  # the usual case: all of it, joined in C
                 joined = b"".join(chunks)
@@ -63,6 +80,7 @@ class Outbox:
 
     def drop_unstarted(self) -> None:
         """Drop every frame not yet begun; keep the rest of a partly written one."""
+        self._pongs = b""
         if self._offset and self._chunks:
             head = self._chunks[0]
             self._chunks.clear()
