@@ -109,3 +109,24 @@ def test_pongs_count_against_the_limit_and_are_dropped_with_the_unstarted_frames
     outbox.drop_unstarted()
     assert outbox.size == 0
     assert not outbox
+
+
+def test_pongs_the_socket_took_none_of_are_replaced_too():
+    outbox = Outbox(10**9)
+    outbox.push(b"data")
+    outbox.push_pongs(b"old")
+    assert bytes(outbox.peek()) == b"old", "pongs go out in a write of their own"
+    outbox.consume(0)
+    outbox.push_pongs(b"new")
+    assert outbox.size == len(b"datanew")
+    assert drain(outbox, 100) == b"newdata", "never an older pong after a newer"
+
+
+def test_pongs_partly_written_are_finished_before_newer_ones():
+    outbox = Outbox(10**9)
+    outbox.push(b"data")
+    outbox.push_pongs(b"old")
+    outbox.peek()
+    outbox.consume(1)
+    outbox.push_pongs(b"new")
+    assert b"o" + drain(outbox, 100) == b"oldnewdata"

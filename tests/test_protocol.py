@@ -249,12 +249,14 @@ def test_a_ping_after_the_servers_close_frame_is_not_answered():
 def test_frame_remaining_is_what_a_large_frame_still_needs():
     s = session()
     wire = client_frame(Opcode.BINARY, b"x" * 100_000)
-    assert s.frame_remaining == 0
+    assert s.frame_remaining() == 0
+    assert s.frame_remaining(wire[:1]) == 0, "not enough for a header"
+    assert s.frame_remaining(wire[:20]) == len(wire), "the header that comes tells"
     s.receive_data(wire[:1])
-    assert s.frame_remaining == 0, "the header is not whole yet"
+    assert s.frame_remaining(wire[1:20]) == len(wire) - 1
     s.receive_data(wire[1:1000])
-    assert s.frame_remaining == len(wire) - 1000
-    assert s.receive_data(wire[1000:] + client_frame(Opcode.TEXT, b"next")[:3]) == [
-        InboundMessage(b"x" * 100_000, True)
-    ]
-    assert s.frame_remaining == 0, "the next frame's header is not whole yet"
+    assert s.frame_remaining() == len(wire) - 1000
+    following = client_frame(Opcode.TEXT, b"next")
+    assert s.receive_data(wire[1000:] + following[:3]) == [InboundMessage(b"x" * 100_000, True)]
+    assert s.frame_remaining() == 0, "the next frame's header is not whole yet"
+    assert s.frame_remaining(following[3:]) == len(following) - 3

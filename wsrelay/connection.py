@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
+from gevent.socket import wait_write
 from geventwebsocket.exceptions import WebSocketError
 
 from .broker import BrokerUnavailable, History
@@ -40,10 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-#: What the session parses of small frames before the connection yields: tiny frames cost
-#: 10-25 µs each to parse and relay, so a turn stays within a few ms. The rest of a large
-#: frame is fed in one piece per read (see :meth:`WebSocketConnection._read_loop`).
+#: What the session parses of small frames at once: tiny frames cost 10-25 µs each to parse
+#: and relay, so a piece takes at most a few ms. A larger frame is fed whole, or as much of
+#: it as one read holds (see :meth:`WebSocketConnection._read_loop`).
 FEED_SIZE = 1024
+#: Seconds of work on one client's input after which the other sockets get their turn.
+TURN = 0.001
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -182,10 +185,13 @@ class WebSocketConnection:
 
         Under gevent ``recv`` returns at once while data is waiting, so a client
         sending at full speed would never let the others run: the session is fed
-        :data:`FEED_SIZE` bytes at a time (or the rest of a large frame under
-        way, which parses as one), and the connection yields after each piece.
+        :data:`FEED_SIZE` bytes at a time, or one larger frame (as much of it as
+        this read holds), and once the pieces took :data:`TURN` the connection
+        waits for the others. (Time spent waiting in ``recv``, when the others
+        run anyway, is not told apart: at worst a turn ends early.)
         """
         session = self.session
+        busy = 0.0  # seconds spent on this client's input since the others had a turn
         while self.state != "closed":
             if not data:
                 try:
@@ -198,13 +204,20 @@ class WebSocketConnection:
             self.last_seen = time.monotonic()
             offset = 0
             while offset < len(data) and self.state != "closed":
-                end = offset + max(FEED_SIZE, session.frame_remaining)
-                self._receive(mode, data[offset:end])
-                offset = end
+                piece = data[offset : offset + FEED_SIZE]
+                remaining = session.frame_remaining(piece)
+                if remaining > FEED_SIZE:  # one larger frame: as much of it as was read
+                    piece = data[offset : offset + remaining]
+                offset += len(piece)
+                started = time.perf_counter()
+                self._receive(mode, piece)
                 if session.finished:
                     self._finish_writes_and_close()
                     return
-                _let_others_run()
+                busy += time.perf_counter() - started
+                if busy >= TURN:
+                    _let_others_run()
+                    busy = 0.0
             data = b""
 
     def _receive(self, mode: Mode, data: bytes) -> None:
@@ -265,6 +278,16 @@ class WebSocketConnection:
         """Write queued bytes without blocking; leave the rest to a writer greenlet."""
         if self.writer is not None or self.state in ("closed", "opening"):
             return
+        try:
+            if not self._write_some():
+                self.writer = gevent.spawn(self._drain)
+        except OSError:
+            self.abort()
+
+    def _write_some(self) -> bool:
+        """Write what the socket takes now; True once the queue is empty. Nothing can yield
+        between ``peek`` and ``consume``, so what the outbox drops meanwhile (pongs
+        replaced, frames a 1013 drops) is never being written."""
         outbox = self.outbox
         while outbox:
             data = outbox.peek()
@@ -272,22 +295,17 @@ class WebSocketConnection:
                 written = self.sock.send(data, 0, 0.0)
             except (BlockingIOError, InterruptedError):
                 written = 0
-            except OSError:
-                self.abort()
-                return
             outbox.consume(written)
             self.hub.stats.bytes_sent += written
             if written < len(data):
-                self.writer = gevent.spawn(self._drain)
-                return
+                return False
+        return True
 
     def _drain(self) -> None:
         """Wait for the socket to take the rest of the queue (only for slow sockets)."""
         try:
-            while self.outbox and self.state != "closed":
-                written = self.sock.send(self.outbox.peek())
-                self.outbox.consume(written)
-                self.hub.stats.bytes_sent += written
+            while self.state != "closed" and not self._write_some():
+                wait_write(self.sock.fileno())
         except OSError:
             self.abort()
         finally:

@@ -126,10 +126,13 @@ class _ServerProtocol(Protocol):
         if self.state is State.OPEN:
             self._check_partial_frame()
 
-    @property
-    def frame_remaining(self) -> int:
-        """Bytes still to come of the frame under way (0 until its header is whole)."""
-        header = _parse_header(self._head)
+    def frame_remaining(self, upcoming: bytes) -> int:
+        """Bytes still to come of the frame under way, its header completed from
+        ``upcoming`` if need be (0 while the header is not whole)."""
+        head = self._head
+        if len(head) < _MAX_HEADER:
+            head = head + upcoming[: _MAX_HEADER - len(head)]
+        header = _parse_header(head)
         if header is None:
             return 0
         _first, length, _mask, size = header
@@ -308,11 +311,11 @@ class WebSocketSession:
         close = self._protocol.close_rcvd or self._protocol.close_sent
         return "" if close is None else close.reason
 
-    @property
-    def frame_remaining(self) -> int:
-        """Bytes still to come of the frame being received (0 between frames): feeding
-        that much at once parses at most one frame more than feeding less."""
-        return self._protocol.frame_remaining
+    def frame_remaining(self, upcoming: bytes = b"") -> int:
+        """Bytes still to come of the frame being received, or of the one ``upcoming``
+        begins (0 while its header is not whole): feeding that much at once parses one
+        frame, however large."""
+        return self._protocol.frame_remaining(upcoming)
 
     def receive_data(self, data: bytes) -> list[InboundMessage]:
         """Parse bytes from the client; return the messages they complete."""
