@@ -118,3 +118,25 @@ def test_frames_the_request_reader_already_buffered_are_read_first(hub):
     assert server_frames(peer.recv(100)) == [(0x1, b"later")]
     connection.close(1000, "")
     runner.kill()
+
+
+def test_pongs_a_client_never_reads_are_coalesced_not_queued(hub):
+    """A client pinging at full speed without reading costs the server one batch of pongs,
+    and the pong to its latest ping still arrives once it reads."""
+    connection, peer, runner = connect(hub, rcvbuf=4096)
+    pings = b"".join(client_frame(0x9, b"%05d" % n + b"p" * 120) for n in range(3000))
+    writer = gevent.spawn(peer.sendall, pings)
+    queued = []
+    while not writer.dead:
+        queued.append(connection.outbox.size)
+        gevent.sleep(0.001)
+    assert max(queued) < 16 * 1024, "pongs are not queued up"
+    peer.settimeout(5)
+    data = b""
+    while not server_frames(data) or not server_frames(data)[-1][1].startswith(b"02999"):
+        data += peer.recv(65536)
+    pongs = server_frames(data)
+    assert all(opcode == 0xA for opcode, _ in pongs)
+    assert len(pongs) < 3000, "pongs still unwritten were replaced by newer ones"
+    connection.close(1000, "")
+    runner.kill()

@@ -14,8 +14,10 @@ from __future__ import annotations
 import base64
 import codecs
 import itertools
+import math
 import re
 import struct
+import time
 from typing import NamedTuple
 
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +28,8 @@ from wsrelay.channels import InvalidChannel, check_channel
 from wsrelay.errors import ApiError
 from wsrelay.handshake import accept_key, is_upgrade_request
 from wsrelay.ids import InvalidMessageId, MessageId
-from wsrelay.protocol import WebSocketSession
+from wsrelay.limits import TokenBucket
+from wsrelay.protocol import SMALL_FRAGMENT, WebSocketSession
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 LIMIT = 300  # small, so that fragments cross it
@@ -48,9 +51,11 @@ def valid_close_code(code: int) -> bool:
     return code in {1000, 1001, 1002, 1003, *range(1007, 1015)} or 3000 <= code < 5000
 
 
-def model(frames: list[Spec]) -> list[tuple]:
+def model(frames: list[Spec], allowance: float = math.inf) -> list[tuple]:
     """What RFC 6455 says a server does with these frames: ``("message", data, binary)``,
-    ``("pong", payload)`` and a final ``("close", code, echoed payload or None)``."""
+    ``("pong", payload)`` and a final ``("close", code, echoed payload or None)``; and, once
+    a frame valid in itself exceeds the ``allowance`` of pings, pongs and small fragments
+    that do not end their message, ``("close", 1008, None)``."""
     events: list[tuple] = []
     parts: list[bytes] | None = None  # the fragmented message under way
     binary = False
@@ -77,21 +82,28 @@ def model(frames: list[Spec]) -> list[tuple]:
             if not valid_close_code(code):
                 return [*events, ("close", 1002, None)]
             return [*events, ("close", code, payload)]
+        control = opcode in (PING, PONG)
+        in_sequence = control or (opcode == CONT) == (parts is not None)
+        if not control and in_sequence:
+            if opcode != CONT:
+                parts, binary = [], opcode == BINARY
+                decoder = None if binary else codecs.getincrementaldecoder("utf-8")()
+            if decoder is not None:
+                try:
+                    decoder.decode(payload, frame.fin)
+                except UnicodeDecodeError:
+                    return [*events, ("close", 1007, None)]
+        if control or (not frame.fin and len(payload) < SMALL_FRAGMENT):
+            allowance -= 1
+            if allowance < 0:
+                return [*events, ("close", 1008, None)]
         if opcode == PING:
             events.append(("pong", payload))
             continue
         if opcode == PONG:
             continue
-        if (opcode == CONT) != (parts is not None):
+        if not in_sequence:
             return [*events, ("close", 1002, None)]
-        if opcode != CONT:
-            parts, binary = [], opcode == BINARY
-            decoder = None if binary else codecs.getincrementaldecoder("utf-8")()
-        if decoder is not None:
-            try:
-                decoder.decode(payload, frame.fin)
-            except UnicodeDecodeError:
-                return [*events, ("close", 1007, None)]
         parts.append(payload)
         if frame.fin:
             events.append(("message", b"".join(parts), binary))
@@ -112,9 +124,11 @@ def output_events(data: bytes) -> list[tuple]:
     return events
 
 
-def run_session(chunks: list[bytes]) -> list[tuple]:
-    """Feed the chunks like the connection does; return everything the session produced."""
-    session = WebSocketSession(max_message_size=LIMIT)
+def run_session(chunks: list[bytes], allowance: int | None = None) -> list[tuple]:
+    """Feed the chunks like the connection does; return everything the session produced.
+    ``allowance``: the control frames the client may send (None: any number)."""
+    rate = None if allowance is None else TokenBucket(1e-9, allowance, time.monotonic())
+    session = WebSocketSession(max_message_size=LIMIT, control_rate=rate)
     events: list[tuple] = []
     ended = False
     for chunk in chunks:
@@ -122,8 +136,8 @@ def run_session(chunks: list[bytes]) -> list[tuple]:
         for message in session.receive_data(chunk):
             events += output_events(message.replies)
             events.append(("message", message.data, message.binary))
-        data, eof = session.take_output()
-        events += output_events(data)
+        pongs, close, eof = session.take_output()
+        events += output_events(pongs + close)  # pongs go out first, as the connection does
         assert not (ended and len(events) > before), "nothing after the close frame"
         ended = ended or eof
         assert ended == session.finished == any(e[0] == "close" for e in events)
@@ -211,6 +225,17 @@ def test_session_does_what_the_rfc_model_predicts(frames, cuts):
     wire = b"".join(frame.wire() for frame in frames)
     actual = run_session(split(wire, cuts))
     expected = model(frames)
+    assert same_outcome(actual, expected), (actual, expected)
+
+
+@FUZZ
+@given(conversations, st.integers(0, 6), st.lists(st.integers(0, 10**6), max_size=8))
+def test_control_frames_past_the_allowance_fail_with_1008_where_the_model_says(
+    frames, allowance, cuts
+):
+    wire = b"".join(frame.wire() for frame in frames)
+    actual = run_session(split(wire, cuts), allowance)
+    expected = model(frames, allowance)
     assert same_outcome(actual, expected), (actual, expected)
 
 

@@ -10,6 +10,8 @@ import gevent
 import pytest
 import requests
 
+from tests import flood
+from tests.flood import Bystander
 from tests.support import (
     PYTHON,
     ROOT,
@@ -255,3 +257,19 @@ def test_stock_worker_with_the_config_refuses_a_bad_channel_before_the_upgrade(
     started = time.monotonic()
     server.stop()
     assert time.monotonic() - started < 10
+
+
+def test_a_flooded_worker_outlives_its_timeout_and_serves_the_others(gunicorn, channel):
+    """A worker that never yields misses its heartbeat and the master kills it, with every
+    client on it. One flooding client, for longer than the timeout, must not do that."""
+    server = gunicorn("--timeout", "3", env=clean_env(
+        WSRELAY_CONTROL_FRAME_RATE="1e9", WSRELAY_CONTROL_FRAME_BURST="1000000000",
+    ))
+    (worker,) = _children(server.proc.pid)
+    with Bystander(server, channel) as bystander:
+        report = flood.result(flood.start(server.port, f"/ws/{channel}-flood", "pong", 8))
+    assert "WORKER TIMEOUT" not in server.log()
+    assert _children(server.proc.pid) == [worker], "the worker was replaced"
+    assert report.close_code is None and report.seconds >= 8, report
+    assert bystander.failed == 0 and bystander.lost() == 0, bystander.summary()
+    assert bystander.percentile(99) < 1.0, bystander.summary()

@@ -68,3 +68,65 @@ def test_drop_unstarted_after_a_partial_write_and_more_frames_keeps_a_valid_stre
     outbox.drop_unstarted()  # the subscriber is closed for being too slow
     stream = written + drain(outbox, 100)
     assert stream in {b"".join(frames[:n]) for n in range(1, 4)}, stream
+
+
+def test_pongs_go_out_ahead_of_frames_not_yet_begun():
+    outbox = Outbox(10**9)
+    outbox.push(b"data1")
+    outbox.push(b"data2")
+    outbox.push_pongs(b"pong")
+    assert drain(outbox, 100) == b"pongdata1data2"
+
+
+def test_pongs_wait_for_the_end_of_a_partly_written_write():
+    """A pong never splits a frame: it goes out where the write begun ends."""
+    outbox = Outbox(10**9)
+    outbox.push(b"AAAA")
+    outbox.push(b"BBBB")
+    written = bytes(outbox.peek())[:2]  # the two frames, joined in one write, began
+    outbox.consume(2)
+    outbox.push(b"CCCC")
+    outbox.push_pongs(b"pong")
+    assert written + drain(outbox, 1) == b"AAAABBBBpongCCCC"
+
+
+def test_pongs_still_waiting_are_replaced_by_newer_ones():
+    """RFC 6455 5.5.3: a pong for the latest ping may stand for those not yet sent."""
+    outbox = Outbox(10**9)
+    outbox.push(b"data")
+    outbox.peek()
+    outbox.consume(0)  # the socket is full
+    for n in range(1000):
+        outbox.push_pongs(b"pong%d" % n)
+    assert outbox.size == len(b"data") + len(b"pong999")
+    assert drain(outbox, 100) == b"pong999data"
+
+
+def test_pongs_count_against_the_limit_and_are_dropped_with_the_unstarted_frames():
+    outbox = Outbox(10)
+    assert outbox.push(b"12345678")
+    assert not outbox.push_pongs(b"pong")
+    outbox.drop_unstarted()
+    assert outbox.size == 0
+    assert not outbox
+
+
+def test_pongs_the_socket_took_none_of_are_replaced_too():
+    outbox = Outbox(10**9)
+    outbox.push(b"data")
+    outbox.push_pongs(b"old")
+    assert bytes(outbox.peek()) == b"old", "pongs go out in a write of their own"
+    outbox.consume(0)
+    outbox.push_pongs(b"new")
+    assert outbox.size == len(b"datanew")
+    assert drain(outbox, 100) == b"newdata", "never an older pong after a newer"
+
+
+def test_pongs_partly_written_are_finished_before_newer_ones():
+    outbox = Outbox(10**9)
+    outbox.push(b"data")
+    outbox.push_pongs(b"old")
+    outbox.peek()
+    outbox.consume(1)
+    outbox.push_pongs(b"new")
+    assert b"o" + drain(outbox, 100) == b"oldnewdata"

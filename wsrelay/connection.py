@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
+from gevent.socket import wait_write
 from geventwebsocket.exceptions import WebSocketError
 
 from .broker import BrokerUnavailable, History
@@ -35,12 +36,29 @@ from .protocol import CloseCode, InboundMessage, WebSocketSession
 
 if TYPE_CHECKING:
     from .hub import MessageServer
+    from .limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+#: What the session parses of small frames at once: tiny frames cost 10-25 µs each to parse
+#: and relay, so a piece takes at most a few ms. A larger frame is fed whole, or as much of
+#: it as one read holds (see :meth:`WebSocketConnection._read_loop`).
+FEED_SIZE = 1024
+#: Seconds of work on one client's input after which the other sockets get their turn.
+TURN = 0.001
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def _let_others_run() -> None:
+    """Wait for one turn of the event loop: every socket ready meanwhile is served, every
+    timer due fires. ``gevent.sleep(0)`` is not enough: it lets greenlets already runnable
+    go first, but may resume this one again and again before the loop polls the sockets
+    (gevent's documentation warns of it; under a flood, other sockets waited 4 times longer)."""
+    hub = gevent.get_hub()
+    with hub.loop.timer(0) as turn:
+        hub.wait(turn)
 
 
 class ConnectionClosed(WebSocketError):
@@ -83,10 +101,11 @@ class WebSocketConnection:
     def __init__(
         self, sock: socket.socket, hub: MessageServer, *,
         max_message_size: int, buffer_limit: int, close_timeout: float,
-        expires: float | None = None,
+        expires: float | None = None, control_rate: TokenBucket | None = None,
     ) -> None:
         """``expires``: the Unix time the client's token expires, when the connection is
-        closed with 1008."""
+        closed with 1008; ``control_rate``: the client's pings, pongs and small fragments
+        (see :class:`~wsrelay.protocol.WebSocketSession`)."""
         self.sock = sock
         self.hub = hub
         self.id = f"{_PREFIX}-{next(_ids)}"
@@ -99,7 +118,9 @@ class WebSocketConnection:
         self.subscribed = 0
         self.dirty = False
         self.last_seen = time.monotonic()
-        self.session = WebSocketSession(max_message_size=max_message_size)
+        self.session = WebSocketSession(
+            max_message_size=max_message_size, control_rate=control_rate
+        )
         self.outbox = Outbox(buffer_limit)
         self.writer: gevent.Greenlet | None = None
         self.state = "open"  # (opening ->) open -> closing -> closed
@@ -160,8 +181,17 @@ class WebSocketConnection:
 
     def _read_loop(self, mode: Mode, data: bytes) -> None:
         """Read and answer until the end. ``sock.recv`` allocates its buffer only once data
-        is there: an idle connection holds no read buffer."""
+        is there: an idle connection holds no read buffer.
+
+        Under gevent ``recv`` returns at once while data is waiting, so a client
+        sending at full speed would never let the others run: the session is fed
+        :data:`FEED_SIZE` bytes at a time, or one larger frame (as much of it as
+        this read holds), and once the pieces took :data:`TURN` the connection
+        waits for the others. (Time spent waiting in ``recv``, when the others
+        run anyway, is not told apart: at worst a turn ends early.)
+        """
         session = self.session
+        busy = 0.0  # seconds spent on this client's input since the others had a turn
         while self.state != "closed":
             if not data:
                 try:
@@ -172,18 +202,34 @@ class WebSocketConnection:
                     session.receive_eof()
                     return
             self.last_seen = time.monotonic()
-            for message in session.receive_data(data):
-                if message.replies:
-                    self._queue_control(message.replies)  # pongs the client asked for first
-                if self.state != "open":
-                    break
-                self.received += 1
-                mode.receive(self, message)
+            offset = 0
+            while offset < len(data) and self.state != "closed":
+                piece = data[offset : offset + FEED_SIZE]
+                remaining = session.frame_remaining(piece)
+                if remaining > FEED_SIZE:  # one larger frame: as much of it as was read
+                    piece = data[offset : offset + remaining]
+                offset += len(piece)
+                started = time.perf_counter()
+                self._receive(mode, piece)
+                if session.finished:
+                    self._finish_writes_and_close()
+                    return
+                busy += time.perf_counter() - started
+                if busy >= TURN:
+                    _let_others_run()
+                    busy = 0.0
             data = b""
-            self._queue_session_output()
-            if session.finished:
-                self._finish_writes_and_close()
-                return
+
+    def _receive(self, mode: Mode, data: bytes) -> None:
+        """Parse a piece of input; relay the messages it completes, answer what it asks."""
+        for message in self.session.receive_data(data):
+            if message.replies:
+                self._queue_pongs(message.replies)  # pongs the client asked for first
+            if self.state != "open":
+                break
+            self.received += 1
+            mode.receive(self, message)
+        self._queue_session_output()
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -224,8 +270,7 @@ class WebSocketConnection:
         if self.state not in ("open", "opening"):
             return
         if not self.outbox.push(frame):
-            self.hub.stats.slow_consumer_closes += 1
-            self.close(CloseCode.TRY_AGAIN_LATER, "too slow: outbound buffer full")
+            self._too_slow()
         elif self.outbox.size >= WRITE_SIZE and self.writer is None:
             self.flush()  # a publisher that never yields must not fill fast readers' queues
 
@@ -233,6 +278,16 @@ class WebSocketConnection:
         """Write queued bytes without blocking; leave the rest to a writer greenlet."""
         if self.writer is not None or self.state in ("closed", "opening"):
             return
+        try:
+            if not self._write_some():
+                self.writer = gevent.spawn(self._drain)
+        except OSError:
+            self.abort()
+
+    def _write_some(self) -> bool:
+        """Write what the socket takes now; True once the queue is empty. Nothing can yield
+        between ``peek`` and ``consume``, so what the outbox drops meanwhile (pongs
+        replaced, frames a 1013 drops) is never being written."""
         outbox = self.outbox
         while outbox:
             data = outbox.peek()
@@ -240,36 +295,41 @@ class WebSocketConnection:
                 written = self.sock.send(data, 0, 0.0)
             except (BlockingIOError, InterruptedError):
                 written = 0
-            except OSError:
-                self.abort()
-                return
             outbox.consume(written)
             self.hub.stats.bytes_sent += written
             if written < len(data):
-                self.writer = gevent.spawn(self._drain)
-                return
+                return False
+        return True
 
     def _drain(self) -> None:
         """Wait for the socket to take the rest of the queue (only for slow sockets)."""
         try:
-            while self.outbox and self.state != "closed":
-                written = self.sock.send(self.outbox.peek())
-                self.outbox.consume(written)
-                self.hub.stats.bytes_sent += written
+            while self.state != "closed" and not self._write_some():
+                wait_write(self.sock.fileno())
         except OSError:
             self.abort()
         finally:
             self.writer = None
 
     def _queue_session_output(self) -> None:
-        data, _eof = self.session.take_output()
-        if data:
-            self._queue_control(data)
+        pongs, close, _eof = self.session.take_output()
+        if pongs:
+            self._queue_pongs(pongs)
+        if close:
+            self.outbox.push(close)  # past the buffer limit: the last frame must go out
+            self.flush()
 
-    def _queue_control(self, data: bytes) -> None:
-        """Queue control frames (pongs, close) past the buffer limit, and write them now."""
-        self.outbox.push(data)
+    def _queue_pongs(self, pongs: bytes) -> None:
+        """Write pongs now, after what the socket takes of the queue; those it cannot take
+        yet wait ahead of the rest, replaced by newer ones (see :meth:`Outbox.push_pongs`)."""
         self.flush()
+        if not self.outbox.push_pongs(pongs):
+            self._too_slow()
+        self.flush()
+
+    def _too_slow(self) -> None:
+        self.hub.stats.slow_consumer_closes += 1
+        self.close(CloseCode.TRY_AGAIN_LATER, "too slow: outbound buffer full")
 
     # -- closing ------------------------------------------------------------------------
 

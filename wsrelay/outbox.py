@@ -16,13 +16,21 @@ class Outbox:
     joined only while none is partly written, so each begins and ends on a
     frame boundary, and dropping every chunk that has not started leaves a
     valid stream.
+
+    Pongs wait apart, and go out at the next frame boundary in a write of
+    their own, ahead of the frames not yet begun: a client's pings are
+    answered however much data is queued for it. Pongs not yet begun are
+    replaced by newer ones, so a client that pings and never reads costs one
+    batch of pongs, not a queue, and never gets an older pong after a newer.
     """
 
-    __slots__ = ("_chunks", "_offset", "limit", "size")
+    __slots__ = ("_chunks", "_offset", "_pong_head", "_pongs", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self._chunks: deque[bytes] = deque()
         self._offset = 0
+        self._pongs = b""  # pongs waiting for the next frame boundary
+        self._pong_head = False  # True while the first chunk is pongs, alone
         self.size = 0
         self.limit = limit
 
@@ -35,22 +43,43 @@ class Outbox:
         self.size += len(frame)
         return self.size <= self.limit
 
+    def push_pongs(self, pongs: bytes) -> bool:
+        """Queue pong frames ahead of every frame not yet begun, in place of the pongs still
+        waiting (RFC 6455 5.5.3: only the answer to the latest ping is due); return False
+        when the outbox is now over its limit."""
+        if self._pong_head and not self._offset:  # peeked, but the socket took none of them
+            self.size -= len(self._chunks.popleft())
+            self._pong_head = False
+        self.size += len(pongs) - len(self._pongs)
+        self._pongs = pongs
+        return self.size <= self.limit
+
     def peek(self) -> memoryview:
         """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
         chunks = self._chunks
-        if len(chunks) > 1 and not self._offset:  # a partly written head goes out alone
-            if self.size <= WRITE_SIZE:  # the usual case: all of it, joined in C
-                joined = b"".join(chunks)
-                chunks.clear()
-            else:
-                parts = [chunks.popleft()]
-                total = len(parts[0])
-                while chunks and total + len(chunks[0]) <= WRITE_SIZE:
-                    total += len(chunks[0])
-                    parts.append(chunks.popleft())
-                joined = b"".join(parts)
-            chunks.appendleft(joined)
+        if not (self._offset or self._pong_head):  # else the head goes out alone
+            if self._pongs:  # at a frame boundary: the pongs first
+                chunks.appendleft(self._pongs)
+                self._pongs = b""
+                self._pong_head = True
+            elif len(chunks) > 1:
+                self._join_head()
         return memoryview(chunks[0])[self._offset :] if chunks else memoryview(b"")
+
+    def _join_head(self) -> None:
+        """Join the first chunks into one, up to :data:`WRITE_SIZE`."""
+        chunks = self._chunks
+        if self.size <= WRITE_SIZE:  # the usual case: all of it, joined in C
+            joined = b"".join(chunks)
+            chunks.clear()
+        else:
+            parts = [chunks.popleft()]
+            total = len(parts[0])
+            while chunks and total + len(chunks[0]) <= WRITE_SIZE:
+                total += len(chunks[0])
+                parts.append(chunks.popleft())
+            joined = b"".join(parts)
+        chunks.appendleft(joined)
 
     def consume(self, written: int) -> None:
         """Forget ``written`` bytes that reached the socket."""
@@ -59,10 +88,12 @@ class Outbox:
         offset = self._offset + written
         while chunks and offset >= len(chunks[0]):
             offset -= len(chunks.popleft())
+            self._pong_head = False
         self._offset = offset
 
     def drop_unstarted(self) -> None:
         """Drop every frame not yet begun; keep the rest of a partly written one."""
+        self._pongs = b""
         if self._offset and self._chunks:
             head = self._chunks[0]
             self._chunks.clear()
@@ -71,4 +102,5 @@ class Outbox:
         else:
             self._chunks.clear()
             self._offset = 0
+            self._pong_head = False
             self.size = 0

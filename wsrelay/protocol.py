@@ -14,17 +14,27 @@ layers, and puts right two details of its closing handshake:
 - A close frame in the middle of a fragmented message is an ordinary close
   (RFC 6455 5.4 lets control frames interleave); the core calls it a
   protocol error. An empty close frame is answered with 1000, so every close
-  frame the server sends carries a code.
+  frame the server sends carries a code. A ping that arrives once the server
+  has sent its close frame is not answered: nothing may follow that frame.
+
+It also bounds what costs the server work without carrying a message:
+pings, pongs and small fragments that do not end their message are counted
+against a token bucket, and past it the connection fails with 1008. Pongs
+are handed out apart from the close frame, so that the I/O layer can
+coalesce those still unwritten (RFC 6455 5.5.3).
 """
 
 from __future__ import annotations
 
 import codecs
+import time
 from enum import IntEnum
 from typing import NamedTuple
 
 from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import SERVER, Protocol, State
+
+from .limits import TokenBucket
 
 
 class CloseCode(IntEnum):
@@ -56,6 +66,16 @@ class InboundMessage(NamedTuple):
     replies: bytes = b""
 
 
+class Output(NamedTuple):
+    """What the session has to send besides messages: ``pongs`` (to be written before
+    anything not yet begun; pongs still unwritten may be dropped for newer ones), then
+    ``close``, the close frame if one is due; ``eof``: close TCP after it."""
+
+    pongs: bytes
+    close: bytes
+    eof: bool
+
+
 def encode_frame(data: bytes, *, binary: bool) -> bytes:
     """One unmasked server frame; built once per message and shared by every subscriber."""
     return Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(
@@ -69,6 +89,10 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 #: The longest frame header: 2 bytes, an 8-byte length, a 4-byte masking key.
 _MAX_HEADER = 14
 _NORMAL_CLOSE = Close(CloseCode.NORMAL, "").serialize()
+#: A fragment shorter than this that does not end its message costs as much to parse as a
+#: ping and carries about as little: it counts against the control frame rate.
+SMALL_FRAGMENT = 1024
+_PONG_BYTE = 0x80 | Opcode.PONG  # the first byte of every pong the server sends
 
 
 class _ServerProtocol(Protocol):
@@ -79,8 +103,9 @@ class _ServerProtocol(Protocol):
     checks the whole against a model written from the RFC.
     """
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, control_rate: TokenBucket | None) -> None:
         super().__init__(SERVER, state=State.OPEN, max_size=max_message_size)
+        self.control_rate = control_rate
         #: The UTF-8 decoder of the text message being received, None between messages.
         self.decoder: codecs.IncrementalDecoder | None = None
         self._received = 0  # bytes received so far
@@ -104,6 +129,18 @@ class _ServerProtocol(Protocol):
         if self.state is State.OPEN:
             self._check_partial_frame()
 
+    def frame_remaining(self, upcoming: bytes) -> int:
+        """Bytes still to come of the frame under way, its header completed from
+        ``upcoming`` if need be (0 while the header is not whole)."""
+        head = self._head
+        if len(head) < _MAX_HEADER:
+            head = head + upcoming[: _MAX_HEADER - len(head)]
+        header = _parse_header(head)
+        if header is None:
+            return 0
+        _first, length, _mask, size = header
+        return self._frame_start + size + length - self._received
+
     def recv_frame(self, frame: Frame) -> None:
         # The core reads a whole frame before calling this, so what is left in its
         # buffer belongs to the next frame.
@@ -118,6 +155,15 @@ class _ServerProtocol(Protocol):
                 self.decoder = None
                 if not frame.data:
                     frame = Frame(Opcode.CLOSE, _NORMAL_CLOSE)
+            # Counted once the frame is known valid in itself, as the partial-frame check
+            # would find it, so the close code never depends on how the input was split.
+            if self._over_control_rate(frame):
+                # As the core does on a close frame: the parser is replaced, input discarded.
+                self.fail(CloseCode.POLICY_VIOLATION, "too many control frames or small fragments")
+                return
+            if opcode is Opcode.PING and self.state is not State.OPEN:
+                self.events.append(frame)  # our close frame is out: no pong may follow it
+                return
             super().recv_frame(frame)
         except UnicodeDecodeError as exc:  # text or a close reason: the core sends 1007
             exc.reason = f"invalid UTF-8: {exc.reason}"
@@ -127,6 +173,17 @@ class _ServerProtocol(Protocol):
             self._peeked = 0
         if is_data and frame.fin:
             self.message_marks.append(len(self.writes))
+
+    def _over_control_rate(self, frame: Frame) -> bool:
+        """Count a ping, a pong or a small fragment that does not end its message; True
+        when it is one too many."""
+        opcode = frame.opcode
+        counted = opcode is Opcode.PING or opcode is Opcode.PONG or (
+            opcode <= Opcode.BINARY and not frame.fin and len(frame.data) < SMALL_FRAGMENT
+        )
+        return counted and self.control_rate is not None and not self.control_rate.take(
+            time.monotonic()
+        )
 
     def _validate_text(self, frame: Frame) -> None:
         """Run a text frame through its message's decoder (UnicodeDecodeError if invalid),
@@ -214,14 +271,20 @@ class WebSocketSession:
 
     Feed it what the socket read with :meth:`receive_data`; it returns the
     complete messages. Write out what :meth:`take_output` returns; when its
-    second item is true, the connection is over and the socket should close.
+    ``eof`` is true, the connection is over and the socket should close.
+    ``control_rate`` bounds the pings, pongs and small fragments that do not
+    end their message (None: unbounded); one too many fails the connection
+    with 1008.
     """
 
-    def __init__(self, *, max_message_size: int) -> None:
-        self._protocol = _ServerProtocol(max_message_size)
+    def __init__(
+        self, *, max_message_size: int, control_rate: TokenBucket | None = None
+    ) -> None:
+        self._protocol = _ServerProtocol(max_message_size, control_rate)
         self._fragments: list[bytes] = []
         self._binary = False
-        self._output: list[bytes] = []  # output after the last message returned
+        self._pongs: list[bytes] = []  # pongs after the last message returned
+        self._output: list[bytes] = []  # and the rest: a close frame, the end
 
     @property
     def open(self) -> bool:
@@ -251,6 +314,12 @@ class WebSocketSession:
         close = self._protocol.close_rcvd or self._protocol.close_sent
         return "" if close is None else close.reason
 
+    def frame_remaining(self, upcoming: bytes = b"") -> int:
+        """Bytes still to come of the frame being received, or of the one ``upcoming``
+        begins (0 while its header is not whole): feeding that much at once parses one
+        frame, however large."""
+        return self._protocol.frame_remaining(upcoming)
+
     def receive_data(self, data: bytes) -> list[InboundMessage]:
         """Parse bytes from the client; return the messages they complete."""
         self._protocol.receive_data(data)
@@ -266,12 +335,21 @@ class WebSocketSession:
         if self._protocol.state is State.OPEN:
             self._protocol.send_close(code, _truncate_reason(reason))
 
-    def take_output(self) -> tuple[bytes, bool]:
-        """Bytes to write (control frames, close frames) and whether to close afterwards."""
-        chunks = self._output + self._protocol.data_to_send()
-        self._output = []
+    def take_output(self) -> Output:
+        """Pongs and the close frame to write, and whether to close TCP afterwards."""
+        self._sort(self._protocol.data_to_send())
+        pongs, self._pongs = self._pongs, []
+        chunks, self._output = self._output, []
         eof = bool(chunks) and chunks[-1] == b""
-        return b"".join(chunks), eof
+        return Output(b"".join(pongs), b"".join(chunks), eof)
+
+    def _sort(self, writes: list[bytes]) -> None:
+        """Keep the core's writes: pongs apart from the close frame and the end."""
+        for write in writes:
+            if write and write[0] == _PONG_BYTE:
+                self._pongs.append(write)
+            else:
+                self._output.append(write)
 
     def _collect(self) -> list[InboundMessage]:
         """Assemble the data frames the core parsed (all valid) into messages."""
@@ -297,7 +375,7 @@ class WebSocketSession:
                 written = mark
                 messages.append(InboundMessage(bytes(data), self._binary, replies))
                 self._fragments = []
-        self._output += writes[written:]
+        self._sort(writes[written:])
         return messages
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from .handler import take_socket
 from .hub import MessageServer
 from .ids import MessageId
 from .keep_alive import end_keep_alive
-from .limits import Limits
+from .limits import Limits, TokenBucket
 from .logs import configure as configure_logs
 from .message import Message
 from .metrics import MetricsSync
@@ -112,6 +113,10 @@ class Relay:
             buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
             close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
             expires=expires,
+            control_rate=TokenBucket(
+                config["WSRELAY_CONTROL_FRAME_RATE"], config["WSRELAY_CONTROL_FRAME_BURST"],
+                time.monotonic(),
+            ),
         )
 
     def serve_websocket(

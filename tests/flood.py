@@ -1,0 +1,213 @@
+"""A hostile client flooding one WebSocket at full speed, run as a process of its own.
+
+``python -m tests.flood PORT PATH KIND SECONDS [BYTES]`` connects, sends frames
+of one ``KIND`` (see :data:`FLOODS`) as fast as the socket takes them for
+``SECONDS``, or until it has sent ``BYTES``, or until the server closes the
+connection, never reading, and prints a
+:class:`Report` as one JSON line: bytes sent, seconds flooded, and the code
+and reason of the server's close frame. It runs in its own process so that
+its busy loop never steals time from the test process, where the bystander
+measures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gevent
+import requests
+
+from tests.support import (
+    PYTHON,
+    ROOT,
+    Closed,
+    ServerProcess,
+    client_frame,
+    handshake_request,
+    read_http_head,
+    server_frames,
+)
+
+TEXT, BINARY, CONT, PING, PONG = 0x1, 0x2, 0x0, 0x9, 0xA
+#: Frames are sent in blocks of about this size, built once.
+BLOCK = 64 * 1024
+
+
+def _repeat(frame: bytes) -> bytes:
+    return frame * max(1, BLOCK // len(frame))
+
+
+#: What the flood sends: (the frames that open it, the block sent over and over).
+FLOODS: dict[str, Callable[[], tuple[bytes, bytes]]] = {
+    "pong": lambda: (b"", _repeat(client_frame(PONG, b""))),
+    "ping": lambda: (b"", _repeat(client_frame(PING, b"p" * 125))),  # the largest pongs
+    # empty continuations of one message that never ends
+    "continuation": lambda: (client_frame(TEXT, b"x", fin=False),
+                             _repeat(client_frame(CONT, b"", fin=False))),
+    "text": lambda: (b"", _repeat(client_frame(TEXT, b"flood"))),
+    "big": lambda: (b"", client_frame(BINARY, os.urandom(1 << 20))),
+}
+
+
+@dataclass
+class Report:
+    sent: int  # bytes
+    seconds: float  # until the time was up or the server closed the connection
+    close_code: int | None  # of the server's close frame; None: the server never closed
+    close_reason: str | None
+
+
+def flood(port: int, path: str, kind: str, seconds: float, size: float = math.inf) -> Report:
+    opening, block = FLOODS[kind]()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads anyway
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(handshake_request(path, port))
+    status, received = read_http_head(sock)
+    assert status == 101, status
+    sent = 0
+    start = time.monotonic()
+    try:
+        sock.sendall(opening)
+        while time.monotonic() - start < seconds and sent < size:
+            sock.sendall(block)
+            sent += len(block)
+        closed = False
+    except OSError:  # the server closed the connection: what it sent says why
+        closed = True
+    flooded = time.monotonic() - start
+    if closed:
+        received += _read_to_end(sock)
+    sock.close()
+    close = next((payload for opcode, payload in server_frames(received) if opcode == 0x8),
+                 None)
+    return Report(
+        sent=sent, seconds=round(flooded, 3),
+        close_code=struct.unpack("!H", close[:2])[0] if close else None,
+        close_reason=close[2:].decode("utf-8", "replace") if close else None,
+    )
+
+
+def _read_to_end(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything the server sent, until it closed the connection (or ``timeout``)."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(1 << 20)
+        except OSError:  # a timeout, or the reset that followed the close frame
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+class Bystander:
+    """Another client, on ``channel``, while a flood runs: a service publishes over HTTP
+    ``rate`` times a second, a WebSocket subscriber receives; every message's latency is
+    recorded, and what never came is lost.
+
+    Runs as greenlets of the (gevent-patched) test process: ``with Bystander(...) as b:``,
+    then ``b.published``, ``b.failed`` (publishes not answered 200 in time), ``b.latencies``
+    (seconds, in order of arrival) and :meth:`lost`.
+    """
+
+    def __init__(self, server: ServerProcess, channel: str, rate: float = 20) -> None:
+        self.server = server
+        self.channel = channel
+        self.interval = 1 / rate
+        self.published: list[int] = []
+        self.failed = 0
+        self.latencies: list[float] = []
+        self._received: set[int] = set()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._stopping = False
+
+    def __enter__(self) -> Bystander:
+        self.client = self.server.ws(f"/ws/{self.channel}")
+        self._greenlets = [gevent.spawn(self._publish), gevent.spawn(self._receive)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping = True
+        self._greenlets[0].join(10)  # a publish under way is answered, or fails, and counts
+        deadline = time.monotonic() + 5  # for what is still on its way
+        while set(self.published) - self._received and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self._greenlets[1].kill()
+        self.client.close()
+
+    def _publish(self) -> None:
+        number = 0
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                response = requests.post(
+                    f"{self.server.url}/publish/{self.channel}",
+                    data=f"{number} {started}".encode(), timeout=5,
+                )
+                if response.status_code == 200:
+                    self.published.append(number)
+                else:
+                    self.failed += 1
+            except requests.RequestException:
+                self.failed += 1
+            number += 1
+            gevent.sleep(max(0.0, started + self.interval - time.monotonic()))
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self.client.recv(timeout=30)
+            except (TimeoutError, Closed):
+                return
+            number, stamp = data.split()
+            self.latencies.append(time.monotonic() - float(stamp))
+            self._received.add(int(number))
+
+    def lost(self) -> int:
+        return len(set(self.published) - self._received)
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+    def summary(self) -> str:
+        return (f"published {len(self.published)}, failed {self.failed}, lost {self.lost()}, "
+                f"latency p50 {self.percentile(50) * 1000:.0f} ms, "
+                f"p99 {self.percentile(99) * 1000:.0f} ms, "
+                f"max {max(self.latencies, default=0) * 1000:.0f} ms")
+
+
+def start(
+    port: int, path: str, kind: str, seconds: float, size: float = math.inf
+) -> subprocess.Popen:
+    """Start a flooder process; :func:`result` waits for its report."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "tests.flood", str(port), path, kind, str(seconds), str(size)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+
+
+def result(proc: subprocess.Popen, timeout: float = 60) -> Report:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"the flooder failed ({proc.returncode}): {out}"
+    return Report(**json.loads(out))
+
+
+if __name__ == "__main__":
+    port, path, kind, seconds, size = sys.argv[1:]
+    report = flood(int(port), path, kind, float(seconds), float(size))
+    print(json.dumps(report.__dict__))

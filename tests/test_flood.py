@@ -1,0 +1,100 @@
+"""One client floods one WebSocket at full speed; everyone else is still served on time.
+
+Each flood runs as its own process (tests/flood.py) against a real server,
+while a bystander on another channel gets 20 messages a second published
+over HTTP and measures how late each arrives. Before fair reading, one
+connection never yielded while its socket had data: the bystander got
+nothing for seconds, and pongs nobody read piled up in the server's memory.
+"""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from tests import flood
+from tests.flood import Bystander
+from tests.support import ServerProcess, wait_until
+
+#: How long each flood lasts, and the bystander's p99 latency it must keep: wide, since the
+#: machine is shared (unfair reading made it several seconds, with publishes timing out).
+SECONDS = 4
+P99 = 1.0
+#: Control frames without a limit: the flood goes on for its whole length.
+UNLIMITED = {"WSRELAY_CONTROL_FRAME_RATE": "1e9", "WSRELAY_CONTROL_FRAME_BURST": "1000000000",
+             "WSRELAY_HISTORY_SIZE": "10"}  # 1 MiB messages: keep little of the big flood
+
+
+@pytest.fixture(scope="module")
+def unlimited_server():
+    proc = ServerProcess.serve(env=UNLIMITED)
+    yield proc
+    proc.stop()
+
+
+def assert_served(bystander: Bystander) -> None:
+    assert bystander.published, "the bystander's service published nothing"
+    assert bystander.failed == 0 and bystander.lost() == 0, bystander.summary()
+    assert bystander.percentile(99) < P99, bystander.summary()
+
+
+@pytest.mark.parametrize("kind", ["pong", "continuation", "ping", "text", "big"])
+def test_a_flood_of_any_frame_type_does_not_hold_up_the_others(unlimited_server, channel, kind):
+    """The flooder is on this host, exempt from the publish rate, and its control frames
+    are not limited here: only fair reading keeps the bystander served."""
+    with Bystander(unlimited_server, channel) as bystander:
+        gevent.sleep(0.3)
+        report = flood.result(flood.start(
+            unlimited_server.port, f"/ws/{channel}-flood?echo=0", kind, SECONDS
+        ))
+    assert report.close_code is None and report.seconds >= SECONDS, report
+    assert report.sent > 1 << 20, report
+    assert_served(bystander)
+
+
+def closes_logged(server: ServerProcess, code: int, reason: str) -> int:
+    """How many WebSockets the server's log says it closed with ``code`` and ``reason`` (a
+    flooder that never reads may not get the close frame: the reset that ends its
+    connection can overtake it)."""
+    return server.log().count(f" closed {code} {reason!r} ")
+
+
+@pytest.mark.parametrize("kind", ["pong", "continuation", "ping"])
+def test_a_control_frame_flood_is_closed_with_1008(server, channel, kind):
+    reason = "too many control frames or small fragments"
+    before = closes_logged(server, 1008, reason)
+    with Bystander(server, channel) as bystander:
+        gevent.sleep(0.3)
+        report = flood.result(flood.start(server.port, f"/ws/{channel}-flood", kind, SECONDS))
+    assert report.seconds < SECONDS, f"closed at once, not at the end of the flood: {report}"
+    assert report.close_code in (1008, None), report
+    wait_until(lambda: closes_logged(server, 1008, reason) == before + 1)
+    assert_served(bystander)
+
+
+def test_a_text_flood_from_an_address_that_is_not_exempt_is_closed_with_1008(
+    make_server, channel
+):
+    server = make_server(env={"WSRELAY_LIMITS_EXEMPT": ""})
+    with Bystander(server, channel) as bystander:
+        gevent.sleep(0.3)
+        flood.result(flood.start(server.port, f"/ws/{channel}-flood", "text", SECONDS))
+    wait_until(lambda: closes_logged(server, 1008, "rate limit exceeded") == 1)
+    assert_served(bystander)
+
+
+def test_pings_never_read_cost_the_server_no_memory(unlimited_server, channel):
+    """Pongs the client does not read are replaced by newer ones: however much it pings,
+    the server holds one batch, where it used to queue a pong per ping."""
+    size = 16 << 20  # in pongs as large, well beyond what the kernel's buffers hold (~4 MiB)
+    before = unlimited_server.rss()
+    peak = before
+    with Bystander(unlimited_server, channel) as bystander:
+        proc = flood.start(unlimited_server.port, f"/ws/{channel}-flood", "ping", 60, size)
+        while proc.poll() is None:
+            peak = max(peak, unlimited_server.rss())
+            gevent.sleep(0.05)
+        report = flood.result(proc)
+    assert report.sent >= size and report.close_code is None, report
+    assert peak - before < 8 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
+    assert_served(bystander)
