@@ -23,14 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import gevent
-import requests
-
 from tests.support import (
     PYTHON,
     ROOT,
-    Closed,
-    ServerProcess,
     client_frame,
     handshake_request,
     read_http_head,
@@ -112,83 +107,6 @@ def _read_to_end(sock: socket.socket, timeout: float = 10) -> bytes:
             break
         data += chunk
     return bytes(data)
-
-
-class Bystander:
-    """Another client, on ``channel``, while a flood runs: a service publishes over HTTP
-    ``rate`` times a second, a WebSocket subscriber receives; every message's latency is
-    recorded, and what never came is lost.
-
-    Runs as greenlets of the (gevent-patched) test process: ``with Bystander(...) as b:``,
-    then ``b.published``, ``b.failed`` (publishes not answered 200 in time), ``b.latencies``
-    (seconds, in order of arrival) and :meth:`lost`.
-    """
-
-    def __init__(self, server: ServerProcess, channel: str, rate: float = 20) -> None:
-        self.server = server
-        self.channel = channel
-        self.interval = 1 / rate
-        self.published: list[int] = []
-        self.failed = 0
-        self.latencies: list[float] = []
-        self._received: set[int] = set()
-        self._greenlets: list[gevent.Greenlet] = []
-        self._stopping = False
-
-    def __enter__(self) -> Bystander:
-        self.client = self.server.ws(f"/ws/{self.channel}")
-        self._greenlets = [gevent.spawn(self._publish), gevent.spawn(self._receive)]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopping = True
-        self._greenlets[0].join(10)  # a publish under way is answered, or fails, and counts
-        deadline = time.monotonic() + 5  # for what is still on its way
-        while set(self.published) - self._received and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        self._greenlets[1].kill()
-        self.client.close()
-
-    def _publish(self) -> None:
-        number = 0
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                response = requests.post(
-                    f"{self.server.url}/publish/{self.channel}",
-                    data=f"{number} {started}".encode(), timeout=5,
-                )
-                if response.status_code == 200:
-                    self.published.append(number)
-                else:
-                    self.failed += 1
-            except requests.RequestException:
-                self.failed += 1
-            number += 1
-            gevent.sleep(max(0.0, started + self.interval - time.monotonic()))
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                data = self.client.recv(timeout=30)
-            except (TimeoutError, Closed):
-                return
-            number, stamp = data.split()
-            self.latencies.append(time.monotonic() - float(stamp))
-            self._received.add(int(number))
-
-    def lost(self) -> int:
-        return len(set(self.published) - self._received)
-
-    def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
-
-    def summary(self) -> str:
-        return (f"published {len(self.published)}, failed {self.failed}, lost {self.lost()}, "
-                f"latency p50 {self.percentile(50) * 1000:.0f} ms, "
-                f"p99 {self.percentile(99) * 1000:.0f} ms, "
-                f"max {max(self.latencies, default=0) * 1000:.0f} ms")
 
 
 def start(

@@ -567,12 +567,20 @@ class Bystander:
     def lost(self) -> int:
         return len(self.sent) - len(self.latencies)
 
-    def p99(self) -> float:
+    def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+    def p99(self) -> float:
+        return self.percentile(99)
+
+    def summary(self) -> str:
+        return (f"bystander: sent {len(self.sent)}, lost {self.lost}, round trip "
+                f"p50 {self.percentile(50) * 1000:.0f} ms, p99 {self.p99() * 1000:.0f} ms, "
+                f"max {max(self.latencies, default=0) * 1000:.0f} ms")
 
     def assert_served(self, p99: float = 1.0) -> None:
         """Every message came back, 99 % of them within ``p99`` seconds."""
         assert self.sent, "the bystander sent nothing"
-        assert self.lost == 0, f"{self.lost} of {len(self.sent)} messages never came back"
-        assert self.p99() < p99, f"p99 round trip {self.p99():.3f}s"
+        assert self.lost == 0, self.summary()
+        assert self.p99() < p99, self.summary()
