@@ -20,7 +20,13 @@ import time
 
 import pytest
 
-from tests.support import client_frame, handshake_request, server_frames, wait_until
+from tests.support import (
+    ServerProcess,
+    client_frame,
+    handshake_request,
+    server_frames,
+    wait_until,
+)
 from wsrelay.handshake import GUID
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -105,6 +111,15 @@ class Peer:
         before = len(server_frames(self.data))
         assert len(self.read(before + 1, timeout=seconds)) == before, "an unexpected frame"
         assert not self.eof, "the server closed the connection"
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A server of this module's own whose heartbeat never fires during a case: its pings
+    would be frames the cases do not expect."""
+    proc = ServerProcess.serve(env={"WSRELAY_PING_INTERVAL": "3600"})
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture

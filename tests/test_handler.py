@@ -200,6 +200,26 @@ def test_requests_framed_two_ways_are_refused_whole_while_others_are_served(serv
         assert poll_json(server, target, since=cursor, timeout=0)["messages"] == []
 
 
+def test_pipelined_requests_take_turns_with_everyone_else(server, channel):
+    """A client that pipelines thousands of requests on one connection gets one answer per
+    turn of the event loop: a bystander is served on time meanwhile, and every request of
+    the pipeline is answered, in order."""
+    count = 3000
+    request = (f"GET /poll/{channel}?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").encode()
+    with Bystander(server, f"{channel}-bystander") as bystander, socket.create_connection(
+        ("127.0.0.1", server.port)
+    ) as sock:
+        gevent.sleep(0.5)  # the bystander's first round trips, before the pipeline
+        sender = gevent.spawn(sock.sendall, request * count)
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < count:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"the connection closed after {data.count(b'HTTP/1.1 200 ')} answers"
+            data += chunk
+        sender.get(timeout=5)
+    bystander.assert_served(p99=0.5)
+
+
 def test_a_clearly_framed_publish_and_the_request_after_it_are_both_served(server, channel):
     """The same bytes with one clear framing: two requests, two answers (so the test above
     would see a hidden request answered)."""

@@ -29,6 +29,7 @@ from gevent.socket import wait_write
 from geventwebsocket.exceptions import WebSocketError
 
 from .broker import BrokerUnavailable, History
+from .fairness import let_others_run
 from .hub import Subscription
 from .ids import MessageId
 from .outbox import WRITE_SIZE, Outbox
@@ -49,16 +50,6 @@ FEED_SIZE = 1024
 TURN = 0.001
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
-
-
-def _let_others_run() -> None:
-    """Wait for one turn of the event loop: every socket ready meanwhile is served, every
-    timer due fires. ``gevent.sleep(0)`` is not enough: it lets greenlets already runnable
-    go first, but may resume this one again and again before the loop polls the sockets
-    (gevent's documentation warns of it; under a flood, other sockets waited 4 times longer)."""
-    hub = gevent.get_hub()
-    with hub.loop.timer(0) as turn:
-        hub.wait(turn)
 
 
 class ConnectionClosed(WebSocketError):
@@ -216,7 +207,7 @@ class WebSocketConnection:
                     return
                 busy += time.perf_counter() - started
                 if busy >= TURN:
-                    _let_others_run()
+                    let_others_run()
                     busy = 0.0
             data = b""
 

@@ -42,6 +42,7 @@ from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
 from .config import DEFAULTS, from_environ
+from .fairness import let_others_run
 from .handshake import accept_key, is_upgrade_request, switching_protocols
 from .keep_alive import keep_alive
 from .request_head import framing_problem
@@ -219,6 +220,9 @@ class RelayHandler(WebSocketHandler):
 
     upgraded = False
     _head_deadline = 0.0
+    #: True once a request of this connection was read: a client that pipelines requests
+    #: gets one answer per turn of the event loop, like a WebSocket's fair reading.
+    _answered = False
 
     def handle(self) -> None:
         # pywsgi writes a response's head and body in two sends; with Nagle on, the body
@@ -244,6 +248,9 @@ class RelayHandler(WebSocketHandler):
         connections = keep_alive(application)
         if connections.ending:
             return ""  # pywsgi closes the connection on an empty request line
+        if self._answered:  # a keep-alive client's next request (maybe pipelined): others first
+            let_others_run()
+        self._answered = True
         timeout = idle_timeout(application)
         self._head_deadline = time.monotonic() + timeout
         with connections.waiting(self.socket), gevent.Timeout(timeout, False):

@@ -192,7 +192,7 @@ class PollClient(HttpClient):
     def request(self) -> None:
         since = f"&since={self.cursor}" if self.cursor else ""
         self.transport.write(
-            f"GET /poll/{CHANNEL}?timeout=30{since} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+            f"GET /poll/{CHANNEL}?timeout=30{since} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
         )
 
     def on_body(self, body: bytes) -> None:
@@ -216,7 +216,7 @@ class SSEClient(HttpClient):
         self.rest = b""
 
     def request(self) -> None:
-        self.transport.write(f"GET /sse/{CHANNEL} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        self.transport.write(f"GET /sse/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
 
     def on_body(self, body: bytes) -> None:
         events = (self.rest + body).split(b"\n\n")
