@@ -271,6 +271,35 @@ def test_history_size_drops_the_oldest_and_reports_reset(make_broker, channel):
     assert page.reset is False and ids(page.messages) == ids(published[8:])
 
 
+def test_the_memory_broker_keeps_at_most_history_memory_bytes_over_every_channel(channel):
+    """Past the byte bound the oldest messages of the process go first, whatever their
+    channel; a cursor that needed them reads as a reset; what is kept is the newest."""
+    from wsrelay.broker.memory import MESSAGE_OVERHEAD
+
+    size = 10_000
+    broker = MemoryBroker(history_size=1000, history_ttl=60,
+                          history_memory=25 * (size + MESSAGE_OVERHEAD))
+    channels = [f"{channel}-{n}" for n in range(4)]
+    published = {name: [] for name in channels}
+    for round_ in range(40):  # 160 messages of 10 kB: 6.4 times the bound
+        for name in channels:
+            published[name].append(broker.publish(name, bytes([round_]) * size))
+    assert broker.status()["history_bytes"] <= 25 * (size + MESSAGE_OVERHEAD)
+    kept = {name: broker.history(name, MessageId(published[name][0].id.epoch, 0))
+            for name in channels}
+    assert sum(len(page.messages) for page in kept.values()) in (24, 25)
+    for name, page in kept.items():
+        assert page.reset is True
+        assert ids(page.messages) == ids(published[name][-len(page.messages):])
+    # A reader that kept up misses nothing.
+    page = broker.history(channels[0], published[channels[0]][-2].id)
+    assert page.reset is False and ids(page.messages) == [published[channels[0]][-1].id]
+    # Dropped entries do not pile up in the bookkeeping either.
+    for round_ in range(5000):
+        broker.publish(channels[round_ % 4], b"x" * size)
+    assert len(broker._order) <= 2 * 25 + 1024
+
+
 def test_messages_older_than_the_ttl_are_dropped_and_reported(make_broker, channel):
     broker = make_broker(history_ttl=1.0)
     old = [broker.publish(channel, b"old%d" % i) for i in range(2)]

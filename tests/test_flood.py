@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import gevent
 import pytest
+import requests
 
 from tests import flood
-from tests.support import Bystander, ServerProcess, wait_until
+from tests.support import Bystander, ServerProcess, poll_json, publish, wait_until
 
 #: How long each flood lasts, and the bystander's p99 latency it must keep: wide, since the
 #: machine is shared (unfair reading made it several seconds, with publishes timing out).
@@ -95,3 +96,26 @@ def test_pings_never_read_cost_the_server_no_memory(unlimited_server, channel):
     assert peak - before < 8 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
     bystander.assert_served(P99)
     print(bystander.summary())
+
+
+def test_big_messages_to_many_channels_keep_the_history_within_its_bound(make_server, channel):
+    """1 MiB messages published to many channels would each be kept (1000 per channel): the
+    in-memory broker keeps WSRELAY_HISTORY_MEMORY bytes in all, dropping the oldest, while
+    everyone else is served."""
+    bound = 32 << 20
+    server = make_server(env={"WSRELAY_HISTORY_MEMORY": str(bound)}, options=("--no-ticker",))
+    payload = b"x" * (1 << 20)
+    before = server.rss()
+    first = publish(server, f"{channel}-big-0", "the first")
+    with Bystander(server, channel) as bystander, requests.Session() as session:
+        for n in range(160):  # 160 MiB over 40 channels: 5 times the bound
+            response = session.post(f"{server.url}/publish/{channel}-big-{n % 40}",
+                                    data=payload,
+                                    headers={"Content-Type": "application/octet-stream"})
+            assert response.status_code == 200, response.text
+    grown = server.rss() - before
+    print(f"\nRSS grew by {grown >> 20} MiB for 160 MiB published; {bystander.summary()}")
+    assert grown < bound + (48 << 20)
+    oldest = poll_json(server, f"{channel}-big-0", since=first, timeout=0)
+    assert oldest["reset"] is True and len(oldest["messages"]) < 4  # its first ones went
+    bystander.assert_served(P99)

@@ -106,6 +106,9 @@ OPTIONS: tuple[Option, ...] = (
            "prefix of every Redis key and pub/sub channel (several relays can share one Redis)"),
     Option("WSRELAY_HISTORY_SIZE", 1000, _positive_int,
            "messages retained per channel for `since` resume, long-poll and SSE"),
+    Option("WSRELAY_HISTORY_MEMORY", 256 << 20, _positive_int,
+           "bytes of history the in-memory broker keeps in all, over every channel; past it "
+           "the oldest messages go first (Redis: its own `maxmemory`)"),
     Option("WSRELAY_HISTORY_TTL", 300.0, _positive_float,
            "seconds a retained message is kept"),
     Option("WSRELAY_MAX_MESSAGE_SIZE", 1 << 20, _positive_int,

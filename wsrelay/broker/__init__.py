@@ -18,7 +18,7 @@ def broker_from_config(config: dict[str, Any]) -> Broker:
         "history_ttl": config["WSRELAY_HISTORY_TTL"],
     }
     if url.startswith("memory:"):
-        return MemoryBroker(**options)
+        return MemoryBroker(**options, history_memory=config["WSRELAY_HISTORY_MEMORY"])
     from .redis import RedisBroker
 
     return RedisBroker(url, prefix=config["WSRELAY_REDIS_PREFIX"], **options)

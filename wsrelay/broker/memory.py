@@ -2,6 +2,9 @@
 
 A channel gets state (its epoch, sequence and history) with its first
 message and loses it a TTL after its last use once nothing is retained.
+History is bounded per channel (count and age) and as a whole, in bytes
+(``history_memory``): past it the oldest messages of the process go first,
+whatever their channel, and a cursor that needed them reads as a reset.
 Reading or watching a channel stores nothing about it beyond the watch
 count, which is gone when the last watcher leaves: a client naming new
 channels by the million costs nothing once it has left them.
@@ -26,6 +29,14 @@ class _Channel:
     touched: float = 0.0
 
 
+#: What a retained message costs beyond its data (the Message, its id, its deque slots).
+MESSAGE_OVERHEAD = 256
+
+
+def _cost(message: Message) -> int:
+    return len(message.data) + MESSAGE_OVERHEAD
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -38,9 +49,18 @@ class MemoryBroker(Broker):
     message exactly once.
     """
 
-    def __init__(self, *, history_size: int, history_ttl: float) -> None:
+    def __init__(
+        self, *, history_size: int, history_ttl: float, history_memory: int = 256 << 20
+    ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
+        self.history_memory = history_memory
         self._channels: dict[str, _Channel] = {}
+        #: Every retained message in publish order, for dropping the oldest past
+        #: ``history_memory``; entries of messages a channel already dropped linger until
+        #: they reach the front or :meth:`_compact` removes them.
+        self._order: deque[tuple[_Channel, Message]] = deque()
+        self._retained_bytes = 0
+        self._dropped_in_order = 0
         #: Local watchers by channel; a channel leaves when its last watcher does.
         self._watched: dict[str, int] = {}
         self._last_epoch = 0
@@ -60,7 +80,29 @@ class MemoryBroker(Broker):
         retained = channel.retained
         oldest_kept = now - self.history_ttl
         while retained and (len(retained) > self.history_size or retained[0].time < oldest_kept):
-            retained.popleft()
+            self._retained_bytes -= _cost(retained.popleft())
+            self._dropped_in_order += 1
+
+    def _bound_memory(self) -> None:
+        """Drop the oldest messages of the process until history fits ``history_memory``."""
+        order = self._order
+        while self._retained_bytes > self.history_memory and order:
+            state, message = order.popleft()
+            if _still_retained(state, message) and self._channels.get(message.channel) is state:
+                state.retained.popleft()  # a channel's oldest is the process's oldest of it
+                self._retained_bytes -= _cost(message)
+            else:
+                self._dropped_in_order -= 1
+        if self._dropped_in_order > max(1024, len(order) // 2):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Forget the entries of messages that channels dropped already."""
+        self._order = deque(
+            (state, message) for state, message in self._order
+            if _still_retained(state, message) and self._channels.get(message.channel) is state
+        )
+        self._dropped_in_order = 0
 
     def publish(
         self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
@@ -75,7 +117,10 @@ class MemoryBroker(Broker):
             channel, MessageId(state.epoch, state.seq), bytes(data), binary, sender, now
         )
         state.retained.append(message)
+        self._order.append((state, message))
+        self._retained_bytes += _cost(message)
         self._trim(state, now)
+        self._bound_memory()
         if self._deliver is not None and channel in self._watched:
             self._deliver(message)
         return message
@@ -104,7 +149,14 @@ class MemoryBroker(Broker):
             self._trim(state, now)
             if not state.retained and name not in self._watched and state.touched < idle_before:
                 del self._channels[name]
+        if self._dropped_in_order > max(1024, len(self._order) // 2):
+            self._compact()
 
     def status(self) -> dict[str, object]:
         return {"broker": "memory", "ok": True, "channels": len(self._channels),
-                "watched": len(self._watched)}
+                "watched": len(self._watched), "history_bytes": self._retained_bytes}
+
+
+def _still_retained(state: _Channel, message: Message) -> bool:
+    """Whether ``state`` still holds ``message`` (it drops its oldest first)."""
+    return bool(state.retained) and message.id.seq >= state.retained[0].id.seq
