@@ -244,13 +244,13 @@ class RelayHandler(WebSocketHandler):
         """Wait for the next request line at most the idle timeout, and not once the server
         stops; then close quietly (an idle keep-alive connection and a client that never
         starts look the same)."""
-        application = self.server.application
-        connections = keep_alive(application)
-        if connections.ending:
-            return ""  # pywsgi closes the connection on an empty request line
         if self._answered:  # a keep-alive client's next request (maybe pipelined): others first
             let_others_run()
         self._answered = True
+        application = self.server.application
+        connections = keep_alive(application)
+        if connections.ending:  # checked after the turn: the server may have begun to stop
+            return ""  # pywsgi closes the connection on an empty request line
         timeout = idle_timeout(application)
         self._head_deadline = time.monotonic() + timeout
         with connections.waiting(self.socket), gevent.Timeout(timeout, False):
