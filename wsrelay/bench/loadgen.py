@@ -22,7 +22,7 @@ import numpy
 import uvloop
 
 from .procstat import cpu_seconds, machine_busy_seconds, rss_bytes
-from .wire import SYNC, Tally, connect_http, connect_websocket, payload
+from .wire import SYNC, Tally, connect_http, connect_publisher, connect_websocket, payload
 
 #: Latency quantiles kept for the plots (percent): the body, then the tail.
 QUANTILES = [*range(0, 99), 99, 99.5, 99.9, 99.99, 100]
@@ -201,14 +201,20 @@ async def stream(spec: dict, tally: Tally, meter: Meter) -> dict:
 
 
 async def http_stream(spec: dict, tally: Tally, meter: Meter) -> dict:
-    """Long-poll or SSE readers; one WebSocket client publishes (``echo=0``)."""
+    """Long-poll or SSE readers; one WebSocket client publishes without receiving."""
     p = spec["params"]
+    system, kind = spec["system"], spec["kind"]
     readers = await connect_all(
-        p["subscribers"], 100, lambda: connect_http(spec["kind"], spec["port"], tally),
-        f"{spec['kind']} clients")
-    publisher = await connect_websocket(spec["system"], spec["port"], Tally(), "echo=0")
+        p["subscribers"], 100, lambda: connect_http(system, kind, spec["port"], tally),
+        f"{kind} clients")
+    publisher = await connect_publisher(system, spec["port"])
     await sync(publisher, readers, tally)
+    requests = tally.requests
     result = await measure_stream(p, [publisher], len(readers), tally, meter)
+    if kind == "poll":
+        requests = tally.requests - requests
+        result.update(requests=requests,
+                      cpu_us_per_request=result["server_cpu_s"] / max(requests, 1) * 1e6)
     return {"subscribers": len(readers), **result}
 
 
