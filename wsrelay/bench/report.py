@@ -45,7 +45,7 @@ COLUMNS: dict[str, list[Column]] = {
     "burst": [
         ("deliveries", "deliveries", _int), ("lost", "lost", _int),
         ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(3)),
-        ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms),
+        ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms), *NOISE,
     ],
     "steady": STREAM,
     "chat": STREAM,
@@ -54,12 +54,12 @@ COLUMNS: dict[str, list[Column]] = {
     "idle": [
         ("connections", "connections", _int), ("KiB/connection", "kib_per_connection", _fixed(1)),
         ("connects/s", "connects_per_s", _int),
-        ("server CPU µs/connect", "cpu_us_per_connect", _int),
+        ("server CPU µs/connect", "cpu_us_per_connect", _int), *NOISE,
     ],
     "inbound": [
         ("messages", "messages", _int), ("lost", "lost", _int),
         ("server CPU ms/message", "cpu_ms_per_message", _fixed(2)),
-        ("wall ms/message", "wall_ms_per_message", _fixed(2)),
+        ("wall ms/message", "wall_ms_per_message", _fixed(2)), *NOISE,
     ],
     "poll": [*HTTP, ("requests", "requests", _int),
              ("server CPU µs/request", "cpu_us_per_request", _fixed(1)),

@@ -3,7 +3,8 @@
 Servers run on core 0 and everything else (load generator, this command) on
 core 1, so the server's figures are its own; both run at a raised priority
 when allowed; each process may open as many files as the hard limit allows,
-for the 10,000-connection scenario.
+for the 15,000-connection scenario. nginx (Nchan) inherits core and priority
+from the process started here, its master; the figures are its worker's.
 """
 
 from __future__ import annotations
