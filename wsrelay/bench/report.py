@@ -204,7 +204,7 @@ def _latency(pyplot, rows: list[Row]):
 def _label(value: float) -> str:
     if value >= 10_000:
         return f"{value / 1000:,.0f}k"
-    return f"{value:,.3g}"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
 
 
 def _panel(axis, rows: list[Row], scenario: str, key: str, title: str) -> None:
