@@ -1,9 +1,10 @@
-"""``python manage.py bench``: wsrelay against seed 002's observer loop and Flask-SocketIO 5.
+"""``python manage.py bench``: wsrelay against seed 002's loop, Flask-SocketIO 5 and Nchan.
 
 The command (``command.py``) starts each system under test as its own
 process pinned to core 0 (``servers.py``), drives it from a load generator
 pinned to core 1 (``loadgen.py``: asyncio on uvloop, picows WebSocket
 clients), reads the server's CPU time and memory from /proc
-(``procstat.py``), and prints, saves and plots the figures (``report.py``).
-The scenarios and their sizes are in ``scenarios.py``.
+(``procstat.py``; for Nchan, ``baselines/nchan.py``, from nginx's one worker),
+and prints, saves and plots the figures (``report.py``). The scenarios and
+their sizes are in ``scenarios.py``.
 """

@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from . import report, servers
+from .baselines import nchan
 from .scenarios import BY_NAME, SCENARIOS, TITLES, Scenario
 
 NEEDED = ("uvloop", "picows", "httptools", "numpy", "matplotlib", "flask_socketio")
@@ -82,6 +83,13 @@ def _run(scenario: Scenario, system: str, quick: bool, redis: tuple[str, int] | 
         return _drive(spec, 90 if quick else 300, progress, label)
 
 
+def _absent(systems: set[str]) -> dict[str, str]:
+    """The baselines of ``systems`` that are not installed here, and how to install them:
+    their rows are skipped, the rest of the bench runs."""
+    reason = nchan.missing() if "nchan" in systems else None
+    return {"nchan": reason} if reason else {}
+
+
 def _summary(row: dict) -> str:
     for key, unit in (("cpu_us_per_delivery", "µs CPU/delivery"),
                       ("kib_per_connection", "KiB/conn"), ("cpu_ms_per_message", "ms CPU/message")):
@@ -103,11 +111,12 @@ def _summary(row: dict) -> str:
               type=click.Path(file_okay=False, path_type=Path),
               help="where results.json, results.md and the PNG plots go")
 def bench(quick: bool, only: tuple[str, ...], systems: tuple[str, ...], out: Path) -> None:
-    """Benchmark wsrelay against seed 002's observer loop and Flask-SocketIO 5.
+    """Benchmark wsrelay against seed 002's observer loop, Flask-SocketIO 5 and Nchan.
 
     Each server runs alone on core 0, the load generator on core 1; server CPU
     comes from /proc. Prints a table, writes OUT/results.json, OUT/results.md
-    and OUT/*.png.
+    and OUT/*.png. Nchan (nginx's C pub/sub module) runs when installed
+    (apt-get install nginx-light libnginx-mod-nchan); its rows are skipped otherwise.
     """
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if missing:
@@ -119,6 +128,9 @@ def bench(quick: bool, only: tuple[str, ...], systems: tuple[str, ...], out: Pat
     chosen = [BY_NAME[name] for name in only] if only else list(SCENARIOS)
     plan = [(scenario, system) for scenario in chosen for system in scenario.systems
             if not systems or system in systems]
+    absent = _absent({system for _, system in plan})
+    for system, reason in absent.items():
+        click.echo(f"{system}: {reason}", err=True)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress()
     rows: list[dict] = []
@@ -130,8 +142,9 @@ def bench(quick: bool, only: tuple[str, ...], systems: tuple[str, ...], out: Pat
         for number, (scenario, system) in enumerate(plan, 1):
             label = f"[{number}/{len(plan)}] {scenario.name} · {system}"
             row = {"scenario": scenario.name, "system": system}
-            if system in scenario.not_supported:
-                rows.append({**row, "status": "n/a", "reason": scenario.not_supported[system]})
+            reason = scenario.not_supported.get(system) or absent.get(system)
+            if reason:
+                rows.append({**row, "status": "n/a", "reason": reason})
                 continue
             try:
                 result = _run(scenario, system, quick, redis, progress, label)

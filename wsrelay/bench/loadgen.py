@@ -22,10 +22,12 @@ import numpy
 import uvloop
 
 from .procstat import cpu_seconds, machine_busy_seconds, rss_bytes
-from .wire import SYNC, Tally, connect_http, connect_websocket, payload
+from .wire import SYNC, Tally, connect_http, connect_publisher, connect_websocket, payload
 
 #: Latency quantiles kept for the plots (percent): the body, then the tail.
 QUANTILES = [*range(0, 99), 99, 99.5, 99.9, 99.99, 100]
+#: the share of a core the load generator took, and the share other processes took
+NOISE = ("loadgen_cpu_share", "others_cpu_share")
 
 
 def emit(kind: str, value) -> None:
@@ -123,6 +125,7 @@ async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
     await sync(clients[0], clients, tally)
     n, per_round = len(clients), p["messages"] * len(clients)
     cpu = wall = 0.0
+    busy = dict.fromkeys(NOISE, 0.0)  # CPU shares over the rounds, weighted by their length
     for round_ in range(p["rounds"]):
         emit("progress", f"round {round_ + 1}/{p['rounds']}")
         goal = tally.received + per_round
@@ -133,13 +136,15 @@ async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
         figures = meter.read()
         cpu += figures["server_cpu_s"]
         wall += figures["wall_s"]
+        for key in busy:
+            busy[key] += figures[key] * figures["wall_s"]
         await asyncio.sleep(0.2)
     expected = p["rounds"] * per_round
     return {
         "subscribers": n, "deliveries": tally.received, "lost": expected - tally.received,
         "server_cpu_s": cpu, "cpu_us_per_delivery": cpu / max(tally.received, 1) * 1e6,
         "deliveries_per_s": tally.received / wall, "closed_by_server": tally.closed_by_server,
-        **latency_figures(tally),
+        **{key: value / wall for key, value in busy.items()}, **latency_figures(tally),
     }
 
 
@@ -201,14 +206,20 @@ async def stream(spec: dict, tally: Tally, meter: Meter) -> dict:
 
 
 async def http_stream(spec: dict, tally: Tally, meter: Meter) -> dict:
-    """Long-poll or SSE readers; one WebSocket client publishes (``echo=0``)."""
+    """Long-poll or SSE readers; one WebSocket client publishes without receiving."""
     p = spec["params"]
+    system, kind = spec["system"], spec["kind"]
     readers = await connect_all(
-        p["subscribers"], 100, lambda: connect_http(spec["kind"], spec["port"], tally),
-        f"{spec['kind']} clients")
-    publisher = await connect_websocket(spec["system"], spec["port"], Tally(), "echo=0")
+        p["subscribers"], 100, lambda: connect_http(system, kind, spec["port"], tally),
+        f"{kind} clients")
+    publisher = await connect_publisher(system, spec["port"])
     await sync(publisher, readers, tally)
+    requests = tally.requests
     result = await measure_stream(p, [publisher], len(readers), tally, meter)
+    if kind == "poll":
+        requests = tally.requests - requests
+        result.update(requests=requests,
+                      cpu_us_per_request=result["server_cpu_s"] / max(requests, 1) * 1e6)
     return {"subscribers": len(readers), **result}
 
 
@@ -232,7 +243,7 @@ async def idle(spec: dict, tally: Tally, meter: Meter) -> dict:
         "rss_before_mib": before / 2**20, "rss_after_mib": after / 2**20,
         "kib_per_connection": (after - before) / n / 1024,
         "closed_by_server": tally.closed_by_server,
-        "loadgen_cpu_share": figures["loadgen_cpu_share"],
+        **{key: figures[key] for key in NOISE},
     }
 
 

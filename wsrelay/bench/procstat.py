@@ -48,6 +48,22 @@ def rss_bytes(pid: int) -> int:
     raise ProcessLookupError(pid)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (nginx's workers, under its master)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):  # a process that just ended
+            continue
+        if parent == pid:
+            found.append(int(entry))
+    return found
+
+
 def machine_busy_seconds() -> float:
     """CPU time every core of the machine has spent busy so far (``/proc/stat``), in seconds.
 

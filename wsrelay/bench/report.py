@@ -37,33 +37,39 @@ STREAM: list[Column] = [
     ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
     ("server CPU", "server_cpu_share", _percent), *NOISE,
 ]
+HTTP: list[Column] = [
+    ("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
+    ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
+]
 COLUMNS: dict[str, list[Column]] = {
     "burst": [
         ("deliveries", "deliveries", _int), ("lost", "lost", _int),
         ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(3)),
-        ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms),
+        ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms), *NOISE,
     ],
     "steady": STREAM,
     "chat": STREAM,
+    "moderate": STREAM,
+    "moderate-light": STREAM,
     "idle": [
         ("connections", "connections", _int), ("KiB/connection", "kib_per_connection", _fixed(1)),
         ("connects/s", "connects_per_s", _int),
-        ("server CPU µs/connect", "cpu_us_per_connect", _int),
+        ("server CPU µs/connect", "cpu_us_per_connect", _int), *NOISE,
     ],
     "inbound": [
         ("messages", "messages", _int), ("lost", "lost", _int),
         ("server CPU ms/message", "cpu_ms_per_message", _fixed(2)),
-        ("wall ms/message", "wall_ms_per_message", _fixed(2)),
+        ("wall ms/message", "wall_ms_per_message", _fixed(2)), *NOISE,
     ],
-    "poll": [("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
-             ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
+    "poll": [*HTTP, ("requests", "requests", _int),
+             ("server CPU µs/request", "cpu_us_per_request", _fixed(1)),
              ("server CPU", "server_cpu_share", _percent), *NOISE],
+    "sse": [*HTTP, ("server CPU", "server_cpu_share", _percent), *NOISE],
     "redis": [("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
               ("server CPU µs/message", "cpu_us_per_message", _fixed(1)),
               ("redis-server CPU µs/message", "redis_cpu_us_per_message", _fixed(1)),
               ("server CPU", "server_cpu_share", _percent), *NOISE],
 }
-COLUMNS["sse"] = COLUMNS["poll"]
 
 
 def _find(rows: Iterable[Row], scenario: str, system: str) -> Row | None:
@@ -138,9 +144,13 @@ def save_json(path: Path, rows: list[Row], meta: dict) -> None:
 # -- plots ---------------------------------------------------------------------------------
 
 SHORT = {"wsrelay": "wsrelay", "wsrelay-redis": "wsrelay\non Redis", "seed-loop": "seed loop",
-         "flask-socketio": "Flask-\nSocketIO"}
+         "flask-socketio": "Flask-\nSocketIO", "nchan": "Nchan"}
 COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "seed-loop": "tab:orange",
-           "flask-socketio": "tab:green"}
+           "flask-socketio": "tab:green", "nchan": "tab:red"}
+
+
+#: the scenarios that stream messages: their latency distributions and delivery rates are plotted
+STREAMS = ("steady", "chat", "moderate", "moderate-light", "poll", "sse", "redis")
 
 
 def plot(directory: Path, rows: list[Row]) -> list[Path]:
@@ -166,12 +176,17 @@ def plot(directory: Path, rows: list[Row]) -> list[Path]:
 
 def _latency(pyplot, rows: list[Row]):
     """Latency CDFs: x = latency (log), y = share of deliveries at most that late."""
-    names = [name for name in ("steady", "chat", "poll", "sse", "redis")
+    names = [name for name in STREAMS
              if any(r["scenario"] == name and "quantiles" in r for r in rows)]
     if not names:
         return None
-    figure, axes = pyplot.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
-    for axis, name in zip(axes[0], names, strict=True):
+    columns = min(len(names), 4)
+    lines = -(-len(names) // columns)
+    figure, axes = pyplot.subplots(lines, columns, figsize=(3.6 * columns, 3.6 * lines),
+                                   squeeze=False)
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, names, strict=False):
         for row in rows:
             if row["scenario"] == name and "quantiles" in row:
                 q = row["quantiles"]
@@ -189,7 +204,7 @@ def _latency(pyplot, rows: list[Row]):
 def _label(value: float) -> str:
     if value >= 10_000:
         return f"{value / 1000:,.0f}k"
-    return f"{value:,.3g}"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
 
 
 def _panel(axis, rows: list[Row], scenario: str, key: str, title: str) -> None:
@@ -223,7 +238,7 @@ def _grid(pyplot, rows: list[Row], panels: list[tuple[str, str, str]]):
 def _throughput(pyplot, rows: list[Row]):
     return _grid(pyplot, rows, [
         (name, "deliveries_per_s", f"{name}: deliveries/s")
-        for name in ("steady", "chat", "poll", "sse", "redis")])
+        for name in STREAMS])
 
 
 def _cost(pyplot, rows: list[Row]):
@@ -231,5 +246,6 @@ def _cost(pyplot, rows: list[Row]):
         ("burst", "cpu_us_per_delivery", "burst: server CPU µs/delivery"),
         ("steady", "cpu_us_per_delivery", "steady: server CPU µs/delivery"),
         ("idle", "kib_per_connection", "idle: server KiB/connection"),
+        ("idle", "cpu_us_per_connect", "idle: server CPU µs/connect"),
         ("inbound", "cpu_ms_per_message", "inbound: server CPU ms per 1 MiB"),
     ])

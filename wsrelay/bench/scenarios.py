@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The systems compared in most scenarios, in table order.
-SYSTEMS = ("wsrelay", "seed-loop", "flask-socketio")
+SYSTEMS = ("wsrelay", "seed-loop", "flask-socketio", "nchan")
 
 TITLES = {
     "wsrelay": "wsrelay",
     "wsrelay-redis": "wsrelay on Redis",
     "seed-loop": "seed 002 observer loop",
     "flask-socketio": "Flask-SocketIO 5 (gevent)",
+    "nchan": "Nchan (nginx, C)",
 }
 
 
@@ -69,9 +70,26 @@ SCENARIOS: tuple[Scenario, ...] = (
                "drain": 5},
     ),
     Scenario(
+        "moderate", "stream",
+        "moderate: {subscribers} subscribers, {rate} messages/s of {size} B for {duration} s",
+        full={"subscribers": 1000, "rate": 100, "duration": 30, "senders": 1, "size": 200,
+              "drain": 10},
+        quick={"subscribers": 20, "rate": 20, "duration": 0.5, "senders": 1, "size": 200,
+               "drain": 5},
+    ),
+    Scenario(
+        "moderate-light", "stream",
+        "moderate, light load (a latency check): {subscribers} subscribers, {rate} messages/s "
+        "of {size} B for {duration} s",
+        full={"subscribers": 100, "rate": 10, "duration": 30, "senders": 1, "size": 200,
+              "drain": 10},
+        quick={"subscribers": 10, "rate": 10, "duration": 0.5, "senders": 1, "size": 200,
+               "drain": 5},
+    ),
+    Scenario(
         "idle", "idle",
         "idle: {connections} idle WebSocket connections on one worker",
-        full={"connections": 10_000, "concurrency": 100, "settle": 2},
+        full={"connections": 15_000, "concurrency": 100, "settle": 2},
         quick={"connections": 50, "concurrency": 10, "settle": 0.2},
     ),
     Scenario(
@@ -91,7 +109,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "sse", "sse",
         "SSE: {subscribers} clients on one channel, {rate} messages/s for {duration} s",
-        full={"subscribers": 1000, "rate": 10, "duration": 10, "size": 64, "drain": 10},
+        full={"subscribers": 1000, "rate": 50, "duration": 10, "size": 64, "drain": 10},
         quick={"subscribers": 20, "rate": 10, "duration": 0.5, "size": 64, "drain": 5},
         not_supported=NO_HTTP,
     ),

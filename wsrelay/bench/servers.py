@@ -3,7 +3,8 @@
 Servers run on core 0 and everything else (load generator, this command) on
 core 1, so the server's figures are its own; both run at a raised priority
 when allowed; each process may open as many files as the hard limit allows,
-for the 10,000-connection scenario.
+for the 15,000-connection scenario. nginx (Nchan) inherits core and priority
+from the process started here, its master; the figures are its worker's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from .baselines import nchan
+from .procstat import children
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_CORE, LOAD_CORE = 0, 1
@@ -78,7 +82,10 @@ WSRELAY_ENV = {
 }
 
 
-def _command(system: str, port: int) -> list[str]:
+def _command(system: str, port: int, directory: Path) -> list[str]:
+    if system == "nchan":
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return nchan.command(port, directory, hard)
     if system in ("wsrelay", "wsrelay-redis"):
         return [sys.executable, str(ROOT / "manage.py"), "serve", "--port", str(port),
                 "--no-access-log"]
@@ -98,6 +105,16 @@ def _wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float
         time.sleep(0.05)
 
 
+def _worker(proc: subprocess.Popen, timeout: float = 10) -> int:
+    """nginx's one worker process, the one that serves (its master only starts it)."""
+    deadline = time.monotonic() + timeout
+    while not (workers := children(proc.pid)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("nginx started no worker process")
+        time.sleep(0.05)
+    return workers[0]
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """SIGKILL, once the figures are taken: the seed loop's route spins forever after its
     client leaves, so a polite stop is no use for it and none is needed for the others."""
@@ -109,7 +126,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def server(system: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, int]]:
-    """Run ``system`` on a free port pinned to core 0; yield (port, pid)."""
+    """Run ``system`` on a free port pinned to core 0; yield (port, pid of the process that
+    serves: the server's, or nginx's worker's)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="wsrelay-bench-") as directory:
         log = Path(directory) / "server.log"
@@ -117,13 +135,14 @@ def server(system: str, env: dict[str, str] | None = None) -> Iterator[tuple[int
             env = {**WSRELAY_ENV, **(env or {})}
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                _command(system, port), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                _command(system, port, Path(directory)), cwd=ROOT,
+                stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 preexec_fn=_server_preexec, start_new_session=True,
             )
         try:
             _wait_listening(proc, port, log)
-            yield port, proc.pid
+            yield port, _worker(proc) if system == "nchan" else proc.pid
         finally:
             _stop(proc)
 

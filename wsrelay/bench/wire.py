@@ -38,6 +38,8 @@ class Tally:
         self.latencies = array("q")
         self.closed_by_server = 0
         self.synced = 0
+        #: long-poll answers received
+        self.requests = 0
 
     @property
     def received(self) -> int:
@@ -132,26 +134,42 @@ WEBSOCKET = {
     "wsrelay-redis": (f"/ws/{CHANNEL}", RawClient),
     "seed-loop": ("/message/", RawClient),
     "flask-socketio": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
+    "nchan": (f"/pubsub/{CHANNEL}", RawClient),
+}
+
+#: system -> URL path of a WebSocket that publishes without receiving (for the HTTP readers'
+#: scenarios). Nchan's publisher answers each message with the channel's state, which the
+#: client ignores (not a stamped message).
+PUBLISHER = {
+    "wsrelay": f"/ws/{CHANNEL}?echo=0",
+    "nchan": f"/pub/{CHANNEL}",
 }
 
 
-async def connect_websocket(system: str, port: int, tally: Tally, query: str = "") -> RawClient:
-    """One WebSocket client of ``system``, ready to publish and to receive."""
-    path, client_class = WEBSOCKET[system]
-    separator = "&" if "?" in path else "?"
-    url = f"ws://127.0.0.1:{port}{path}{separator + query if query else ''}"
+async def connect_websocket(system: str, port: int, tally: Tally,
+                            path: str | None = None) -> RawClient:
+    """One WebSocket client of ``system`` (on its endpoint, or on ``path``), ready to
+    publish and to receive."""
+    endpoint, client_class = WEBSOCKET[system]
     _transport, client = await ws_connect(
-        lambda: client_class(tally), url, websocket_handshake_timeout=60,
-        max_frame_size=64 << 20, read_buffer_init_size=4096,
+        lambda: client_class(tally), f"ws://127.0.0.1:{port}{path or endpoint}",
+        websocket_handshake_timeout=60, max_frame_size=64 << 20, read_buffer_init_size=4096,
     )
     await asyncio.wait_for(client.ready, 60)
     return client
 
 
-# -- HTTP clients (wsrelay's long-poll and SSE) ------------------------------------------
+async def connect_publisher(system: str, port: int) -> RawClient:
+    """A WebSocket client of ``system`` that publishes and receives nothing it counts."""
+    return await connect_websocket(system, port, Tally(), PUBLISHER[system])
+
+
+# -- HTTP clients (long-poll and SSE) ------------------------------------------------------
 
 class HttpClient(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection reading one channel."""
+    """One keep-alive HTTP/1.1 connection reading one channel, with ``REQUEST``."""
+
+    REQUEST = b""
 
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
@@ -178,11 +196,12 @@ class HttpClient(asyncio.Protocol):
             self.tally.synced += 1
 
     def request(self) -> None:
-        raise NotImplementedError
+        self.transport.write(self.REQUEST)
 
 
 class PollClient(HttpClient):
-    """Comet long-poll: ask, get every message after the cursor, ask again from the new one."""
+    """wsrelay's comet long-poll: ask, get every message after the cursor (JSON), ask again
+    from the new cursor."""
 
     def __init__(self, tally: Tally) -> None:
         super().__init__(tally)
@@ -199,24 +218,54 @@ class PollClient(HttpClient):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        answer = json.loads(b"".join(self.body))
+        body = b"".join(self.body)
         self.body.clear()
-        now = time.monotonic_ns()
+        self.tally.requests += 1
+        self.answer(body, time.monotonic_ns())
+        self.request()
+
+    def answer(self, body: bytes, now: int) -> None:
+        answer = json.loads(body)
         for message in answer["messages"]:
             self.deliver(int(message["data"][:STAMP]), now)
         self.cursor = answer["cursor"]
-        self.request()
+
+
+class NchanPollClient(PollClient):
+    """Nchan's long-poll: one message per answer, its body as published; the answer's
+    ``Last-Modified`` and ``Etag`` are the cursor, sent back as ``If-Modified-Since`` and
+    ``If-None-Match`` so that the next answer is the next message in the channel's buffer."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(tally)
+        self.modified = self.etag = b""
+
+    def request(self) -> None:
+        cursor = (b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (self.modified, self.etag)
+                  if self.modified else b"")
+        self.transport.write(b"GET /sub/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+                             % (CHANNEL.encode(), cursor))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"last-modified":
+            self.modified = value
+        elif name == b"etag":
+            self.etag = value
+
+    def answer(self, body: bytes, now: int) -> None:
+        if self.parser.get_status_code() == 200:
+            self.deliver(int(body[:STAMP]), now)
 
 
 class SSEClient(HttpClient):
     """Server-Sent Events: one response that never ends, one event per message."""
 
+    REQUEST = f"GET /sse/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
     def __init__(self, tally: Tally) -> None:
         super().__init__(tally)
         self.rest = b""
-
-    def request(self) -> None:
-        self.transport.write(f"GET /sse/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
 
     def on_body(self, body: bytes) -> None:
         events = (self.rest + body).split(b"\n\n")
@@ -228,12 +277,23 @@ class SSEClient(HttpClient):
                 self.deliver(int(event[start + 6 : start + 6 + STAMP]), now)
 
 
-HTTP = {"poll": PollClient, "sse": SSEClient}
+class NchanSSEClient(SSEClient):
+    """Nchan's EventSource subscriber: its subscriber location, asked for an event stream."""
+
+    REQUEST = (f"GET /sub/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               "Accept: text/event-stream\r\n\r\n").encode()
 
 
-async def connect_http(kind: str, port: int, tally: Tally) -> HttpClient:
+#: (system, scenario kind) -> its HTTP client
+HTTP = {
+    ("wsrelay", "poll"): PollClient, ("wsrelay", "sse"): SSEClient,
+    ("nchan", "poll"): NchanPollClient, ("nchan", "sse"): NchanSSEClient,
+}
+
+
+async def connect_http(system: str, kind: str, port: int, tally: Tally) -> HttpClient:
     loop = asyncio.get_running_loop()
     _transport, client = await loop.create_connection(
-        lambda: HTTP[kind](tally), "127.0.0.1", port
+        lambda: HTTP[system, kind](tally), "127.0.0.1", port
     )
     return client
