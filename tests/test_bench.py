@@ -75,7 +75,7 @@ def check_quick_run(done: subprocess.CompletedProcess, out: Path, systems: set[s
         assert (out / plot).read_bytes().startswith(b"\x89PNG"), plot
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(330)
 def test_quick_bench_runs_every_scenario_on_every_system_nchan_not_installed(tmp_path):
     path = os.pathsep.join(
         directory for directory in os.environ["PATH"].split(os.pathsep)
@@ -88,6 +88,7 @@ def test_quick_bench_runs_every_scenario_on_every_system_nchan_not_installed(tmp
     assert f"| {TITLES['nchan']} | n/a: {NOT_INSTALLED} |" in done.stdout
 
 
+@pytest.mark.timeout(330)
 def test_quick_bench_runs_every_scenario_on_nchan(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", os.pathsep.join([os.environ["PATH"], *SBIN]))
     assert not nchan.missing(), f"Nchan {NOT_INSTALLED} (.ci/setup installs it)"
