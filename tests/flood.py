@@ -61,11 +61,15 @@ class Report:
     close_reason: str | None
 
 
-def flood(port: int, path: str, kind: str, seconds: float, size: float = math.inf) -> Report:
+def flood(port: int, path: str, kind: str, seconds: float, size: float = math.inf,
+          source: str = "127.0.0.1") -> Report:
+    """Flood from ``source`` (a loopback address: 127.0.0.1 is exempt from the per-IP
+    limits by default, 127.0.0.2 and the others are not)."""
     opening, block = FLOODS[kind]()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads anyway
     sock.settimeout(10)
+    sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     sock.sendall(handshake_request(path, port))
     status, received = read_http_head(sock)
@@ -110,11 +114,12 @@ def _read_to_end(sock: socket.socket, timeout: float = 10) -> bytes:
 
 
 def start(
-    port: int, path: str, kind: str, seconds: float, size: float = math.inf
+    port: int, path: str, kind: str, seconds: float, size: float = math.inf,
+    source: str = "127.0.0.1",
 ) -> subprocess.Popen:
     """Start a flooder process; :func:`result` waits for its report."""
     return subprocess.Popen(
-        [PYTHON, "-m", "tests.flood", str(port), path, kind, str(seconds), str(size)],
+        [PYTHON, "-m", "tests.flood", str(port), path, kind, str(seconds), str(size), source],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
 
@@ -126,6 +131,6 @@ def result(proc: subprocess.Popen, timeout: float = 60) -> Report:
 
 
 if __name__ == "__main__":
-    port, path, kind, seconds, size = sys.argv[1:]
-    report = flood(int(port), path, kind, float(seconds), float(size))
+    port, path, kind, seconds, size, source = sys.argv[1:]
+    report = flood(int(port), path, kind, float(seconds), float(size), source)
     print(json.dumps(report.__dict__))
