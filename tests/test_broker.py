@@ -17,7 +17,7 @@ from wsrelay.broker import Broker, MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ids import MessageId
 from wsrelay.message import Message
-from wsrelay.protocol import encode_frame
+from wsrelay.websocket.protocol import encode_frame
 
 ALL_BYTES = bytes(range(256))
 TEXT = "héllo wörld — 你好 ✓ 🚀"

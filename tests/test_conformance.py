@@ -27,7 +27,7 @@ from tests.support import (
     server_frames,
     wait_until,
 )
-from wsrelay.handshake import GUID
+from wsrelay.websocket.handshake import GUID
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 

@@ -7,10 +7,10 @@ import pytest
 
 from tests.support import client_frame, server_frames
 from wsrelay.broker import MemoryBroker
-from wsrelay.connection import WebSocketConnection
-from wsrelay.handler import take_buffered
 from wsrelay.hub import MessageServer
-from wsrelay.modes import RawMode
+from wsrelay.server.handler import take_buffered
+from wsrelay.websocket.connection import WebSocketConnection
+from wsrelay.websocket.modes import RawMode
 
 
 @pytest.fixture

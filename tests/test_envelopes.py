@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsrelay import envelopes
-from wsrelay.envelopes import BadRequest, Request, max_request_size, parse_request
 from wsrelay.ids import MessageId
 from wsrelay.message import Message
+from wsrelay.websocket import envelopes
+from wsrelay.websocket.envelopes import BadRequest, Request, max_request_size, parse_request
 
 ID = MessageId(1700000000000, 3)
 LIMIT = 1000

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from tests.support import client_frame, server_frames
 from wsrelay.channels import InvalidChannel, check_channel
 from wsrelay.errors import ApiError
-from wsrelay.handshake import accept_key, is_upgrade_request
 from wsrelay.ids import InvalidMessageId, MessageId
 from wsrelay.limits import TokenBucket
-from wsrelay.protocol import SMALL_FRAGMENT, WebSocketSession
+from wsrelay.websocket.handshake import accept_key, is_upgrade_request
+from wsrelay.websocket.protocol import SMALL_FRAGMENT, WebSocketSession
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 LIMIT = 300  # small, so that fragments cross it

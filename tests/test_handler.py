@@ -14,7 +14,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from tests.support import Bystander, Closed, Refused, WSClient, poll_json, wait_until
 from wsrelay import create_app
-from wsrelay.handler import RelayHandler
+from wsrelay.server.handler import RelayHandler
 
 
 def serve(handler_class, app=None):

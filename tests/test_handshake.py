@@ -3,7 +3,7 @@ import base64
 import pytest
 
 from wsrelay.errors import ApiError
-from wsrelay.handshake import accept_key, is_upgrade_request, switching_protocols
+from wsrelay.websocket.handshake import accept_key, is_upgrade_request, switching_protocols
 
 
 def environ(**overrides):

@@ -6,11 +6,11 @@ import time
 import gevent
 
 from tests.support import FakeConnection
-from wsrelay import envelopes
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ids import MessageId
-from wsrelay.protocol import PING_FRAME, encode_frame
+from wsrelay.websocket import envelopes
+from wsrelay.websocket.protocol import PING_FRAME, encode_frame
 
 
 def make_hub(**kwargs) -> MessageServer:

@@ -5,7 +5,7 @@ import socket
 import gevent
 import pytest
 
-from wsrelay.keep_alive import end_keep_alive, keep_alive
+from wsrelay.server.keep_alive import end_keep_alive, keep_alive
 
 
 class App:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry
 from tests.support import FakeConnection
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
-from wsrelay.metrics import Metrics, MetricsSync, close_code_label, read_totals
+from wsrelay.ops.metrics import Metrics, MetricsSync, close_code_label, read_totals
 
 
 @pytest.fixture

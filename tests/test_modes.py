@@ -1,6 +1,6 @@
 """What a WebSocket's messages may do, without sockets: the per-connection policy."""
 
-from wsrelay.modes import Policy
+from wsrelay.websocket.modes import Policy
 
 
 def test_a_policy_remembers_only_a_few_channels():

@@ -1,4 +1,4 @@
-from wsrelay.outbox import WRITE_SIZE, Outbox
+from wsrelay.websocket.outbox import WRITE_SIZE, Outbox
 
 
 def drain(outbox: Outbox, step: int) -> bytes:

@@ -8,7 +8,7 @@ from websockets.frames import Close, Frame, Opcode
 
 from tests.support import client_frame, server_frames
 from wsrelay.limits import TokenBucket
-from wsrelay.protocol import (
+from wsrelay.websocket.protocol import (
     PING_FRAME,
     CloseCode,
     InboundMessage,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from wsrelay.request_head import framing_problem
+from wsrelay.server.request_head import framing_problem
 
 HOST = ("Host", "relay.example")
 

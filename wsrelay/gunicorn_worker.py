@@ -13,8 +13,8 @@ from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIServer
 
 from .config import DEFAULTS, from_environ
-from .handler import RelayHandler
 from .relay import shutdown_all
+from .server.handler import RelayHandler
 
 
 class RelayServer(PyWSGIServer):

@@ -20,12 +20,12 @@ from typing import Protocol
 import gevent
 from gevent.event import Event
 
-from . import envelopes
 from .broker import Broker, History
 from .ids import MessageId
 from .message import Message
-from .protocol import PING_FRAME, encode_frame
 from .stats import Stats
+from .websocket import envelopes
+from .websocket.protocol import PING_FRAME, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,19 @@ from .auth import Claims, Tokens
 from .broker import broker_from_config
 from .channels import check_channel
 from .config import DEFAULTS, from_environ, validate
-from .connection import WebSocketConnection
-from .envelopes import max_request_size
 from .errors import register_error_handlers
-from .handler import take_socket
 from .hub import MessageServer
 from .ids import MessageId
-from .keep_alive import end_keep_alive
 from .limits import Limits, TokenBucket
-from .logs import configure as configure_logs
 from .message import Message
-from .metrics import MetricsSync
-from .modes import RawMode
+from .ops.logs import configure as configure_logs
+from .ops.metrics import MetricsSync
+from .server.handler import take_socket
+from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint
+from .websocket.connection import WebSocketConnection
+from .websocket.envelopes import max_request_size
+from .websocket.modes import RawMode
 
 log = logging.getLogger(__name__)
 

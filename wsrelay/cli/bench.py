@@ -21,9 +21,9 @@ from pathlib import Path
 
 import click
 
-from . import report, servers
-from .baselines import nchan
-from .scenarios import BY_NAME, SCENARIOS, TITLES, Scenario
+from ..bench import report, servers
+from ..bench.baselines import nchan
+from ..bench.scenarios import BY_NAME, SCENARIOS, TITLES, Scenario
 
 NEEDED = ("uvloop", "picows", "httptools", "numpy", "matplotlib", "flask_socketio")
 

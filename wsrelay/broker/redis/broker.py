@@ -56,9 +56,9 @@ from gevent.lock import Semaphore
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..ids import MessageId
-from ..message import Message
-from .base import Broker, BrokerUnavailable, Deliver, History, read_after
+from ...ids import MessageId
+from ...message import Message
+from ..base import Broker, BrokerUnavailable, Deliver, History, read_after
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..auth import PUBLISH, SUBSCRIBE
+from ..broker import BrokerUnavailable, History
+from ..errors import ApiError
+from ..ids import MessageId
 from . import envelopes
-from .auth import PUBLISH, SUBSCRIBE
-from .broker import BrokerUnavailable, History
 from .envelopes import BadRequest, Request, request_echo
-from .errors import ApiError
-from .ids import MessageId
 from .protocol import CloseCode, InboundMessage, encode_frame
 
 if TYPE_CHECKING:
+    from ..limits import Publisher
     from .connection import WebSocketConnection
-    from .limits import Publisher
 
 
 class Policy:
@@ -120,7 +120,7 @@ class JsonMode:
     A request that cannot be honoured, however malformed, is answered with an
     ``error`` envelope naming it; the connection stays open. ``max_data``: the
     largest message a publish may carry (its frame may be larger: see
-    :func:`~wsrelay.envelopes.max_request_size`).
+    :func:`~wsrelay.websocket.envelopes.max_request_size`).
     """
 
     def __init__(self, policy: Policy, first: tuple[str, MessageId | None] | None = None, *,

@@ -14,13 +14,13 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from .app import create_app
-from .auth import DEFAULT_TTL, Tokens, check_subject, check_ttl
-from .bench.command import bench
-from .broker import BrokerUnavailable
-from .config import DEFAULTS, ConfigError, from_environ
-from .handler import RelayHandler
-from .stats_command import stats
+from ..app import create_app
+from ..auth import DEFAULT_TTL, Tokens, check_subject, check_ttl
+from ..broker import BrokerUnavailable
+from ..config import DEFAULTS, ConfigError, from_environ
+from ..server.handler import RelayHandler
+from .bench import bench
+from .stats import stats
 from .ticker import ticker as demo_ticker
 
 

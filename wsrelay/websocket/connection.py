@@ -1,14 +1,14 @@
 """One accepted WebSocket: the only reader and the only writer of its socket.
 
 The reader runs in one greenlet: a fresh one once the socket left its request
-(:meth:`~wsrelay.handler.DeferredWebSocket.detach`), else the request's own.
+(:meth:`~wsrelay.server.handler.DeferredWebSocket.detach`), else the request's own.
 Writes are non-blocking and happen when the hub's flusher asks; only when the
 kernel buffer is full does a writer greenlet exist, to wait for the socket
 and finish the queue. An idle connection therefore costs one greenlet with a
 shallow stack; a token's expiry is a libev timer, which spawns a greenlet
 only when it fires.
 
-What the client's messages mean is its *mode*'s business (:mod:`wsrelay.modes`:
+What the client's messages mean is its *mode*'s business (:mod:`wsrelay.websocket.modes`:
 raw relay or ``wsrelay.v1`` requests); the connection holds the mode's
 subscriptions so that closing it stops every one of them at once.
 """
@@ -28,16 +28,16 @@ import gevent
 from gevent.socket import wait_write
 from geventwebsocket.exceptions import WebSocketError
 
-from .broker import BrokerUnavailable, History
-from .fairness import let_others_run
-from .hub import Subscription
-from .ids import MessageId
+from ..broker import BrokerUnavailable, History
+from ..fairness import let_others_run
+from ..hub import Subscription
+from ..ids import MessageId
 from .outbox import WRITE_SIZE, Outbox
 from .protocol import CloseCode, InboundMessage, WebSocketSession
 
 if TYPE_CHECKING:
-    from .hub import MessageServer
-    from .limits import TokenBucket
+    from ..hub import MessageServer
+    from ..limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ConnectionClosed(WebSocketError):
 
 
 class Mode(Protocol):
-    """What a connection's messages mean (see :mod:`wsrelay.modes`)."""
+    """What a connection's messages mean (see :mod:`wsrelay.websocket.modes`)."""
 
     def start(self, connection: WebSocketConnection) -> None: ...
 
@@ -96,7 +96,7 @@ class WebSocketConnection:
     ) -> None:
         """``expires``: the Unix time the client's token expires, when the connection is
         closed with 1008; ``control_rate``: the client's pings, pongs and small fragments
-        (see :class:`~wsrelay.protocol.WebSocketSession`)."""
+        (see :class:`~wsrelay.websocket.protocol.WebSocketSession`)."""
         self.sock = sock
         self.hub = hub
         self.id = f"{_PREFIX}-{next(_ids)}"

@@ -34,7 +34,7 @@ from typing import NamedTuple
 from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import SERVER, Protocol, State
 
-from .limits import TokenBucket
+from ..limits import TokenBucket
 
 
 class CloseCode(IntEnum):

@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
-    from .hub import MessageServer
+    from ..hub import MessageServer
 
 log = logging.getLogger(__name__)
 

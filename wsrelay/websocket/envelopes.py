@@ -32,9 +32,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .channels import CHANNEL_PATTERN, InvalidChannel, check_channel
-from .ids import InvalidMessageId, MessageId
-from .message import Message
+from ..channels import CHANNEL_PATTERN, InvalidChannel, check_channel
+from ..ids import InvalidMessageId, MessageId
+from ..message import Message
 
 SUBPROTOCOL = "wsrelay.v1"
 REQUEST_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "presence"})

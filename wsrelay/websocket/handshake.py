@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ApiError
+from ..errors import ApiError
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Optional white space around HTTP header values (RFC 9110 5.6.3); nothing else is trimmed.

@@ -41,9 +41,9 @@ from gevent.pool import PoolFull
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from .config import DEFAULTS, from_environ
-from .fairness import let_others_run
-from .handshake import accept_key, is_upgrade_request, switching_protocols
+from ..config import DEFAULTS, from_environ
+from ..fairness import let_others_run
+from ..websocket.handshake import accept_key, is_upgrade_request, switching_protocols
 from .keep_alive import keep_alive
 from .request_head import framing_problem
 
