@@ -8,9 +8,9 @@ import pytest
 from tests.support import client_frame, server_frames
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer
-from wsrelay.server.handler import take_buffered
 from wsrelay.websocket.connection import WebSocketConnection
 from wsrelay.websocket.modes import RawMode
+from wsrelay.websocket.upgrade import take_buffered
 
 
 @pytest.fixture

@@ -24,12 +24,12 @@ from .limits import Limits, TokenBucket
 from .message import Message
 from .ops.logs import configure as configure_logs
 from .ops.metrics import MetricsSync
-from .server.handler import take_socket
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint
 from .websocket.connection import WebSocketConnection
 from .websocket.envelopes import max_request_size
 from .websocket.modes import RawMode
+from .websocket.upgrade import take_socket
 
 log = logging.getLogger(__name__)
 

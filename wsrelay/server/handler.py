@@ -2,11 +2,10 @@
 
 The stock ``WebSocketHandler`` completes the handshake before the Flask app
 runs, so a view can no longer refuse with an HTTP status. ``RelayHandler``
-hands the view a :class:`DeferredWebSocket` in ``environ['wsgi.websocket']``
-instead: the view checks channel, origin and token, then either returns an
-ordinary error response or takes the socket (:func:`take_socket`): the 101
-is written once the relay has subscribed, and the connection leaves the
-request, which ends (:meth:`DeferredWebSocket.detach`).
+hands the view a :class:`~wsrelay.websocket.upgrade.DeferredWebSocket` in
+``environ['wsgi.websocket']`` instead: the view checks channel, origin and
+token, then either returns an ordinary error response or takes the socket
+(:mod:`wsrelay.websocket.upgrade`).
 
 It also bounds the one thing pywsgi lets a client take for ever: the time
 to send a request head. A connection that sends nothing, or its head too
@@ -18,12 +17,12 @@ And what pywsgi lets a client make it hold or read: headers are bounded in
 total (pywsgi alone takes 100 lines of 64 KiB each) and answered 431 above
 that; a request refused before its body was read (413, 403, ...) closes the
 connection instead of reading the rest, however large it claims to be. A head
-whose framing is ambiguous (:mod:`wsrelay.request_head`) is refused with 400
+whose framing is ambiguous (:mod:`wsrelay.server.request_head`) is refused with 400
 and its connection closed, where pywsgi would guess.
 
 A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
 hold a request to notice its client leave. And once its application stops
-(:mod:`wsrelay.keep_alive`) a connection waits for no further request.
+(:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
 """
 
 from __future__ import annotations
@@ -33,17 +32,16 @@ import functools
 import json
 import socket
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import gevent
-from gevent.pool import PoolFull
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
 from ..config import DEFAULTS, from_environ
 from ..fairness import let_others_run
-from ..websocket.handshake import accept_key, is_upgrade_request, switching_protocols
+from ..websocket.handshake import is_upgrade_request
+from ..websocket.upgrade import DeferredWebSocket
 from .keep_alive import keep_alive
 from .request_head import framing_problem
 
@@ -139,82 +137,6 @@ def idle_timeout(application: Any) -> float:
     return _environ_idle_timeout()
 
 
-class DeferredWebSocket:
-    """An upgrade request the application has not answered yet."""
-
-    def __init__(self, handler: RelayHandler) -> None:
-        self._handler = handler
-
-    def prepare(self, subprotocol: str | None = None) -> Callable[[], None]:
-        """Check the handshake now (ApiError if it is invalid) and return what writes the
-        101 later: a relay subscribes first, so a client that sees the 101 misses nothing."""
-        response = switching_protocols(accept_key(self._handler.environ), subprotocol)
-        return functools.partial(self._switch, response)
-
-    def _switch(self, response: bytes) -> None:
-        self._handler.socket.sendall(response)
-        self._mark_upgraded(len(response))
-
-    def detach(self, subprotocol: str | None = None) -> TakenSocket | None:
-        """Take the connection out of its request, which then ends without a response and
-        reads no further request; None when the socket cannot be duplicated (TLS).
-
-        The request's greenlet, its stacks and the request's objects then go, instead
-        of living as long as the connection: most of an idle WebSocket's memory. The
-        connection keeps a duplicate of the socket (the server closes the original once
-        the request ends) and runs in a greenlet of its own (:meth:`TakenSocket.serve`).
-        """
-        handler = self._handler
-        response = switching_protocols(accept_key(handler.environ), subprotocol)  # ApiError
-        try:
-            sock = handler.socket.dup()
-        except NotImplementedError:  # an SSLSocket: its TLS state cannot be shared
-            return None
-        pending = take_buffered(handler.socket, handler.rfile)
-        # pywsgi's cleanup reads what is left on its socket before closing it: with no
-        # socket it leaves the client's first frames to us (the server still closes it).
-        handler.socket = None
-        self._mark_upgraded(len(response))
-        return TakenSocket(
-            sock, pending, functools.partial(sock.sendall, response),
-            functools.partial(_spawn_in_server, handler.server),
-        )
-
-    def _mark_upgraded(self, response_length: int) -> None:
-        """The request is answered by the 101: no HTTP response, no further request."""
-        handler = self._handler
-        handler.upgraded = True
-        handler.status = "101 Switching Protocols"
-        handler.headers_sent = True
-        handler.close_connection = True
-        handler.response_length = response_length
-
-
-def _serve_here(target: Callable[[], None]) -> None:
-    target()
-
-
-def _spawn_in_server(server: Any, target: Callable[[], None]) -> None:
-    """Run a detached connection in a fresh greenlet (a shallow stack) of the server's pool,
-    so a stopping gunicorn worker waits for it as for any request; a full pool runs it in
-    the request's greenlet, whose slot it already holds."""
-    pool = getattr(server, "pool", None)
-    if pool is None:
-        _ConnectionGreenlet.spawn(target)
-        return
-    try:
-        pool.start(_ConnectionGreenlet(target), blocking=False)
-    except PoolFull:
-        target()
-
-
-class _ConnectionGreenlet(gevent.Greenlet):
-    """A detached connection's greenlet: it does not keep a record of the stack that
-    spawned it (gevent's default: 10 frames, ~0.7 KiB per connection)."""
-
-    spawning_stack_limit = 0
-
-
 class RelayHandler(WebSocketHandler):
     """A ``WebSocketHandler`` whose upgrade is decided by the application."""
 
@@ -307,65 +229,3 @@ class RelayHandler(WebSocketHandler):
     def log_request(self) -> None:
         if not self.upgraded:
             WSGIHandler.log_request(self)
-
-
-class TakenSocket(NamedTuple):
-    """A WebSocket's socket, taken from the request that asked for it."""
-
-    sock: socket.socket
-    #: What the request's buffered reader took in past the request head (the first frames).
-    pending: bytes
-    #: What writes the 101 once the relay has subscribed; None when it is out already.
-    handshake: Callable[[], None] | None
-    #: ``serve(target)`` runs the connection: in a greenlet of its own once detached from
-    #: its request, else in the request's greenlet until it ends.
-    serve: Callable[[Callable[[], None]], None]
-
-
-def take_buffered(sock: socket.socket, rfile: Any) -> bytes:
-    """What ``rfile`` took in past the request head, read without waiting; then close it.
-
-    ``sock.recv`` allocates its buffer only once data is there, whereas the
-    request's buffered reader keeps its 8 KiB buffer for as long as it lives.
-    """
-    timeout = sock.gettimeout()
-    sock.settimeout(0.0)
-    try:
-        return rfile.read1() or b""  # b"" (or None) when nothing came yet
-    except OSError:
-        return b""
-    finally:
-        sock.settimeout(timeout)
-        rfile.close()  # the socket stays open
-
-
-def take_socket(ws: Any, subprotocol: str | None = None, *, detach: bool = False) -> TakenSocket:
-    """The socket behind ``environ['wsgi.websocket']`` and what completes its handshake.
-
-    A deferred one has its handshake checked now (ApiError if invalid) and the
-    101 written once subscribed; with ``detach`` it leaves its request
-    (:meth:`DeferredWebSocket.detach`). gevent-websocket's own WebSocket was
-    upgraded already and stays in its request: the stock handler closes the
-    socket when the view returns, so the view serves it until it ends.
-    """
-    if isinstance(ws, DeferredWebSocket):
-        taken = ws.detach(subprotocol) if detach else None
-        if taken is not None:
-            return taken
-        handshake = ws.prepare(subprotocol)
-        handler = ws._handler
-        return TakenSocket(
-            handler.socket, take_buffered(handler.socket, handler.rfile), handshake, _serve_here
-        )
-    handler = ws.handler
-    pending = take_buffered(handler.socket, handler.rfile)
-    return TakenSocket(handler.socket, pending, None, functools.partial(_serve_stock, ws))
-
-
-def _serve_stock(ws: Any, target: Callable[[], None]) -> None:
-    """Serve gevent-websocket's own WebSocket, then tell it wsrelay closed it (it must not
-    write)."""
-    try:
-        target()
-    finally:
-        ws.closed = True

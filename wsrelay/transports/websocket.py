@@ -16,11 +16,11 @@ from geventwebsocket.websocket import WebSocket
 
 from ..auth import PUBLISH, SUBSCRIBE
 from ..errors import ApiError
-from ..server.handler import DeferredWebSocket, take_socket
 from ..websocket.connection import Mode, WebSocketConnection
 from ..websocket.envelopes import SUBPROTOCOL
 from ..websocket.modes import JsonMode, Policy, RawMode
 from ..websocket.protocol import CloseCode, close_frame
+from ..websocket.upgrade import DeferredWebSocket, take_socket
 from .checks import admit, admit_channel, admit_client, checked_since, occupy, publisher, relay
 
 
@@ -31,7 +31,7 @@ def upgrade(channel: str | None = None) -> Response:
     mode whether what it sends is published depends on its right to publish
     (without it, its first message closes the connection with 1008). Under
     wsrelay's handler the view returns once the connection has started in a
-    greenlet of its own (see :meth:`~wsrelay.server.handler.DeferredWebSocket.detach`),
+    greenlet of its own (see :meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`),
     so nothing may need this request afterwards.
     """
     ws = request.environ.get("wsgi.websocket")

@@ -1,7 +1,7 @@
 """One accepted WebSocket: the only reader and the only writer of its socket.
 
 The reader runs in one greenlet: a fresh one once the socket left its request
-(:meth:`~wsrelay.server.handler.DeferredWebSocket.detach`), else the request's own.
+(:meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`), else the request's own.
 Writes are non-blocking and happen when the hub's flusher asks; only when the
 kernel buffer is full does a writer greenlet exist, to wait for the socket
 and finish the queue. An idle connection therefore costs one greenlet with a
