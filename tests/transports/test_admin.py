@@ -21,7 +21,7 @@ from tests.support import (
     read_http_head,
     wait_until,
 )
-from tests.test_redis_e2e import spread_clients, subscribers_by_worker, worker_reports
+from tests.system.test_redis_e2e import spread_clients, subscribers_by_worker, worker_reports
 
 ADMIN_PATHS = ("/metrics", "/dashboard", "/dashboard/stats")
 

@@ -12,8 +12,8 @@ import pytest
 import requests
 from gevent.pywsgi import WSGIServer
 
+from tests.cli import assert_clear_failure, manage
 from tests.support import PYTHON, ROOT, free_port
-from tests.test_cli import assert_clear_failure, manage
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import gevent
 import pytest
 import redis
 
+from tests.broker.test_broker import Recorder, ids
 from tests.support import free_port, wait_until
-from tests.test_broker import Recorder, ids
 from wsrelay.broker import BrokerUnavailable
 from wsrelay.broker.redis import RedisBroker, redact
 from wsrelay.ids import MessageId

@@ -2,60 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import time
 
 import gevent
-import pytest
-import requests
 from gevent.pywsgi import WSGIServer
 
-from tests.support import PYTHON, ROOT, free_port, poll_json, wait_until
+from tests.cli import assert_clear_failure, manage
+from tests.support import free_port, poll_json, wait_until
 
 ID = re.compile(r"\d{13}-\d{10}")
-
-
-def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python manage.py ARGS`` with the memory broker unless ``env`` says otherwise."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_")}
-    full_env.update(env or {})
-    return subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=30)
-
-
-def assert_clear_failure(result: subprocess.CompletedProcess, *needles: str) -> None:
-    """Non-zero exit, one readable message, no traceback."""
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
-    assert result.stdout == ""
-
-
-# -- manage.py token ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("ttl", ["nan", "inf", "-inf", "1e400", "0", "-5"])
-def test_token_refuses_a_ttl_that_is_not_finite_and_positive(ttl):
-    """NaN or infinity made tokens that never expire."""
-    result = manage("token", "--channel", "private-x", f"--ttl={ttl}",
-                    env={"WSRELAY_SECRET_KEY": "k" * 40})
-    assert_clear_failure(result, "--ttl", "finite, positive")
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-
-def test_token_with_a_finite_ttl_expires_then(make_server):
-    server = make_server(env={"WSRELAY_SECRET_KEY": "k" * 40})
-    result = manage("token", "--channel", "private-x", "--ttl", "1.5",
-                    env={"WSRELAY_SECRET_KEY": "k" * 40})
-    assert result.returncode == 0, result.stderr
-    url = f"{server.url}/poll/private-x"
-    params = {"token": result.stdout.strip(), "timeout": "0"}
-    assert requests.get(url, params=params, timeout=5).status_code == 200
-    time.sleep(2)
-    answer = requests.get(url, params=params, timeout=5)
-    assert (answer.status_code, answer.json()["error"]) == (401, "token_expired")
 
 
 # -- against a running server (memory broker) ---------------------------------------------

@@ -10,7 +10,6 @@ import gevent
 import pytest
 import requests
 
-from tests import flood
 from tests.support import (
     PYTHON,
     ROOT,
@@ -22,6 +21,7 @@ from tests.support import (
     publish,
     wait_until,
 )
+from tests.system import flood
 
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 

@@ -1,6 +1,6 @@
 """One client floods one WebSocket at full speed; everyone else is still served on time.
 
-Each flood runs as its own process (tests/flood.py) against a real server,
+Each flood runs as its own process (tests/system/flood.py) against a real server,
 while a bystander on another channel gets 20 messages a second published
 over HTTP and measures how late each arrives. Before fair reading, one
 connection never yielded while its socket had data: the bystander got
@@ -13,8 +13,8 @@ import gevent
 import pytest
 import requests
 
-from tests import flood
 from tests.support import Bystander, ServerProcess, poll_json, publish, wait_until
+from tests.system import flood
 
 #: How long each flood lasts, and the bystander's p99 latency it must keep: wide, since the
 #: machine is shared (unfair reading made it several seconds, with publishes timing out).

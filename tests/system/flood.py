@@ -1,6 +1,6 @@
 """A hostile client flooding one WebSocket at full speed, run as a process of its own.
 
-``python -m tests.flood PORT PATH KIND SECONDS [BYTES]`` connects, sends frames
+``python -m tests.system.flood PORT PATH KIND SECONDS [BYTES]`` connects, sends frames
 of one ``KIND`` (see :data:`FLOODS`) as fast as the socket takes them for
 ``SECONDS``, or until it has sent ``BYTES``, or until the server closes the
 connection, never reading, and prints a
@@ -114,7 +114,7 @@ def start(
 ) -> subprocess.Popen:
     """Start a flooder process; :func:`result` waits for its report."""
     return subprocess.Popen(
-        [PYTHON, "-m", "tests.flood", str(port), path, kind, str(seconds), str(size)],
+        [PYTHON, "-m", "tests.system.flood", str(port), path, kind, str(seconds), str(size)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
 
