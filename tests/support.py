@@ -397,6 +397,7 @@ class FakeConnection:
         self.last_seen = time.monotonic()
         self.frames: list[bytes] = []
         self.flushes = 0
+        self.pings = 0
         self.aborted = False
 
     def push(self, frame: bytes) -> None:
@@ -404,6 +405,9 @@ class FakeConnection:
 
     def flush(self) -> None:
         self.flushes += 1
+
+    def ping(self) -> None:
+        self.pings += 1
 
     def close(self, code: int, reason: str) -> None:
         self.aborted = True

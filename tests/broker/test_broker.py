@@ -17,6 +17,7 @@ from wsrelay.broker import Broker, MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ids import MessageId
 from wsrelay.message import Message
+from wsrelay.websocket.encoders import RAW
 from wsrelay.websocket.protocol import encode_frame
 
 ALL_BYTES = bytes(range(256))
@@ -405,7 +406,7 @@ def test_two_workers_see_one_order_and_the_same_ids(make_broker, channel):
         worker.start(lambda m, r=recorder, d=hub_deliver: (r(m), d(m)))
     subscribers = [FakeConnection("a"), FakeConnection("b")]
     for hub, subscriber in zip(hubs, subscribers, strict=True):
-        hub.subscribe(Subscription(subscriber, channel), None)
+        hub.subscribe(Subscription(subscriber, channel, RAW), None)
 
     published: list[Message] = []
 

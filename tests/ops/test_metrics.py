@@ -7,6 +7,7 @@ from tests.support import FakeConnection
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
 from wsrelay.ops.metrics import Metrics, MetricsSync, close_code_label, read_totals
+from wsrelay.websocket.encoders import RAW
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_the_real_hub_path_counts_publishes_deliveries_and_latencies(hub, regist
     connections = [FakeConnection(f"s{i}") for i in range(3)]
     for connection in connections:
         hub.attach(connection)
-        hub.subscribe(Subscription(connection, "room"), None)
+        hub.subscribe(Subscription(connection, "room", RAW), None)
     for i in range(4):
         hub.publish("room", f"m{i}")
     hub.flush_pending()  # what the flusher greenlet does: write, then record the latencies

@@ -1,6 +1,7 @@
 """The WebSocket connection over a real socketpair, with the hub and a memory broker."""
 
 import socket
+import time
 
 import gevent
 import pytest
@@ -140,3 +141,15 @@ def test_pongs_a_client_never_reads_are_coalesced_not_queued(hub):
     assert len(pongs) < 3000, "pongs still unwritten were replaced by newer ones"
     connection.close(1000, "")
     runner.kill()
+
+
+def test_the_hubs_heartbeat_reaches_the_client_as_a_ping_frame(hub):
+    """The hub only asks; the connection frames the ping (the hub knows no WebSocket)."""
+    connection, peer, runner = connect(hub)
+    hub.ping_all(time.monotonic())
+    peer.settimeout(5)
+    assert server_frames(peer.recv(100)) == [(0x9, b"wsrelay")]
+    connection.last_seen -= hub.ping_interval + hub.ping_timeout + 1  # silent since
+    hub.ping_all(time.monotonic())
+    runner.join(5)
+    assert runner.dead and connection.state == "closed"

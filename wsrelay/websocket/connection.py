@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from gevent.socket import wait_write
-from geventwebsocket.exceptions import WebSocketError
 
 from ..broker import BrokerUnavailable, History
 from ..fairness import let_others_run
-from ..hub import Subscription
+from ..hub import Encoder, Subscription
 from ..ids import MessageId
 from .outbox import WRITE_SIZE, Outbox
-from .protocol import CloseCode, InboundMessage, WebSocketSession
+from .protocol import PING_FRAME, CloseCode, InboundMessage, WebSocketSession
 
 if TYPE_CHECKING:
     from ..hub import MessageServer
@@ -50,10 +49,6 @@ FEED_SIZE = 1024
 TURN = 0.001
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
-
-
-class ConnectionClosed(WebSocketError):
-    """The peer went away; a ``WebSocketError`` so seed-002 style code still catches it."""
 
 
 class Mode(Protocol):
@@ -225,12 +220,13 @@ class WebSocketConnection:
     # -- subscriptions ----------------------------------------------------------------
 
     def subscribe(
-        self, channel: str, since: MessageId | None, *, echo: bool = True, json: bool = False
+        self, channel: str, since: MessageId | None, encoder: Encoder, *, echo: bool = True
     ) -> History:
-        """Subscribe to ``channel`` (again, from ``since``, if already subscribed)."""
+        """Subscribe to ``channel`` (again, from ``since``, if already subscribed), its
+        messages framed by ``encoder`` (see :mod:`wsrelay.websocket.encoders`)."""
         if not self.unsubscribe(channel):
             self.subscribed += 1
-        subscription = Subscription(self, channel, echo=echo, json=json)
+        subscription = Subscription(self, channel, encoder, echo=echo)
         self.subscriptions[channel] = subscription
         try:
             return self.hub.subscribe(subscription, since)
@@ -253,6 +249,11 @@ class WebSocketConnection:
         """Queue a frame of this connection's own (an ack, an error)."""
         if self.state in ("open", "opening"):
             self.hub.send(self, frame)
+
+    def ping(self) -> None:
+        """Queue a ping (the hub's heartbeat asks): the client's pong, like anything it
+        sends, shows it is still there."""
+        self.send(PING_FRAME)
 
     # -- writing ----------------------------------------------------------------------
 

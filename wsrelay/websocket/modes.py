@@ -18,6 +18,7 @@ from ..broker import BrokerUnavailable, History
 from ..errors import ApiError
 from ..ids import MessageId
 from . import envelopes
+from .encoders import ENVELOPE, RAW
 from .envelopes import BadRequest, Request, request_echo
 from .protocol import CloseCode, InboundMessage, encode_frame
 
@@ -85,7 +86,7 @@ class RawMode:
     def start(self, connection: WebSocketConnection) -> None:
         """Subscribe, replaying what followed ``since``; if history no longer holds all of
         it, close with 4410 before replaying anything (see :func:`gap_reason`)."""
-        page = connection.subscribe(self.channel, self.since, echo=self.echo)
+        page = connection.subscribe(self.channel, self.since, RAW, echo=self.echo)
         if page.reset:
             connection.close(CloseCode.HISTORY_GAP, gap_reason(page))
 
@@ -132,7 +133,7 @@ class JsonMode:
     def start(self, connection: WebSocketConnection) -> None:
         if self.first is not None:
             channel, since = self.first
-            connection.subscribe(channel, since, json=True)
+            connection.subscribe(channel, since, ENVELOPE)
 
     def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
         if message.binary:
@@ -172,7 +173,7 @@ class JsonMode:
         ):
             raise ApiError(429, "too_many_subscriptions",
                            f"at most {self.policy.max_subscriptions} channels per connection")
-        page = connection.subscribe(request.channel, request.since, json=True)
+        page = connection.subscribe(request.channel, request.since, ENVELOPE)
         return {"cursor": str(page.cursor)}
 
     def _unsubscribe(self, connection: WebSocketConnection, request: Request) -> dict:
