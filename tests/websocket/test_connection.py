@@ -9,7 +9,7 @@ import pytest
 from tests.support import client_frame, server_frames
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer
-from wsrelay.websocket.connection import WebSocketConnection
+from wsrelay.websocket.connection import State, WebSocketConnection
 from wsrelay.websocket.modes import RawMode
 from wsrelay.websocket.upgrade import take_buffered
 
@@ -68,7 +68,7 @@ def test_overflow_sends_1013_after_the_frames_that_fit(hub):
     sent = [bytes([i]) * 20_000 for i in range(40)]
     for data in sent:
         hub.publish("c", data)
-    assert connection.state == "closing"
+    assert connection.state is State.CLOSING
     assert hub.counts()["subscribers"] == 0, "unsubscribed at once"
     frames = read_until_close(peer)
     data_frames, (opcode, body) = frames[:-1], frames[-1]
@@ -85,7 +85,7 @@ def test_peer_that_never_answers_the_close_is_aborted(hub):
     connection.close(1001, "going away")
     runner.join(5)
     assert runner.dead
-    assert connection.state == "closed"
+    assert connection.state is State.CLOSED
     assert read_until_close(peer)[-1][1][:2] == (1001).to_bytes(2, "big")
 
 
@@ -152,4 +152,4 @@ def test_the_hubs_heartbeat_reaches_the_client_as_a_ping_frame(hub):
     connection.last_seen -= hub.ping_interval + hub.ping_timeout + 1  # silent since
     hub.ping_all(time.monotonic())
     runner.join(5)
-    assert runner.dead and connection.state == "closed"
+    assert runner.dead and connection.state is State.CLOSED

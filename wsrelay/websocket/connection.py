@@ -16,6 +16,7 @@ subscriptions so that closing it stops every one of them at once.
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
 import os
@@ -49,6 +50,23 @@ FEED_SIZE = 1024
 TURN = 0.001
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class State(enum.Enum):
+    """Where a connection is in its life: (OPENING ->) OPEN -> CLOSING -> CLOSED."""
+
+    #: Taken from its request, subscribing; the 101 is not written yet, so nothing else is.
+    OPENING = "opening"
+    OPEN = "open"
+    #: Our close frame is queued or sent; the peer's is awaited, nothing more goes out.
+    CLOSING = "closing"
+    #: The socket is closed.
+    CLOSED = "closed"
+
+
+#: The states as plain names: ``State.OPEN`` is looked up through the enum's metaclass, ten
+#: times slower than a global: too slow for the queueing path, which checks every message.
+OPENING, OPEN, CLOSING, CLOSED = State.OPENING, State.OPEN, State.CLOSING, State.CLOSED
 
 
 class Mode(Protocol):
@@ -109,7 +127,7 @@ class WebSocketConnection:
         )
         self.outbox = Outbox(buffer_limit)
         self.writer: gevent.Greenlet | None = None
-        self.state = "open"  # (opening ->) open -> closing -> closed
+        self.state: State = OPEN
         self.close_timeout = close_timeout
         self._abort_timer: gevent.Greenlet | None = None
         #: A close asked for before the 101 was written (a replay overflowing the queue).
@@ -134,7 +152,7 @@ class WebSocketConnection:
         log.info("websocket %s opened", self.id, extra={"connection": self.id,
                                                          "transport": "websocket"})
         if handshake is not None:
-            self.state = "opening"
+            self.state = OPENING
         try:
             mode.start(self)
         except BrokerUnavailable:
@@ -143,11 +161,11 @@ class WebSocketConnection:
             try:
                 handshake()
             except OSError:
-                self.state = "closed"
+                self.state = CLOSED
                 self._release()
                 return
-            if self.state == "opening":
-                self.state = "open"
+            if self.state is OPENING:
+                self.state = OPEN
             self.hub.mark_dirty(self)
             if self._pending_close is not None:
                 self.close(*self._pending_close)
@@ -178,7 +196,7 @@ class WebSocketConnection:
         """
         session = self.session
         busy = 0.0  # seconds spent on this client's input since the others had a turn
-        while self.state != "closed":
+        while self.state is not CLOSED:
             if not data:
                 try:
                     data = self.sock.recv(READ_SIZE)
@@ -189,7 +207,7 @@ class WebSocketConnection:
                     return
             self.last_seen = time.monotonic()
             offset = 0
-            while offset < len(data) and self.state != "closed":
+            while offset < len(data) and self.state is not CLOSED:
                 piece = data[offset : offset + FEED_SIZE]
                 remaining = session.frame_remaining(piece)
                 if remaining > FEED_SIZE:  # one larger frame: as much of it as was read
@@ -211,7 +229,7 @@ class WebSocketConnection:
         for message in self.session.receive_data(data):
             if message.replies:
                 self._queue_pongs(message.replies)  # pongs the client asked for first
-            if self.state != "open":
+            if self.state is not OPEN:
                 break
             self.received += 1
             mode.receive(self, message)
@@ -247,7 +265,7 @@ class WebSocketConnection:
 
     def send(self, frame: bytes) -> None:
         """Queue a frame of this connection's own (an ack, an error)."""
-        if self.state in ("open", "opening"):
+        if self.state in (OPEN, OPENING):
             self.hub.send(self, frame)
 
     def ping(self) -> None:
@@ -259,7 +277,7 @@ class WebSocketConnection:
 
     def push(self, frame: bytes) -> None:
         """Queue a frame (called by the hub); close the connection if it cannot keep up."""
-        if self.state not in ("open", "opening"):
+        if self.state not in (OPEN, OPENING):
             return
         if not self.outbox.push(frame):
             self._too_slow()
@@ -268,7 +286,7 @@ class WebSocketConnection:
 
     def flush(self) -> None:
         """Write queued bytes without blocking; leave the rest to a writer greenlet."""
-        if self.writer is not None or self.state in ("closed", "opening"):
+        if self.writer is not None or self.state in (CLOSED, OPENING):
             return
         try:
             if not self._write_some():
@@ -296,7 +314,7 @@ class WebSocketConnection:
     def _drain(self) -> None:
         """Wait for the socket to take the rest of the queue (only for slow sockets)."""
         try:
-            while self.state != "closed" and not self._write_some():
+            while self.state is not CLOSED and not self._write_some():
                 wait_write(self.sock.fileno())
         except OSError:
             self.abort()
@@ -327,12 +345,12 @@ class WebSocketConnection:
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the peer has ``close_timeout`` to answer."""
-        if self.state == "opening":  # no frame may go out before the 101
+        if self.state is OPENING:  # no frame may go out before the 101
             self._pending_close = (code, reason)
             return
-        if self.state != "open":
+        if self.state is not OPEN:
             return
-        self.state = "closing"
+        self.state = CLOSING
         self._unsubscribe_all()
         if code == CloseCode.TRY_AGAIN_LATER:
             self.outbox.drop_unstarted()
@@ -342,21 +360,21 @@ class WebSocketConnection:
 
     def abort(self) -> None:
         """Drop the connection now: no handshake, socket closed, resources freed."""
-        if self.state == "closed":
+        if self.state is CLOSED:
             return
-        self.state = "closed"
+        self.state = CLOSED
         self._unsubscribe_all()
         self._close_socket()
 
     def _finish_writes_and_close(self) -> None:
         """The closing handshake is done: let the last frames out, then close TCP."""
-        if self.state == "open":  # no frame may follow the close frame
-            self.state = "closing"
+        if self.state is OPEN:  # no frame may follow the close frame
+            self.state = CLOSING
             self._unsubscribe_all()
         writer = self.writer
         if writer is not None:
             writer.join(self.close_timeout)
-        self.state = "closed"
+        self.state = CLOSED
         self._close_socket()
 
     def _close_socket(self) -> None:
@@ -391,8 +409,8 @@ class WebSocketConnection:
             self._expiry = None
         self._unsubscribe_all()
         self.hub.detach(self)
-        if self.state != "closed":
-            self.state = "closed"
+        if self.state is not CLOSED:
+            self.state = CLOSED
             self._close_socket()
         self._log_close()
         self.outbox = Outbox(0)  # frees what was still queued
