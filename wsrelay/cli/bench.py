@@ -54,6 +54,7 @@ def _drive(spec: dict, limit: float, progress: Progress, label: str) -> dict:
         watchdog = threading.Timer(limit, proc.kill)
         watchdog.start()
         result = None
+        assert proc.stdout is not None  # Popen(stdout=PIPE)
         try:
             for line in proc.stdout:
                 message = json.loads(line)
@@ -74,10 +75,11 @@ def _drive(spec: dict, limit: float, progress: Progress, label: str) -> dict:
 def _run(scenario: Scenario, system: str, quick: bool, redis: tuple[str, int] | None,
          progress: Progress, label: str) -> dict:
     params = scenario.params(quick)
-    env = {"WSRELAY_BROKER_URL": redis[0]} if system == "wsrelay-redis" and redis else {}
+    shared = redis if system == "wsrelay-redis" else None
+    env = {"WSRELAY_BROKER_URL": shared[0]} if shared else {}
     progress.show(f"{label}: starting {TITLES[system]}")
     with servers.server(system, env) as (port, pid):
-        pids = {"server": pid, "redis": redis[1] if env else None}
+        pids = {"server": pid, "redis": shared[1] if shared else None}
         spec = {"kind": scenario.kind, "system": system, "port": port, "pids": pids,
                 "params": params}
         return _drive(spec, 90 if quick else 300, progress, label)
@@ -129,8 +131,8 @@ def bench(quick: bool, only: tuple[str, ...], systems: tuple[str, ...], out: Pat
     plan = [(scenario, system) for scenario in chosen for system in scenario.systems
             if not systems or system in systems]
     absent = _absent({system for _, system in plan})
-    for system, reason in absent.items():
-        click.echo(f"{system}: {reason}", err=True)
+    for system, why in absent.items():
+        click.echo(f"{system}: {why}", err=True)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress()
     rows: list[dict] = []

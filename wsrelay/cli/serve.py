@@ -35,8 +35,8 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
         spawn=Pool(),
     )
     server.start()
-    bound_host, bound_port = server.address[:2]
-    click.echo(f"wsrelay serving on http://{bound_host}:{bound_port}/", err=False)
+    click.echo(f"wsrelay serving on http://{server.server_host}:{server.server_port}/",
+               err=False)
     sys.stdout.flush()
 
     def stop() -> None:

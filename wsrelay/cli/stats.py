@@ -93,7 +93,7 @@ def render(url: str, now: dict[str, Any], before: dict[str, Any] | None) -> str:
     lines += [f"{'  ' + transport:22}{count:>14,}" for transport, count in connections.items()]
     for key, label in ROWS:
         row = f"{label:22}{totals[key]:>14,}"
-        if elapsed > 0:
+        if before is not None and elapsed > 0:
             row += f"{(totals[key] - before['totals'][key]) / elapsed:>14,.1f}"
         lines.append(row)
     window = _since(now, before)

@@ -13,13 +13,16 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Set once wsrelay's logger has its handler.
+_configured = False
 
 
 def configure(form: str = "plain", level: int = logging.INFO) -> None:
     """Send wsrelay's logs to stderr in ``form`` ("plain" or "json"), once per process."""
-    logger = logging.getLogger("wsrelay")
-    if getattr(logger, "_wsrelay_configured", False):
+    global _configured
+    if _configured:
         return
+    logger = logging.getLogger("wsrelay")
     handler = logging.StreamHandler(sys.stderr)
     if form == "json":
         handler.setFormatter(JsonFormatter(
@@ -31,4 +34,4 @@ def configure(form: str = "plain", level: int = logging.INFO) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
-    logger._wsrelay_configured = True
+    _configured = True

@@ -212,7 +212,7 @@ def read_totals(registry: CollectorRegistry) -> dict[str, Any]:
     closes: Tally[str] = Tally()
     connections = dict.fromkeys(TRANSPORTS, 0)
     buckets: list[list[Any]] = []
-    latency = {"count": 0, "sum": 0.0, "buckets": buckets}
+    count, total = 0, 0.0
     processes = 0
     for metric in registry.collect():
         for sample in metric.samples:
@@ -226,11 +226,12 @@ def read_totals(registry: CollectorRegistry) -> dict[str, Any]:
             elif name == "wsrelay_processes":
                 processes += int(value)
             elif name == LATENCY + "_count":
-                latency["count"] += int(value)
+                count += int(value)
             elif name == LATENCY + "_sum":
-                latency["sum"] += value
+                total += value
             elif name == LATENCY + "_bucket":
                 buckets.append([labels["le"], int(value)])
+    latency = {"count": count, "sum": total, "buckets": buckets}
     totals.update(closes=dict(sorted(closes.items())), connections=connections,
                   latency=latency, processes=processes)
     return totals

@@ -175,7 +175,8 @@ class RelayHandler(WebSocketHandler):
             return ""  # pywsgi closes the connection on an empty request line
         timeout = idle_timeout(application)
         self._head_deadline = time.monotonic() + timeout
-        with connections.waiting(self.socket), gevent.Timeout(timeout, False):
+        # False: pass silently (gevent's documented value; types-gevent allows exceptions only)
+        with connections.waiting(self.socket), gevent.Timeout(timeout, False):  # type: ignore[arg-type]
             return WSGIHandler.read_requestline(self)
         return ""
 
@@ -183,13 +184,16 @@ class RelayHandler(WebSocketHandler):
         """Read the headers within what is left of the idle timeout; else answer 408."""
         remaining = max(0.0, self._head_deadline - time.monotonic())
         with gevent.Timeout(remaining, RequestHeadTimeout):
-            return WSGIHandler.read_request(self, raw_requestline)
+            # pywsgi returns True (types-gevent says the headers)
+            return WSGIHandler.read_request(self, raw_requestline)  # type: ignore[return-value]
 
     def MessageClass(self, rfile: Any, *args: Any) -> Any:
         """Parse the headers through a reader that stops at the limits, then check them
         before pywsgi reads its framing from them (it would drop a Content-Length beside
         ``Transfer-Encoding: chunked``, and take ``+1`` for 1)."""
-        headers = WSGIHandler.MessageClass(self, _BoundedHeaderReader(rfile), *args)
+        # the parser only calls readline() (types-gevent asks for a whole BufferedIOBase)
+        reader = _BoundedHeaderReader(rfile)
+        headers = WSGIHandler.MessageClass(self, reader, *args)  # type: ignore[arg-type]
         return _checked(headers, self.request_version)
 
     def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
@@ -199,7 +203,8 @@ class RelayHandler(WebSocketHandler):
             return "431", _HEADERS_TOO_LARGE
         if isinstance(ex, BadRequestHead):
             return "400", _refusal("400 Bad Request", "bad_request", str(ex))
-        return WSGIHandler._handle_client_error(self, ex)
+        # pywsgi's documented hook for subclasses, which types-gevent leaves out
+        return WSGIHandler._handle_client_error(self, ex)  # type: ignore[attr-defined]
 
     def run_application(self) -> None:
         if is_upgrade_request(self.environ):

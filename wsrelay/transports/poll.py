@@ -54,7 +54,7 @@ def poll(channel: str) -> Response:
     finally:
         hub.stats.connections["poll"] -= 1
         release()
-    body = {
+    body: dict[str, object] = {
         "channel": name,
         "cursor": str(page.cursor),
         "messages": [message.to_json() for message in page.messages],

@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
-from flask import Response, current_app, request
+from flask import Flask, Response, current_app, request
 from geventwebsocket.websocket import WebSocket
+
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
 
 from ..auth import PUBLISH, SUBSCRIBE
 from ..errors import ApiError
@@ -43,6 +47,7 @@ def upgrade(channel: str | None = None) -> Response:
                 "worker",
             )
         json = SUBPROTOCOL in _offered_subprotocols()
+        mode: Mode
         if channel is None and not json:
             raise ApiError(
                 400, "channel_required",
@@ -100,7 +105,7 @@ def _checks_after_the_request() -> Callable[[str, str], object]:
     """``admit_channel`` for the channels a ``wsrelay.v1`` client names later, once its
     request has ended: run in a request context rebuilt from a copy of this request's
     environ, its CGI variables and headers (not its streams, socket or objects)."""
-    app = current_app._get_current_object()
+    app = cast("LocalProxy[Flask]", current_app)._get_current_object()
     environ = {key: value for key, value in request.environ.items() if isinstance(value, str)}
 
     def check(channel: str, action: str) -> object:

@@ -36,6 +36,8 @@ from .outbox import WRITE_SIZE, Outbox
 from .protocol import PING_FRAME, CloseCode, InboundMessage, WebSocketSession
 
 if TYPE_CHECKING:
+    from gevent._types import _TimerWatcher
+
     from ..hub import MessageServer
     from ..limits import TokenBucket
 
@@ -133,7 +135,8 @@ class WebSocketConnection:
         #: A close asked for before the 101 was written (a replay overflowing the queue).
         self._pending_close: tuple[int, str] | None = None
         self.expires = expires
-        self._expiry = None  # the libev timer that closes the connection when its token expires
+        #: The libev timer that closes the connection when its token expires.
+        self._expiry: _TimerWatcher | None = None
 
     # -- reading (the connection's greenlet) -------------------------------------------
 
@@ -302,7 +305,8 @@ class WebSocketConnection:
         while outbox:
             data = outbox.peek()
             try:
-                written = self.sock.send(data, 0, 0.0)
+                # gevent's send takes a timeout (types-gevent declares the stdlib's send)
+                written = self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
             except (BlockingIOError, InterruptedError):
                 written = 0
             outbox.consume(written)

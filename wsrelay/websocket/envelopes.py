@@ -29,8 +29,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from ..channels import CHANNEL_PATTERN, InvalidChannel, check_channel
 from ..ids import InvalidMessageId, MessageId
@@ -52,7 +53,9 @@ _NOT_A_REQUEST = (
     "strings, numbers, true, false or null"
 )
 _NOT_JSON = "a request is one JSON object"
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
+#: The whitespace at an index (perhaps none: the pattern matches the empty string, so it
+#: always matches).
+_skip_whitespace = cast(Callable[[str, int], "re.Match[str]"], re.compile(r"[ \t\n\r]*").match)
 
 
 def max_request_size(max_message_size: int) -> int:
@@ -82,7 +85,7 @@ class BadRequest(ValueError):
         self.envelope = error(code, reason, request)
 
 
-def _is_type(value: Any) -> bool:
+def _is_type(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and value in REQUEST_TYPES
 
 
@@ -115,8 +118,10 @@ def _integer(text: str) -> int:
     return int(text)
 
 
-#: The C scanner of :mod:`json`, for one scalar at a time (its strings at C speed).
-_scan_value = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_integer).scan_once
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_integer)
+#: The C scanner of :mod:`json`, for one scalar at a time (its strings at C speed); the
+#: decoder's __init__ sets it, and typeshed does not declare it.
+_scan_value: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def _value(text: str, index: int) -> tuple[Any, int]:
@@ -137,7 +142,7 @@ def _load(text: str) -> dict[str, Any]:
     values are refused before they cost anything, so any text costs at most
     what scanning its strings costs.
     """
-    skip = _WHITESPACE.match
+    skip = _skip_whitespace
     index = skip(text, 0).end()
     if not text.startswith("{", index):
         _, index = _value(text, index)  # valid JSON, but no object: no request either
@@ -187,9 +192,9 @@ def parse_request(text: str | bytes, max_data: int) -> Request:
     ack = raw.get("ack")
     if ack is not None and not _is_ack(ack):
         raise BadRequest("invalid_ack", f"ack is an integer from 0 to {MAX_ACK}", echo)
-    channel = raw.get("channel")
+    name = raw.get("channel")
     try:
-        check_channel(channel if isinstance(channel, str) else "")
+        channel = check_channel(name if isinstance(name, str) else "")
     except InvalidChannel as exc:
         raise BadRequest("invalid_channel", str(exc), echo) from None
     since = None

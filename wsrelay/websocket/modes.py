@@ -136,6 +136,7 @@ class JsonMode:
             connection.subscribe(channel, since, ENVELOPE)
 
     def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
+        reply: bytes | None
         if message.binary:
             reply = envelopes.error("invalid_request", "wsrelay.v1 requests are JSON text frames")
         else:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import codecs
 import time
 from enum import IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import SERVER, Protocol, State
+from websockets.typing import BytesLike
 
 from ..limits import TokenBucket
 
@@ -281,7 +282,7 @@ class WebSocketSession:
         self, *, max_message_size: int, control_rate: TokenBucket | None = None
     ) -> None:
         self._protocol = _ServerProtocol(max_message_size, control_rate)
-        self._fragments: list[bytes] = []
+        self._fragments: list[BytesLike] = []
         self._binary = False
         self._pongs: list[bytes] = []  # pongs after the last message returned
         self._output: list[bytes] = []  # and the rest: a close frame, the end
@@ -358,7 +359,8 @@ class WebSocketSession:
         protocol.message_marks = []
         written = 0
         messages: list[InboundMessage] = []
-        for frame in protocol.events_received():
+        # past the handshake (which is not the core's), every event is a frame
+        for frame in cast(list[Frame], protocol.events_received()):
             opcode = frame.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 self._binary = opcode is Opcode.BINARY

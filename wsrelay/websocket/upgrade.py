@@ -14,21 +14,41 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import gevent
 from gevent.pool import PoolFull
-from gevent.pywsgi import WSGIHandler
 
 from .handshake import accept_key, switching_protocols
+
+
+class RequestHandler(Protocol):
+    """What taking a socket needs of its request's handler: the pywsgi handler attributes
+    wsrelay's ``RelayHandler`` has (:mod:`wsrelay.server.handler`)."""
+
+    environ: dict[str, Any]
+    #: None once the socket was detached: pywsgi's cleanup then leaves it alone.
+    socket: socket.socket | None
+    rfile: Any
+    server: Any
+    upgraded: bool
+    status: str
+    headers_sent: bool
+    close_connection: bool
+    response_length: int
 
 
 class DeferredWebSocket:
     """An upgrade request the application has not answered yet."""
 
-    def __init__(self, handler: WSGIHandler) -> None:
-        """``handler``: the request's pywsgi handler (wsrelay's ``RelayHandler``)."""
+    def __init__(self, handler: RequestHandler) -> None:
         self._handler = handler
+
+    def _socket(self) -> socket.socket:
+        sock = self._handler.socket
+        if sock is None:
+            raise RuntimeError("this WebSocket's socket was taken already")
+        return sock
 
     def prepare(self, subprotocol: str | None = None) -> Callable[[], None]:
         """Check the handshake now (ApiError if it is invalid) and return what writes the
@@ -37,7 +57,7 @@ class DeferredWebSocket:
         return functools.partial(self._switch, response)
 
     def _switch(self, response: bytes) -> None:
-        self._handler.socket.sendall(response)
+        self._socket().sendall(response)
         self._mark_upgraded(len(response))
 
     def detach(self, subprotocol: str | None = None) -> TakenSocket | None:
@@ -51,11 +71,12 @@ class DeferredWebSocket:
         """
         handler = self._handler
         response = switching_protocols(accept_key(handler.environ), subprotocol)  # ApiError
+        original = self._socket()
         try:
-            sock = handler.socket.dup()
+            sock = original.dup()
         except NotImplementedError:  # an SSLSocket: its TLS state cannot be shared
             return None
-        pending = take_buffered(handler.socket, handler.rfile)
+        pending = take_buffered(original, handler.rfile)
         # pywsgi's cleanup reads what is left on its socket before closing it: with no
         # socket it leaves the client's first frames to us (the server still closes it).
         handler.socket = None
@@ -144,10 +165,8 @@ def take_socket(ws: Any, subprotocol: str | None = None, *, detach: bool = False
         if taken is not None:
             return taken
         handshake = ws.prepare(subprotocol)
-        handler = ws._handler
-        return TakenSocket(
-            handler.socket, take_buffered(handler.socket, handler.rfile), handshake, _serve_here
-        )
+        sock = ws._socket()
+        return TakenSocket(sock, take_buffered(sock, ws._handler.rfile), handshake, _serve_here)
     handler = ws.handler
     pending = take_buffered(handler.socket, handler.rfile)
     return TakenSocket(handler.socket, pending, None, functools.partial(_serve_stock, ws))

@@ -46,10 +46,12 @@ import os
 import time
 import uuid
 from importlib.resources import files
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from ...ids import MessageId
@@ -63,6 +65,11 @@ log = logging.getLogger(__name__)
 #: Seconds after which a worker's presence report no longer counts (the hub refreshes
 #: its reports every few seconds, so only a crashed or cut-off worker's go stale).
 PRESENCE_STALE = 30.0
+
+
+def _text(value: bytes | str) -> str:
+    """A reply as text (this client reads bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _script(name: str) -> str:
@@ -174,8 +181,8 @@ class RedisBroker(Broker):
         fresh_after = time.time() - PRESENCE_STALE
         total = local
         for worker, value in entries.items():
-            count, _, stamp = value.partition(b" ")
-            if worker.decode() != self.listener_name and float(stamp or 0) > fresh_after:
+            count, _, stamp = _text(value).partition(" ")
+            if _text(worker) != self.listener_name and float(stamp or 0) > fresh_after:
                 total += int(count)
         return total
 
@@ -234,7 +241,7 @@ class RedisBroker(Broker):
         base = f"{self.prefix}:{{{channel}}}"
         return f"{base}:state", f"{base}:log", base
 
-    def _call(self, script, keys: list[str], args: list) -> list:
+    def _call(self, script: Script, keys: list[str], args: list[Any]) -> list[Any]:
         try:
             result = script(keys, [self._last_epoch + 1, self._ttl_ms, *args])
         except redis.RedisError as exc:
