@@ -10,6 +10,7 @@ written down for the code: moving a module is one edit here.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     return {module_name(path): imports_of(path) for path in sorted(PACKAGE.rglob("*.py"))}
 

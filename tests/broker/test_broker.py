@@ -45,7 +45,7 @@ class Recorder:
         return self.on(channel)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
 def make_broker(request):
     """``make_broker(history_size=..., history_ttl=...)``; Redis brokers of one test share
     a key prefix no other test uses (so two of them act as two workers)."""
@@ -396,7 +396,8 @@ def test_watch_counts_and_rewatch(broker, channel):
 # -- two workers on one Redis, through the hub ----------------------------------------
 
 
-@pytest.mark.parametrize("make_broker", ["redis"], indirect=True)  # only Redis is shared
+@pytest.mark.parametrize("make_broker", [pytest.param("redis", marks=pytest.mark.e2e)],
+                         indirect=True)  # only Redis is shared
 def test_two_workers_see_one_order_and_the_same_ids(make_broker, channel):
     workers = [make_broker(), make_broker()]
     recorders = [Recorder(), Recorder()]

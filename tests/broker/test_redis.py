@@ -252,6 +252,7 @@ def test_heartbeat_detects_a_redis_that_stopped_answering(make_broker, client, c
     assert ids(recorder.wait_for(channel, 1)) == [message.id]
 
 
+@pytest.mark.e2e  # starts a redis-server of its own
 def test_unix_socket_url(tmp_path, channel):
     path = tmp_path / "redis.sock"
     proc = subprocess.Popen(

@@ -21,6 +21,8 @@ from tests.support import PYTHON, ROOT
 from wsrelay.bench.baselines import nchan
 from wsrelay.bench.scenarios import SCENARIOS, TITLES
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 NOT_INSTALLED = "not installed: apt-get install nginx-light libnginx-mod-nchan"
 #: where Debian installs nginx, off a non-root user's PATH
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 
 import gevent
+import pytest
 from gevent.pywsgi import WSGIServer
 
 from tests.cli import assert_clear_failure, manage
 from tests.support import free_port, poll_json, wait_until
+
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
 ID = re.compile(r"\d{13}-\d{10}")
 

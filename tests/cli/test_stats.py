@@ -15,6 +15,8 @@ from gevent.pywsgi import WSGIServer
 from tests.cli import assert_clear_failure, manage
 from tests.support import PYTHON, ROOT, free_port
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 
 @pytest.fixture
 def quiet(make_server):

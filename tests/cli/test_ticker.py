@@ -1,6 +1,10 @@
 """The demo's server push: ``manage.py serve`` publishes to ``ticker`` from a greenlet."""
 
+import pytest
+
 from tests.support import ServerProcess
+
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
 
 def test_serve_pushes_the_ticker_once_per_tick():

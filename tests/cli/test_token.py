@@ -9,6 +9,8 @@ import requests
 
 from tests.cli import assert_clear_failure, manage
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 
 @pytest.mark.parametrize("ttl", ["nan", "inf", "-inf", "1e400", "0", "-5"])
 def test_token_refuses_a_ttl_that_is_not_finite_and_positive(ttl):

@@ -24,11 +24,17 @@ def serve(handler_class, app=None):
     return server
 
 
+def stop(server: WSGIServer) -> None:
+    """Stop a server of :func:`serve`, and its app's relay (the hub's and metrics' greenlets)."""
+    server.stop()
+    server.application.extensions["wsrelay"].close()
+
+
 @pytest.fixture(params=[RelayHandler, WebSocketHandler], ids=["relay", "stock"])
 def handler_server(request):
     server = serve(request.param)
     yield request.param, f"ws://127.0.0.1:{server.server_port}"
-    server.stop()
+    stop(server)
 
 
 def test_both_handlers_relay(handler_server):
@@ -77,7 +83,7 @@ def test_relay_handler_answers_ordinary_requests_normally():
         assert response.status_code == 200
         assert response.json()["status"] == "ok"
     finally:
-        server.stop()
+        stop(server)
 
 
 # -- what a request may make the server hold or read -------------------------------------
@@ -256,7 +262,7 @@ def own_route_server(request):
 
     server = serve(request.param, app)
     yield request.param, f"ws://127.0.0.1:{server.server_port}"
-    server.stop()
+    stop(server)
 
 
 def test_an_own_route_relays_with_serve_websocket(own_route_server):

@@ -39,6 +39,8 @@ from kosoku.cases import CASES  # the runner's index of the cases: id -> Autobah
 
 from tests.support import ServerProcess
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 if TYPE_CHECKING:
     from kosoku._kosoku import CaseResult
 

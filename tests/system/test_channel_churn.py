@@ -29,6 +29,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 V1_NAMES = 190_000  # subscribed and unsubscribed over one wsrelay.v1 WebSocket
 POLL_NAMES = 10_000  # long-polls with timeout=0 over one keep-alive connection, meanwhile
 #: wsrelay.v1 requests sent at once: a worker handles what one socket has sent before it

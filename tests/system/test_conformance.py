@@ -29,6 +29,8 @@ from tests.support import (
 )
 from wsrelay.websocket.handshake import GUID
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 

@@ -16,6 +16,8 @@ import requests
 from tests.support import Bystander, ServerProcess, poll_json, publish, wait_until
 from tests.system import flood
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 #: How long each flood lasts, and the bystander's p99 latency it must keep: wide, since the
 #: machine is shared (unfair reading made it several seconds, with publishes timing out).
 SECONDS = 4

@@ -23,6 +23,8 @@ from tests.support import (
 )
 from tests.system import flood
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 

@@ -35,6 +35,8 @@ from tests.support import (
 )
 from wsrelay.ids import MessageId
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 
 

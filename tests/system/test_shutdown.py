@@ -13,6 +13,8 @@ from tests.support import Closed, EventStream, ServerProcess, publish, wait_unti
 from wsrelay import create_app
 from wsrelay.ids import MessageId
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 
 def ended_cleanly(stream: EventStream, timeout: float = 10) -> bool:
     with gevent.Timeout(timeout, AssertionError("the SSE stream did not end")):

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 
 import gevent
+import pytest
 import requests
 from gevent.event import Event
 
@@ -31,6 +32,8 @@ from tests.support import (
     server_frames,
     wait_until,
 )
+
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
 MESSAGES = 300
 PACE = 0.03  # seconds between messages: a run of about 10 s

@@ -23,6 +23,8 @@ from tests.support import (
 )
 from tests.system.test_redis_e2e import spread_clients, subscribers_by_worker, worker_reports
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 ADMIN_PATHS = ("/metrics", "/dashboard", "/dashboard/stats")
 
 

@@ -43,6 +43,8 @@ from wsrelay.config import ConfigError
 from wsrelay.ids import MessageId
 from wsrelay.server.handler import RelayHandler
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 SECRET = "tests-share-this-secret-with-the-server-0123456789"
 TOKENS = Tokens(SECRET)
 TRANSPORTS = ["ws", "sse", "poll", "publish"]

@@ -19,6 +19,8 @@ def hub():
     hub = MessageServer(MemoryBroker(history_size=100, history_ttl=60))
     hub.start()
     yield hub
+    for connection in list(hub.connections):
+        connection.abort()  # its greenlet ends: the socket is closed under it
     hub.stop()
 
 

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import examples
 from wsrelay.ids import MessageId
 from wsrelay.message import Message
 from wsrelay.websocket import envelopes
@@ -150,7 +151,7 @@ def answer_of(text: str) -> Request | dict:
         return envelope
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(fields)
 def test_any_json_in_any_field_gets_a_request_or_an_error(request):
     answer = answer_of(json.dumps(request, ensure_ascii=True))  # lone surrogates as escapes
@@ -158,7 +159,7 @@ def test_any_json_in_any_field_gets_a_request_or_an_error(request):
         assert answer.type == request["type"] and answer.channel == request["channel"]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.one_of(values.map(json.dumps), st.text(max_size=200)))
 def test_any_text_gets_a_request_or_an_error(text):
     answer_of(text)
@@ -168,7 +169,7 @@ flat_values = st.one_of(st.none(), st.booleans(), st.integers(-10**31, 10**31),
                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.dictionaries(st.text(max_size=8), flat_values, max_size=envelopes.MAX_MEMBERS),
        st.sampled_from([None, 0, 2]), st.booleans())
 def test_a_flat_object_reads_as_json_reads_it(request, indent, ascii_only):
@@ -177,7 +178,7 @@ def test_a_flat_object_reads_as_json_reads_it(request, indent, ascii_only):
     assert envelopes._load(text) == json.loads(text)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(values.map(json.dumps))
 def test_any_json_is_read_as_json_reads_it_or_refused(text):
     try:

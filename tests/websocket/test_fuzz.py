@@ -23,7 +23,7 @@ from typing import NamedTuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import client_frame, server_frames
+from tests.support import client_frame, examples, server_frames
 from wsrelay.channels import InvalidChannel, check_channel
 from wsrelay.errors import ApiError
 from wsrelay.ids import InvalidMessageId, MessageId
@@ -33,7 +33,8 @@ from wsrelay.websocket.protocol import SMALL_FRAGMENT, WebSocketSession
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 LIMIT = 300  # small, so that fragments cross it
-FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(1000), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 class Spec(NamedTuple):
@@ -291,7 +292,7 @@ def test_valid_text_is_accepted_whatever_the_fragment_boundaries(text, cuts):
 CHANNEL_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.one_of(st.text(max_size=140), st.text(alphabet=sorted(CHANNEL_CHARS), max_size=140)))
 def test_channel_names_are_exactly_the_contract(name):
     allowed = 1 <= len(name) <= 128 and set(name) <= CHANNEL_CHARS
@@ -306,7 +307,7 @@ def test_channel_names_are_exactly_the_contract(name):
 ID_TEXT = re.compile(r"([0-9]{1,16})-([0-9]{1,19})")
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.one_of(
     st.text(max_size=40),
     st.from_regex(r"\A[0-9]{1,18}-[0-9]{1,21}\Z"),
@@ -330,7 +331,7 @@ keys = st.one_of(latin1, st.binary(min_size=14, max_size=18).map(
     lambda raw: base64.b64encode(raw).decode()))
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(keys, st.one_of(st.just("13"), latin1), st.sampled_from(["GET", "POST", "get"]),
        st.sampled_from(["HTTP/1.1", "HTTP/1.0"]), st.one_of(st.just("relay.example"), latin1),
        latin1, latin1)

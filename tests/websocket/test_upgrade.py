@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from tests.server.test_handler import serve
+from tests.server.test_handler import serve, stop
 from tests.support import WSClient, wait_until
 from wsrelay import create_app
 from wsrelay.server.handler import RelayHandler
@@ -39,8 +39,7 @@ def detaching():
     yield types.SimpleNamespace(
         url=f"ws://127.0.0.1:{server.server_port}", relay=relay, ended=ended, asked=asked
     )
-    server.stop()
-    relay.close()
+    stop(server)
 
 
 def test_the_request_ends_once_upgraded_and_the_connection_lives_on(detaching):
