@@ -131,8 +131,8 @@ class Relay:
     ) -> None:
         """Relay ``channel`` over ``environ['wsgi.websocket']`` in raw mode, until it closes.
 
-        For an application's own route (seed 002's pattern), which has made
-        its own checks: everything the client sends is published, everything
+        For an application's own route (``@app.route(..., websocket=True)``),
+        which has made its own checks: everything the client sends is published, everything
         published reaches it. Returns when the connection has ended: the view
         serves it in its request, since the route's code may follow the call.
         """

@@ -248,7 +248,7 @@ def test_both_handlers_speak_wsrelay_v1(handler_server):
 
 @pytest.fixture(params=[RelayHandler, WebSocketHandler], ids=["relay", "stock"])
 def own_route_server(request):
-    """An application with its own WebSocket route, seed 002's way, on either handler."""
+    """An application with its own WebSocket route (serve_websocket), on either handler."""
     from flask import request as flask_request
 
     app = create_app()

@@ -1,4 +1,4 @@
-"""Server push from a background greenlet (seed 001's timed push, done right).
+"""Server push from a background greenlet: the demo's ticker.
 
 ``manage.py serve`` runs it for the demo page's ticker panel. It uses only the
 public API, so it doubles as the example of publishing from a greenlet.
