@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import gevent
 import pytest
 from kosoku import FailureError, run_fuzzingclient
 from kosoku._report import write_reports  # what the kosoku command writes its reports with
@@ -87,7 +88,9 @@ def autobahn() -> dict[str, list[CaseResult]]:
     """Every case of the suite, once, against one server: the results by section."""
     server = ServerProcess.serve(env=SERVER_ENV)
     try:
-        results = asyncio.run(run_suite(server.ws_url))
+        # in a thread of its own: another suite's asyncio loop (Playwright's, for Chromium)
+        # may be running in this one, and asyncio.run cannot start inside it
+        results = gevent.get_hub().threadpool.apply(asyncio.run, (run_suite(server.ws_url),))
     finally:
         server.stop()
     by_section: dict[str, list[CaseResult]] = {section: [] for section in SECTIONS}
