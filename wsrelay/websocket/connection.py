@@ -66,8 +66,9 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-#: The states as plain names: ``State.OPEN`` is looked up through the enum's metaclass, ten
-#: times slower than a global: too slow for the queueing path, which checks every message.
+#: The states as plain names, compared one at a time with ``is``: the queueing path checks
+#: the state for every message, and ``State.OPEN`` is looked up through the enum's
+#: metaclass (ten times a global), ``state in (OPEN, OPENING)`` builds a tuple each time.
 OPENING, OPEN, CLOSING, CLOSED = State.OPENING, State.OPEN, State.CLOSING, State.CLOSED
 
 
@@ -268,7 +269,8 @@ class WebSocketConnection:
 
     def send(self, frame: bytes) -> None:
         """Queue a frame of this connection's own (an ack, an error)."""
-        if self.state in (OPEN, OPENING):
+        state = self.state
+        if state is OPEN or state is OPENING:
             self.hub.send(self, frame)
 
     def ping(self) -> None:
@@ -280,7 +282,8 @@ class WebSocketConnection:
 
     def push(self, frame: bytes) -> None:
         """Queue a frame (called by the hub); close the connection if it cannot keep up."""
-        if self.state not in (OPEN, OPENING):
+        state = self.state
+        if state is not OPEN and state is not OPENING:
             return
         if not self.outbox.push(frame):
             self._too_slow()
@@ -289,7 +292,8 @@ class WebSocketConnection:
 
     def flush(self) -> None:
         """Write queued bytes without blocking; leave the rest to a writer greenlet."""
-        if self.writer is not None or self.state in (CLOSED, OPENING):
+        state = self.state
+        if self.writer is not None or state is CLOSED or state is OPENING:
             return
         try:
             if not self._write_some():
