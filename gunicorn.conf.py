@@ -17,7 +17,7 @@ if _own_metrics_dir:
 from prometheus_client.multiprocess import mark_process_dead  # noqa: E402
 
 from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers  # noqa: E402
-from wsrelay.metrics import reset_multiprocess_dir  # noqa: E402
+from wsrelay.ops.metrics import reset_multiprocess_dir  # noqa: E402
 
 wsgi_app = "wsrelay.app:create_app()"
 worker_class = "wsrelay.gunicorn_worker.RelayWorker"

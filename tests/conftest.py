@@ -1,8 +1,12 @@
-"""Fixtures: real servers on free ports, a real redis-server, unique channels.
+"""Fixtures: real servers on free ports, a real redis-server, unique channels; the e2e mark.
 
 The test process is gevent-patched like ``manage.py``, so in-process hub and
 broker tests run exactly as they do in a server, and the clients (websockets'
 sync client, requests, Playwright) cooperate with it.
+
+Every test that starts a process is marked ``e2e``: ``pytest -m "not e2e"`` is
+the inner loop, the in-process tests only, and its property tests draw a tenth
+of their examples (see :func:`tests.support.examples`); a whole run draws them all.
 """
 
 from gevent import monkey
@@ -10,6 +14,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import re  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -22,6 +27,27 @@ from tests.support import RedisServer, ServerProcess  # noqa: E402
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The inner loop (``-m "not e2e"``) is for speed: its property tests go a tenth as deep
+    (``--hypothesis-profile`` still chooses, when given)."""
+    inner = re.search(r"\bnot\s+e2e\b", config.getoption("markexpr") or "")
+    if inner and not config.getoption("hypothesis_profile", None):
+        settings.register_profile("inner-loop", parent=settings.default, max_examples=10)
+        settings.load_profile("inner-loop")
+
+
+#: The fixtures that start a process: a test using one (even through another fixture) is e2e.
+PROCESS_FIXTURES = frozenset({"server", "make_server", "redis_server", "browser"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``e2e`` every test that starts a process through a fixture; modules and tests
+    that start processes themselves carry the mark explicitly."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 import gevent
 import requests
 import websocket
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -61,6 +62,12 @@ def publish_stream(server: ServerProcess, channel: str, count: int) -> gevent.Gr
                     gevent.sleep(0.003)
 
     return gevent.spawn(produce)
+
+
+def examples(full: int) -> int:
+    """The examples a property test draws: ``full`` under hypothesis's default profile, and
+    in proportion under another (the inner loop's draws a tenth: see tests/conftest.py)."""
+    return max(1, full * settings.default.max_examples // 100)
 
 
 def free_port() -> int:
@@ -397,6 +404,7 @@ class FakeConnection:
         self.last_seen = time.monotonic()
         self.frames: list[bytes] = []
         self.flushes = 0
+        self.pings = 0
         self.aborted = False
 
     def push(self, frame: bytes) -> None:
@@ -404,6 +412,9 @@ class FakeConnection:
 
     def flush(self) -> None:
         self.flushes += 1
+
+    def ping(self) -> None:
+        self.pings += 1
 
     def close(self, code: int, reason: str) -> None:
         self.aborted = True

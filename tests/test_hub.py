@@ -1,28 +1,44 @@
 """The hub without sockets: fake connections record the frames they were given."""
 
+from __future__ import annotations
+
 import json
 import time
+from collections.abc import Callable, Iterator
 
 import gevent
+import pytest
 
 from tests.support import FakeConnection
-from wsrelay import envelopes
-from wsrelay.broker import MemoryBroker
-from wsrelay.hub import MessageServer, Subscription
+from wsrelay.broker import Broker, MemoryBroker
+from wsrelay.hub import Encoder, MessageServer, Subscription
 from wsrelay.ids import MessageId
-from wsrelay.protocol import PING_FRAME, encode_frame
+from wsrelay.message import Message
+from wsrelay.websocket import envelopes
+from wsrelay.websocket.encoders import ENVELOPE, RAW
+from wsrelay.websocket.protocol import encode_frame
 
 
-def make_hub(**kwargs) -> MessageServer:
-    hub = MessageServer(MemoryBroker(history_size=100, history_ttl=60), **kwargs)
-    hub.start()
-    return hub
+@pytest.fixture
+def make_hub() -> Iterator[Callable[..., MessageServer]]:
+    """Started hubs (on a memory broker unless given one), all stopped after the test."""
+    started: list[MessageServer] = []
+
+    def make(broker: Broker | None = None, **kwargs: float) -> MessageServer:
+        hub = MessageServer(broker or MemoryBroker(history_size=100, history_ttl=60), **kwargs)
+        hub.start()
+        started.append(hub)
+        return hub
+
+    yield make
+    for hub in started:
+        hub.stop()
 
 
-def join(hub, name="s", channel="c", since=None, **options) -> FakeConnection:
+def join(hub, name="s", channel="c", since=None, encoder=RAW, **options) -> FakeConnection:
     connection = FakeConnection(name)
     hub.attach(connection)
-    hub.subscribe(Subscription(connection, channel, **options), since)
+    hub.subscribe(Subscription(connection, channel, encoder, **options), since)
     connection.frames.clear()  # nothing was replayed without since; keep tests to the point
     return connection
 
@@ -31,7 +47,7 @@ def text_frames(*texts: bytes) -> list[bytes]:
     return [encode_frame(t, binary=False) for t in texts]
 
 
-def test_one_frame_object_is_shared_by_every_subscriber():
+def test_one_frame_object_is_shared_by_every_subscriber(make_hub):
     hub = make_hub()
     connections = [join(hub, f"s{i}") for i in range(50)]
     hub.publish("c", "hello")
@@ -40,20 +56,78 @@ def test_one_frame_object_is_shared_by_every_subscriber():
     assert all(c.frames[0] is first for c in connections)
 
 
-def test_json_subscribers_share_one_envelope_frame_raw_ones_the_raw_frame():
+def test_json_subscribers_share_one_envelope_frame_raw_ones_the_raw_frame(make_hub):
     hub = make_hub()
-    raw, json_a, json_b = join(hub, "r"), join(hub, "a", json=True), join(hub, "b", json=True)
+    raw = join(hub, "r")
+    json_a, json_b = join(hub, "a", encoder=ENVELOPE), join(hub, "b", encoder=ENVELOPE)
     message = hub.publish("c", "hi")
     assert raw.frames == text_frames(b"hi")
     assert json_a.frames[0] is json_b.frames[0]
     assert json_a.frames == text_frames(envelopes.message(message))
 
 
-def test_one_connection_many_channels():
+class Lines:
+    """An encoder of another transport than WebSocket: one text line per message, counting
+    what it was asked to encode."""
+
+    def __init__(self) -> None:
+        self.encoded: list[MessageId] = []
+
+    def message(self, message: Message) -> bytes:
+        self.encoded.append(message.id)
+        return b"%s %s\n" % (str(message.id).encode(), message.data)
+
+    def reset(self, channel: str, cursor: MessageId) -> bytes:
+        return f"reset {channel} {cursor}\n".encode()
+
+
+def test_each_encoder_encodes_a_message_once_whatever_its_subscribers(make_hub):
+    hub = make_hub()
+    lines: Encoder = Lines()
+    lined = [join(hub, f"l{i}", encoder=lines) for i in range(20)]
+    raw = [join(hub, f"r{i}") for i in range(20)]
+    enveloped = [join(hub, f"e{i}", encoder=ENVELOPE) for i in range(20)]
+    message = hub.publish("c", "hi")
+    assert lines.encoded == [message.id]
+    assert all(c.frames == [f"{message.id} hi\n".encode()] for c in lined)
+    assert all(c.frames[0] is lined[0].frames[0] for c in lined)
+    assert all(c.frames == text_frames(b"hi") for c in raw)
+    assert all(c.frames == text_frames(envelopes.message(message)) for c in enveloped)
+
+
+def test_an_encoder_tells_of_a_gap_in_its_own_words(make_hub):
+    hub = make_hub(MemoryBroker(history_size=1, history_ttl=60))
+    first = hub.publish("c", "1")
+    hub.publish("c", "2")
+    hub.publish("c", "3")
+    connection = FakeConnection("l")
+    page = hub.subscribe(Subscription(connection, "c", Lines()), first.id)
+    assert page.reset
+    assert connection.frames == [f"reset c {page.cursor}\n".encode(), f"{page.cursor} 3\n".encode()]
+    assert hub.counts()["subscribers"] == 1
+
+
+def test_an_encoding_that_cannot_tell_a_gap_is_not_subscribed(make_hub):
+    """The raw relay's frames cannot say that messages were missed: the hub queues nothing
+    and keeps no subscription; the page says reset, for the raw mode to close with 4410."""
+    hub = make_hub(MemoryBroker(history_size=1, history_ttl=60))
+    first = hub.publish("c", "1")
+    hub.publish("c", "2")
+    hub.publish("c", "3")
+    connection = FakeConnection("r")
+    page = hub.subscribe(Subscription(connection, "c", RAW), first.id)
+    assert page.reset
+    assert connection.frames == []
+    assert hub.counts()["subscribers"] == 0
+    hub.publish("c", "4")
+    assert connection.frames == []
+
+
+def test_one_connection_many_channels(make_hub):
     hub = make_hub()
     connection = FakeConnection("multi")
     for channel in ("a", "b"):
-        hub.subscribe(Subscription(connection, channel, json=True), None)
+        hub.subscribe(Subscription(connection, channel, ENVELOPE), None)
     hub.publish("a", "to a")
     hub.publish("b", "to b")
     hub.publish("other", "not for us")
@@ -61,7 +135,7 @@ def test_one_connection_many_channels():
     assert channels == ["a", "b"]
 
 
-def test_flusher_runs_once_per_burst_not_per_message():
+def test_flusher_runs_once_per_burst_not_per_message(make_hub):
     hub = make_hub()
     connection = join(hub)
     for i in range(100):
@@ -71,7 +145,7 @@ def test_flusher_runs_once_per_burst_not_per_message():
     assert connection.flushes == 1
 
 
-def test_echo_off_leaves_out_the_sender_only():
+def test_echo_off_leaves_out_the_sender_only(make_hub):
     hub = make_hub()
     sender, other = join(hub, "me", echo=False), join(hub, "other", echo=False)
     hub.publish("c", "x", sender="me")
@@ -79,31 +153,31 @@ def test_echo_off_leaves_out_the_sender_only():
     assert len(other.frames) == 1
 
 
-def test_subscribe_with_since_replays_then_goes_live_without_duplicates():
+def test_subscribe_with_since_replays_then_goes_live_without_duplicates(make_hub):
     hub = make_hub()
     first = hub.publish("c", "1")
     hub.publish("c", "2")
     connection = FakeConnection("late")
-    page = hub.subscribe(Subscription(connection, "c"), first.id)
+    page = hub.subscribe(Subscription(connection, "c", RAW), first.id)
     hub.publish("c", "3")
     assert connection.frames == text_frames(b"2", b"3")
     assert not page.reset
 
 
-def test_json_subscription_hears_of_a_gap_before_the_replay():
-    hub = MessageServer(MemoryBroker(history_size=2, history_ttl=60))
+def test_json_subscription_hears_of_a_gap_before_the_replay(make_hub):
+    hub = make_hub(MemoryBroker(history_size=2, history_ttl=60))
     first = hub.publish("c", "1")
     for text in ("2", "3", "4"):
         hub.publish("c", text)
     connection = FakeConnection("j")
-    page = hub.subscribe(Subscription(connection, "c", json=True), first.id)
+    page = hub.subscribe(Subscription(connection, "c", ENVELOPE), first.id)
     envelopes_seen = [json.loads(f[2:]) for f in connection.frames]
     assert page.reset
     assert envelopes_seen[0] == {"type": "reset", "channel": "c", "cursor": str(page.cursor)}
     assert [e["data"] for e in envelopes_seen[1:]] == ["3", "4"]
 
 
-def test_messages_arriving_during_replay_are_held_and_deduplicated():
+def test_messages_arriving_during_replay_are_held_and_deduplicated(make_hub):
     class SlowBroker(MemoryBroker):
         """Publishes while history is being read, as a remote broker could."""
 
@@ -112,18 +186,18 @@ def test_messages_arriving_during_replay_are_held_and_deduplicated():
             self.publish(channel, b"during", binary=False)  # after the read: must follow
             return page
 
-    hub = MessageServer(SlowBroker(history_size=100, history_ttl=60))
+    hub = make_hub(SlowBroker(history_size=100, history_ttl=60))
     first = hub.publish("c", "1")
     connection = FakeConnection("r")
-    hub.subscribe(Subscription(connection, "c"), first.id)
+    hub.subscribe(Subscription(connection, "c", RAW), first.id)
     hub.publish("c", "after")
     assert connection.frames == text_frames(b"during", b"after")
 
 
-def test_unsubscribed_and_unwatched_channels_cost_nothing():
+def test_unsubscribed_and_unwatched_channels_cost_nothing(make_hub):
     hub = make_hub()
     connection = FakeConnection("s")
-    subscription = Subscription(connection, "c")
+    subscription = Subscription(connection, "c", RAW)
     hub.attach(connection)
     hub.subscribe(subscription, None)
     with hub.watch("c"):
@@ -134,14 +208,14 @@ def test_unsubscribed_and_unwatched_channels_cost_nothing():
     assert hub.counts() == {"connections": 0, "channels": 0, "subscribers": 0, "waiters": 0}
 
 
-def test_channels_everyone_left_leave_nothing_in_the_hub_or_broker():
+def test_channels_everyone_left_leave_nothing_in_the_hub_or_broker(make_hub):
     """Without a shared broker there is no presence to report, so nothing is kept per
     channel name once its last subscriber or waiter left."""
     hub = make_hub()
     connection = FakeConnection("s")
     hub.attach(connection)
     for n in range(1000):
-        subscription = Subscription(connection, f"c{n}", json=True)
+        subscription = Subscription(connection, f"c{n}", ENVELOPE)
         hub.subscribe(subscription, None)
         hub.unsubscribe(subscription)
         with hub.watch(f"w{n}"):
@@ -151,7 +225,7 @@ def test_channels_everyone_left_leave_nothing_in_the_hub_or_broker():
     assert hub.broker.status()["channels"] == hub.broker.status()["watched"] == 0
 
 
-def test_presence_counts_local_subscriptions():
+def test_presence_counts_local_subscriptions(make_hub):
     hub = make_hub()
     join(hub, "a")
     join(hub, "b")
@@ -160,7 +234,7 @@ def test_presence_counts_local_subscriptions():
     assert hub.presence("nobody") == 0
 
 
-def test_watch_event_is_set_by_a_message():
+def test_watch_event_is_set_by_a_message(make_hub):
     hub = make_hub()
     with hub.watch("c") as arrived:
         assert not arrived.is_set()
@@ -168,22 +242,22 @@ def test_watch_event_is_set_by_a_message():
         assert arrived.is_set()
 
 
-def test_heartbeat_pings_each_connection_once_and_drops_silent_ones():
+def test_heartbeat_pings_each_connection_once_and_drops_silent_ones(make_hub):
     hub = make_hub(ping_interval=1, ping_timeout=1)
     alive, silent = FakeConnection("alive"), FakeConnection("silent")
     for connection in (alive, silent):
         hub.attach(connection)
         for channel in ("a", "b"):  # two subscriptions, still one ping
-            hub.subscribe(Subscription(connection, channel), None)
+            hub.subscribe(Subscription(connection, channel, RAW), None)
     alive.frames.clear()
     now = time.monotonic()
     silent.last_seen = now - 3
     hub.ping_all(now)
-    assert alive.frames == [PING_FRAME]
-    assert silent.aborted and PING_FRAME not in silent.frames
+    assert alive.pings == 1 and not alive.aborted
+    assert silent.aborted and silent.pings == 0
 
 
-def test_a_failing_connection_does_not_stop_the_flush_of_others():
+def test_a_failing_connection_does_not_stop_the_flush_of_others(make_hub):
     hub = make_hub()
 
     class Broken(FakeConnection):
@@ -192,18 +266,18 @@ def test_a_failing_connection_does_not_stop_the_flush_of_others():
 
     broken, fine = Broken("b"), FakeConnection("f")
     for connection in (broken, fine):
-        hub.subscribe(Subscription(connection, "c"), None)
+        hub.subscribe(Subscription(connection, "c", RAW), None)
     hub.publish("c", "x")
     gevent.sleep(0)
     assert broken.aborted
     assert fine.flushes == 1
 
 
-def test_ids_of_replayed_and_live_messages_follow_each_other():
+def test_ids_of_replayed_and_live_messages_follow_each_other(make_hub):
     hub = make_hub()
     connection = FakeConnection("j")
     published = [hub.publish("c", str(i)) for i in range(3)]
-    hub.subscribe(Subscription(connection, "c", json=True), MessageId(published[0].id.epoch, 0))
+    hub.subscribe(Subscription(connection, "c", ENVELOPE), MessageId(published[0].id.epoch, 0))
     published.append(hub.publish("c", "live"))
     ids = [json.loads(f[2:])["id"] for f in connection.frames]
     assert ids == [str(m.id) for m in published]

@@ -26,10 +26,16 @@ def _templates() -> str:
 TEMPLATES = _templates()
 
 
+class RelayApp(Flask):
+    """A Flask app with the hook gevent-websocket's stock handler asks for the subprotocol
+    before its early upgrade (see :func:`~wsrelay.transports.websocket.app_protocol`)."""
+
+    app_protocol = staticmethod(app_protocol)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """A Flask app serving the relay; ``config`` overrides ``WSRELAY_*`` from the environment."""
-    app = Flask("wsrelay", template_folder=TEMPLATES)
+    app = RelayApp("wsrelay", template_folder=TEMPLATES)
     app.config.from_mapping(config or {})
     Relay(app)
-    app.app_protocol = app_protocol  # read by gevent-websocket's stock handler
     return app

@@ -11,5 +11,8 @@ def let_others_run() -> None:
     go first, but may resume this one again and again before the loop polls the sockets
     (gevent's documentation warns of it; under a flood, other sockets waited 4 times longer)."""
     hub = gevent.get_hub()
-    with hub.loop.timer(0) as turn:
+    turn = hub.loop.timer(0)
+    try:
         hub.wait(turn)
+    finally:
+        turn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 import weakref
+from types import FrameType
 from typing import Any
 
 import gevent
@@ -13,8 +14,8 @@ from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIServer
 
 from .config import DEFAULTS, from_environ
-from .handler import RelayHandler
 from .relay import shutdown_all
+from .server.handler import RelayHandler
 
 
 class RelayServer(PyWSGIServer):
@@ -36,7 +37,7 @@ class RelayWorker(GeventWebSocketWorker):
     wsgi_handler = RelayHandler
     server_class = RelayServer
 
-    def handle_exit(self, sig, frame) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM (a stop, or the old workers of a graceful reload): drain, then exit."""
         super().handle_exit(sig, frame)
         drain_after_exit(self)
@@ -71,8 +72,9 @@ def _drain_then_exit(timeout: float) -> None:
     shutdown_all(timeout)
     while _connections() and time.monotonic() < deadline:
         gevent.sleep(0.02)
-    if not _connections():
-        gevent.kill(gevent.get_hub().parent, SystemExit)  # the main greenlet: gunicorn's loop
+    main = gevent.get_hub().parent  # the main greenlet: gunicorn's loop
+    if not _connections() and main is not None:
+        gevent.kill(main, SystemExit)
 
 
 def adopt_stock_worker(worker: object) -> None:
@@ -85,7 +87,7 @@ def adopt_stock_worker(worker: object) -> None:
     if worker.server_class is PyWSGIServer:
         worker.server_class = RelayServer
 
-    def handle_exit(sig, frame) -> None:
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
         worker.handle_exit(sig, frame)
         drain_after_exit(worker)
 

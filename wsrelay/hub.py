@@ -1,11 +1,16 @@
-"""The observer hub (seed 002's ``MessageServer``): channels, fan-out, pruning.
+"""The hub: channels, fan-out, the flusher, heartbeats, waiters and presence.
 
-The hub never writes to a socket while fanning out: each message is framed
-at most once per encoding (raw, or a ``wsrelay.v1`` envelope), the same bytes
-are queued on every subscriber, and a single flusher greenlet then gives each
-socket its pending frames in one non-blocking write. A connection that cannot
-keep up only grows its own bounded queue and is closed when the queue is
-full; nobody else waits for it.
+:class:`MessageServer` is the hub (the name is the seed's, kept for the code
+written against it). It knows no transport: each :class:`Subscription`
+brings its :class:`Encoder` (a raw WebSocket frame, a ``wsrelay.v1``
+envelope: :mod:`wsrelay.websocket.encoders`), and each message is encoded at
+most once per encoder, the same bytes queued on every subscriber that uses
+it. The hub never writes to a socket while fanning out: a single flusher
+greenlet then gives each connection its pending bytes in one non-blocking
+write. A connection that cannot keep up only grows its own bounded queue and
+is closed when the queue is full; nobody else waits for it. Keeping
+connections alive is the connection's business too: the heartbeat asks each
+one to :meth:`~Connection.ping`.
 """
 
 from __future__ import annotations
@@ -20,11 +25,9 @@ from typing import Protocol
 import gevent
 from gevent.event import Event
 
-from . import envelopes
 from .broker import Broker, History
 from .ids import MessageId
 from .message import Message
-from .protocol import PING_FRAME, encode_frame
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ PRESENCE_REFRESH = 10
 
 
 class Connection(Protocol):
-    """What the hub needs of a live WebSocket connection."""
+    """What the hub needs of a live connection (a WebSocket's)."""
 
     id: str
     last_seen: float
@@ -49,31 +52,40 @@ class Connection(Protocol):
 
     def flush(self) -> None: ...
 
+    def ping(self) -> None:
+        """Queue whatever keeps the connection alive (for a WebSocket: a ping frame)."""
+
     def close(self, code: int, reason: str) -> None: ...
 
     def abort(self) -> None: ...
 
 
-class Subscription:
-    """One connection's interest in one channel, and how it wants messages framed."""
+class Encoder(Protocol):
+    """How one kind of subscription wants messages: shared by every subscription of its kind,
+    so the hub encodes a message once per encoder."""
 
-    __slots__ = ("channel", "connection", "echo", "held", "json")
+    def message(self, message: Message) -> bytes:
+        """The bytes to queue for ``message``."""
+
+    def reset(self, channel: str, cursor: MessageId) -> bytes | None:
+        """The bytes that tell a subscriber messages were missed before ``cursor``, or None
+        when this encoding cannot say so: the subscription is then not made."""
+
+
+class Subscription:
+    """One connection's interest in one channel, and how it wants messages encoded."""
+
+    __slots__ = ("channel", "connection", "echo", "encoder", "held")
 
     def __init__(
-        self, connection: Connection, channel: str, *, echo: bool = True, json: bool = False
+        self, connection: Connection, channel: str, encoder: Encoder, *, echo: bool = True
     ) -> None:
         self.connection = connection
         self.channel = channel
+        self.encoder = encoder
         self.echo = echo
-        self.json = json
         #: While not None, history is being replayed and live messages wait here.
         self.held: list[Message] | None = None
-
-    def frame(self, message: Message) -> bytes:
-        """This subscription's frame for one message (only for replays: fan-out caches)."""
-        if self.json:
-            return encode_frame(envelopes.message(message), binary=False)
-        return encode_frame(message.data, binary=message.binary)
 
 
 class MessageServer:
@@ -170,7 +182,9 @@ class MessageServer:
         """Called by the broker, in order, for every message of a watched channel."""
         subscriptions = self._channels.get(message.channel)
         if subscriptions:
-            raw = json = None
+            encoded: dict[Encoder, bytes] = {}  # one encoding per encoder
+            encoder: Encoder | None = None  # the last subscription's, and its bytes
+            data = b""
             sender = message.sender
             dirty = self._dirty
             delivered = 0
@@ -181,14 +195,13 @@ class MessageServer:
                 connection = subscription.connection
                 if not subscription.echo and connection.id == sender:
                     continue
-                if subscription.json:
-                    if json is None:
-                        json = encode_frame(envelopes.message(message), binary=False)
-                    connection.push(json)
-                else:
-                    if raw is None:
-                        raw = encode_frame(message.data, binary=message.binary)
-                    connection.push(raw)
+                if subscription.encoder is not encoder:
+                    encoder = subscription.encoder
+                    cached = encoded.get(encoder)
+                    if cached is None:
+                        cached = encoded[encoder] = encoder.message(message)
+                    data = cached
+                connection.push(data)
                 delivered += 1
                 connection.sent += 1
                 if not connection.dirty:
@@ -247,10 +260,11 @@ class MessageServer:
         queued after it without the ones history already held: no gap, no
         duplicate, whatever the broker's latency. Without ``since`` the read
         still fixes where "live" starts, so a message already in flight from
-        another worker is not delivered as if it were new. A JSON subscription
-        is told of a gap with a ``reset`` envelope before the replay; a raw one,
-        whose frames cannot say so, gets nothing and is removed again: its mode
-        reports the gap (it closes the connection).
+        another worker is not delivered as if it were new. A subscription is
+        told of a gap before the replay, by its encoder's ``reset``; one whose
+        encoding cannot say so (the raw relay's) gets nothing and is removed
+        again: the returned page says ``reset``, and its caller reports the gap
+        (the raw mode closes the connection).
         """
         channel = subscription.channel
         subscription.held = []
@@ -263,16 +277,18 @@ class MessageServer:
             raise
         held, subscription.held = subscription.held or [], None
         connection = subscription.connection
+        encoder = subscription.encoder
         if page.reset:
-            if not subscription.json:
+            notice = encoder.reset(channel, page.cursor)
+            if notice is None:
                 self.unsubscribe(subscription)
                 return page
-            connection.push(encode_frame(envelopes.reset(channel, page.cursor), binary=False))
+            connection.push(notice)
         for message in page.messages:
-            connection.push(subscription.frame(message))
+            connection.push(encoder.message(message))
         for message in held:
             if message.id > page.cursor and (subscription.echo or connection.id != message.sender):
-                connection.push(subscription.frame(message))
+                connection.push(encoder.message(message))
         self.mark_dirty(connection)
         return page
 
@@ -362,4 +378,4 @@ class MessageServer:
                 log.info("dropping %s: no answer to pings", connection.id)
                 connection.abort()
             else:
-                self.send(connection, PING_FRAME)
+                connection.ping()

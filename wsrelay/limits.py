@@ -161,7 +161,7 @@ class Limits:
         that subject's bucket too, wherever it connects from (an exempt address included:
         behind a proxy on this host the subject is what tells clients apart). None:
         unlimited."""
-        keys = () if client in self.exempt else (client,)
+        keys: tuple[str, ...] = () if client in self.exempt else (client,)
         if subject is not None:
             keys += (_SUBJECT + subject,)
         return Publisher(self.publishes, keys) if keys else None

@@ -17,19 +17,19 @@ from .auth import Claims, Tokens
 from .broker import broker_from_config
 from .channels import check_channel
 from .config import DEFAULTS, from_environ, validate
-from .connection import WebSocketConnection
-from .envelopes import max_request_size
 from .errors import register_error_handlers
-from .handler import take_socket
 from .hub import MessageServer
 from .ids import MessageId
-from .keep_alive import end_keep_alive
 from .limits import Limits, TokenBucket
-from .logs import configure as configure_logs
 from .message import Message
-from .metrics import MetricsSync
-from .modes import RawMode
+from .ops.logs import configure as configure_logs
+from .ops.metrics import MetricsSync
+from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint
+from .websocket.connection import WebSocketConnection
+from .websocket.envelopes import max_request_size
+from .websocket.modes import RawMode
+from .websocket.upgrade import take_socket
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,13 @@ class Relay:
         size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
         if size > self.max_message_size:
             raise MessageTooLarge(f"{size} bytes is over the limit of {self.max_message_size}")
-        return self.hub.publish(channel, data, binary=binary)
+        return self._started()[1].publish(channel, data, binary=binary)
+
+    def _started(self) -> tuple[Flask, MessageServer]:
+        """The app and hub that :meth:`init_app` made."""
+        if self.app is None or self.hub is None:
+            raise RuntimeError("this Relay has no app yet: call init_app(app) first")
+        return self.app, self.hub
 
     def connect_hook(self, hook: ConnectHook) -> ConnectHook:
         """Register ``hook``, called before every client subscribes or publishes (after the
@@ -105,10 +111,11 @@ class Relay:
     ) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
         (``json``) request frame may exceed a message by its base64 and envelope."""
-        config = self.app.config
+        app, hub = self._started()
+        config = app.config
         limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
         return WebSocketConnection(
-            sock, self.hub,
+            sock, hub,
             max_message_size=max_request_size(limit) if json else limit,
             buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
             close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
@@ -124,8 +131,8 @@ class Relay:
     ) -> None:
         """Relay ``channel`` over ``environ['wsgi.websocket']`` in raw mode, until it closes.
 
-        For an application's own route (seed 002's pattern), which has made
-        its own checks: everything the client sends is published, everything
+        For an application's own route (``@app.route(..., websocket=True)``),
+        which has made its own checks: everything the client sends is published, everything
         published reaches it. Returns when the connection has ended: the view
         serves it in its request, since the route's code may follow the call.
         """
@@ -150,13 +157,14 @@ class Relay:
         """Stop serving clients gracefully (see :meth:`MessageServer.drain`), then stop."""
         if self.hub is None or self.hub.draining:
             return
+        app, hub = self._started()
         if timeout is None:
-            timeout = self.app.config["WSRELAY_DRAIN_TIMEOUT"]
-        counts = self.hub.counts()
+            timeout = app.config["WSRELAY_DRAIN_TIMEOUT"]
+        counts = hub.counts()
         log.info("draining: sending %d WebSocket clients and %d long-polls and SSE streams away",
                  counts["connections"], counts["waiters"])
-        end_keep_alive(self.app)  # idle keep-alive connections close now
-        self.hub.drain(timeout)
+        end_keep_alive(app)  # idle keep-alive connections close now
+        hub.drain(timeout)
         self.close()
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 A Prometheus counter costs about a microsecond per increment; a delivery
 must cost less than that in all. So the hub and connections count into this
-object, and :mod:`wsrelay.metrics` turns the differences into metrics when
+object, and :mod:`wsrelay.ops.metrics` turns the differences into metrics when
 it is scraped (and once a second under gunicorn's multiprocess mode).
 """
 

@@ -21,7 +21,9 @@ from tests.support import (
     read_http_head,
     wait_until,
 )
-from tests.test_redis_e2e import spread_clients, subscribers_by_worker, worker_reports
+from tests.system.test_redis_e2e import spread_clients, subscribers_by_worker, worker_reports
+
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
 ADMIN_PATHS = ("/metrics", "/dashboard", "/dashboard/stats")
 

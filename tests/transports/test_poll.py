@@ -15,6 +15,8 @@ import requests
 
 from tests.support import ServerProcess, publish, publish_stream, wait_until
 
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+
 ID = re.compile(r"\d{13}-\d{10}")
 
 

@@ -40,8 +40,10 @@ from tests.support import (
 from tests.transports.test_websocket_json import JsonClient
 from wsrelay.auth import Tokens
 from wsrelay.config import ConfigError
-from wsrelay.handler import RelayHandler
 from wsrelay.ids import MessageId
+from wsrelay.server.handler import RelayHandler
+
+pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
 SECRET = "tests-share-this-secret-with-the-server-0123456789"
 TOKENS = Tokens(SECRET)

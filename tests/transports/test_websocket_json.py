@@ -10,7 +10,7 @@ import requests
 from gevent.event import Event
 
 from tests.support import Closed, Refused, ServerProcess, WSClient, wait_until
-from wsrelay.envelopes import max_request_size
+from wsrelay.websocket.envelopes import max_request_size
 
 V1 = ["wsrelay.v1"]
 

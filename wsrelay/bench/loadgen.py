@@ -16,13 +16,24 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import numpy
 import uvloop
 
 from .procstat import cpu_seconds, machine_busy_seconds, rss_bytes
-from .wire import SYNC, Tally, connect_http, connect_publisher, connect_websocket, payload
+from .wire import (
+    SYNC,
+    RawClient,
+    Tally,
+    connect_http,
+    connect_publisher,
+    connect_websocket,
+    payload,
+)
+
+Client = TypeVar("Client")
 
 #: Latency quantiles kept for the plots (percent): the body, then the tail.
 QUANTILES = [*range(0, 99), 99, 99.5, 99.9, 99.99, 100]
@@ -30,7 +41,7 @@ QUANTILES = [*range(0, 99), 99, 99.5, 99.9, 99.99, 100]
 NOISE = ("loadgen_cpu_share", "others_cpu_share")
 
 
-def emit(kind: str, value) -> None:
+def emit(kind: str, value: object) -> None:
     print(json.dumps({kind: value}), flush=True)
 
 
@@ -60,6 +71,11 @@ class Meter:
         return figures
 
 
+def received(tally: Tally, count: int) -> Callable[[], bool]:
+    """Whether ``count`` messages have arrived, asked again and again by :func:`until`."""
+    return lambda: tally.received >= count
+
+
 async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.002) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -69,16 +85,17 @@ async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.0
     return True
 
 
-async def connect_all(count: int, concurrency: int, connect, what: str) -> list:
+async def connect_all(count: int, concurrency: int, connect: Callable[[], Awaitable[Client]],
+                      what: str) -> list[Client]:
     """Open ``count`` clients, ``concurrency`` at a time, reporting progress every second."""
     gate = asyncio.Semaphore(concurrency)
-    clients: list = []
+    clients: list[Client] = []
 
-    async def one():
+    async def one() -> None:
         async with gate:
             clients.append(await connect())
 
-    async def report():
+    async def report() -> None:
         while True:
             await asyncio.sleep(1)
             emit("progress", f"{len(clients)}/{count} {what} connected")
@@ -91,7 +108,7 @@ async def connect_all(count: int, concurrency: int, connect, what: str) -> list:
     return clients
 
 
-async def sync(publisher, receivers: Sequence, tally: Tally) -> None:
+async def sync(publisher: RawClient, receivers: Sequence[object], tally: Tally) -> None:
     """Publish sync messages until every receiver got one: all are subscribed."""
     for _ in range(100):
         publisher.publish(SYNC)
@@ -132,7 +149,7 @@ async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
         meter.start()
         for _ in range(p["messages"]):
             clients[0].publish(payload(p["size"]))
-        await until(lambda goal=goal: tally.received >= goal, 60, 0.0005)
+        await until(received(tally, goal), 60, 0.0005)
         figures = meter.read()
         cpu += figures["server_cpu_s"]
         wall += figures["wall_s"]
@@ -255,7 +272,7 @@ async def inbound(spec: dict, tally: Tally, meter: Meter) -> dict:
     meter.start()
     for i in range(p["messages"]):
         client.publish(payload(p["size"]))
-        if not await until(lambda i=i: tally.received > i, 30):
+        if not await until(received(tally, i + 1), 30):
             break
     figures = meter.read()
     done = max(tally.received, 1)

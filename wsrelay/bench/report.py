@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from .scenarios import BY_NAME, TITLES
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Row = dict
 Column = tuple[str, str, Callable[[float], str]]
@@ -174,7 +180,7 @@ def plot(directory: Path, rows: list[Row]) -> list[Path]:
     return written
 
 
-def _latency(pyplot, rows: list[Row]):
+def _latency(pyplot: ModuleType, rows: list[Row]) -> Figure | None:
     """Latency CDFs: x = latency (log), y = share of deliveries at most that late."""
     names = [name for name in STREAMS
              if any(r["scenario"] == name and "quantiles" in r for r in rows)]
@@ -207,7 +213,7 @@ def _label(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
 
 
-def _panel(axis, rows: list[Row], scenario: str, key: str, title: str) -> None:
+def _panel(axis: Axes, rows: list[Row], scenario: str, key: str, title: str) -> None:
     """One bar per system for one figure of one scenario (linear: bars compare honestly)."""
     present = [row for row in rows if row["scenario"] == scenario and key in row]
     names = [SHORT[row["system"]] for row in present]
@@ -224,7 +230,8 @@ def _panel(axis, rows: list[Row], scenario: str, key: str, title: str) -> None:
     axis.margins(y=0.15)
 
 
-def _grid(pyplot, rows: list[Row], panels: list[tuple[str, str, str]]):
+def _grid(pyplot: ModuleType, rows: list[Row],
+          panels: list[tuple[str, str, str]]) -> Figure | None:
     panels = [p for p in panels if any(r["scenario"] == p[0] and p[1] in r for r in rows)]
     if not panels:
         return None
@@ -235,13 +242,13 @@ def _grid(pyplot, rows: list[Row], panels: list[tuple[str, str, str]]):
     return figure
 
 
-def _throughput(pyplot, rows: list[Row]):
+def _throughput(pyplot: ModuleType, rows: list[Row]) -> Figure | None:
     return _grid(pyplot, rows, [
         (name, "deliveries_per_s", f"{name}: deliveries/s")
         for name in STREAMS])
 
 
-def _cost(pyplot, rows: list[Row]):
+def _cost(pyplot: ModuleType, rows: list[Row]) -> Figure | None:
     return _grid(pyplot, rows, [
         ("burst", "cpu_us_per_delivery", "burst: server CPU µs/delivery"),
         ("steady", "cpu_us_per_delivery", "steady: server CPU µs/delivery"),

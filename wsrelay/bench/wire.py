@@ -16,9 +16,10 @@ import json
 import time
 from array import array
 from time import monotonic_ns
+from typing import cast
 
 import httptools
-from picows import WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 STAMP = 19
 CHANNEL = "bench"
@@ -56,14 +57,15 @@ class RawClient(WSListener):
         self.tally = tally
         self.record = tally.latencies.append
         self.synced = False
-        self.transport: WSTransport | None = None
-        self.ready = asyncio.get_running_loop().create_future()
+        #: Set once connected, before ``ready``.
+        self.transport: WSTransport
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.ready.set_result(None)
 
-    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         # The hot path: one call per delivery, so no enum look-up; a frame that is
         # not a stamped message (close, ping) fails int() and goes the slow way.
         try:
@@ -76,7 +78,7 @@ class RawClient(WSListener):
         else:
             self.sync()
 
-    def control(self, transport: WSTransport, frame) -> None:
+    def control(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -107,7 +109,7 @@ class SocketIOClient(RawClient):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
 
-    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         data = frame.get_payload_as_bytes()
         if data.startswith(b"42"):
             stamp = int(data[14 : 14 + STAMP])
@@ -151,8 +153,9 @@ async def connect_websocket(system: str, port: int, tally: Tally,
     """One WebSocket client of ``system`` (on its endpoint, or on ``path``), ready to
     publish and to receive."""
     endpoint, client_class = WEBSOCKET[system]
-    _transport, client = await ws_connect(
-        lambda: client_class(tally), f"ws://127.0.0.1:{port}{path or endpoint}",
+    client = client_class(tally)
+    await ws_connect(
+        lambda: client, f"ws://127.0.0.1:{port}{path or endpoint}",
         websocket_handshake_timeout=60, max_frame_size=64 << 20, read_buffer_init_size=4096,
     )
     await asyncio.wait_for(client.ready, 60)
@@ -175,11 +178,12 @@ class HttpClient(asyncio.Protocol):
         self.tally = tally
         self.record = tally.latencies.append
         self.synced = False
-        self.transport: asyncio.Transport | None = None
+        #: Set once connected.
+        self.transport: asyncio.Transport
         self.parser = httptools.HttpResponseParser(self)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's
         self.request()
 
     def connection_lost(self, exc: Exception | None) -> None:

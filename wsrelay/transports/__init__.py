@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import admin, common, pages, poll, publish, sse, websocket
+from . import admin, checks, pages, poll, publish, sse, websocket
 
 
 def create_blueprint() -> Blueprint:
     bp = Blueprint("wsrelay", __name__)
-    bp.before_request(common.check_host)  # before anything else, on every route
+    bp.before_request(checks.check_host)  # before anything else, on every route
     bp.add_url_rule("/", view_func=pages.index)
     bp.add_url_rule("/healthz", view_func=pages.healthz)
     bp.add_url_rule("/readyz", view_func=pages.readyz)

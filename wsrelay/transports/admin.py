@@ -16,8 +16,8 @@ from prometheus_client.exposition import choose_encoder
 
 from ..errors import ApiError
 from ..hosts import host_name, is_loopback_address, is_loopback_name
-from ..metrics import SYNC_INTERVAL, exposition_registry, multiprocess_dir, read_totals
-from .common import client_address, relay, request_token
+from ..ops.metrics import SYNC_INTERVAL, exposition_registry, multiprocess_dir, read_totals
+from .checks import client_address, relay, request_token
 
 
 def _from_this_host() -> bool:

@@ -6,7 +6,7 @@ import os
 
 from flask import Response, jsonify, render_template
 
-from .common import relay
+from .checks import relay
 
 
 def index() -> str:

@@ -9,8 +9,8 @@ from flask import Response, current_app, jsonify, request
 from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from ..handler import SOCKET_KEY
-from .common import admit, checked_since, occupy, relay
+from ..server.handler import SOCKET_KEY
+from .checks import admit, checked_since, occupy, relay
 from .hangup import watch_hangup
 
 MAX_POLL_TIMEOUT = 60.0
@@ -54,7 +54,7 @@ def poll(channel: str) -> Response:
     finally:
         hub.stats.connections["poll"] -= 1
         release()
-    body = {
+    body: dict[str, object] = {
         "channel": name,
         "cursor": str(page.cursor),
         "messages": [message.to_json() for message in page.messages],

@@ -7,7 +7,7 @@ from flask import Response, current_app, jsonify, request
 from ..auth import PUBLISH
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from .common import admit, check_publish_rate, relay
+from .checks import admit, check_publish_rate, relay
 
 
 def publish(channel: str) -> Response:

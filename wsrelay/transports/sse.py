@@ -12,10 +12,10 @@ from flask import Response, current_app, request
 
 from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
-from ..handler import SOCKET_KEY
 from ..hub import MessageServer
 from ..ids import MessageId
-from .common import admit, checked_since, occupy, relay
+from ..server.handler import SOCKET_KEY
+from .checks import admit, checked_since, occupy, relay
 from .hangup import watch_hangup
 
 

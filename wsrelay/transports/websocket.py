@@ -10,18 +10,22 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
-from flask import Response, current_app, request
+from flask import Flask, Response, current_app, request
 from geventwebsocket.websocket import WebSocket
 
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
+
 from ..auth import PUBLISH, SUBSCRIBE
-from ..connection import Mode, WebSocketConnection
-from ..envelopes import SUBPROTOCOL
 from ..errors import ApiError
-from ..handler import DeferredWebSocket, take_socket
-from ..modes import JsonMode, Policy, RawMode
-from ..protocol import CloseCode, close_frame
-from .common import admit, admit_channel, admit_client, checked_since, occupy, publisher, relay
+from ..websocket.connection import Mode, WebSocketConnection
+from ..websocket.envelopes import SUBPROTOCOL
+from ..websocket.modes import JsonMode, Policy, RawMode
+from ..websocket.protocol import CloseCode, close_frame
+from ..websocket.upgrade import DeferredWebSocket, take_socket
+from .checks import admit, admit_channel, admit_client, checked_since, occupy, publisher, relay
 
 
 def upgrade(channel: str | None = None) -> Response:
@@ -31,7 +35,7 @@ def upgrade(channel: str | None = None) -> Response:
     mode whether what it sends is published depends on its right to publish
     (without it, its first message closes the connection with 1008). Under
     wsrelay's handler the view returns once the connection has started in a
-    greenlet of its own (see :meth:`~wsrelay.handler.DeferredWebSocket.detach`),
+    greenlet of its own (see :meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`),
     so nothing may need this request afterwards.
     """
     ws = request.environ.get("wsgi.websocket")
@@ -43,6 +47,7 @@ def upgrade(channel: str | None = None) -> Response:
                 "worker",
             )
         json = SUBPROTOCOL in _offered_subprotocols()
+        mode: Mode
         if channel is None and not json:
             raise ApiError(
                 400, "channel_required",
@@ -100,7 +105,7 @@ def _checks_after_the_request() -> Callable[[str, str], object]:
     """``admit_channel`` for the channels a ``wsrelay.v1`` client names later, once its
     request has ended: run in a request context rebuilt from a copy of this request's
     environ, its CGI variables and headers (not its streams, socket or objects)."""
-    app = current_app._get_current_object()
+    app = cast("LocalProxy[Flask]", current_app)._get_current_object()
     environ = {key: value for key, value in request.environ.items() if isinstance(value, str)}
 
     def check(channel: str, action: str) -> object:

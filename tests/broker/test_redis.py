@@ -1,0 +1,277 @@
+"""RedisBroker specifics: several workers on one Redis, key layout, faults and recovery.
+
+Everything runs against a real redis-server (the ``redis_server`` fixture); faults
+are real too: the server is stopped and restarted, connections are killed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import gevent
+import pytest
+import redis
+
+from tests.broker.test_broker import Recorder, ids
+from tests.support import free_port, wait_until
+from wsrelay.broker import BrokerUnavailable
+from wsrelay.broker.redis import RedisBroker, redact
+from wsrelay.ids import MessageId
+
+
+@pytest.fixture
+def make_broker(redis_server):
+    """``make_broker(**options)``: RedisBrokers sharing one fresh key prefix; closed after."""
+    created: list[RedisBroker] = []
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+
+    def make(**options) -> RedisBroker:
+        options = {"history_size": 100, "history_ttl": 60.0, "prefix": prefix, "timeout": 2.0,
+                   **options}
+        broker = RedisBroker(options.pop("url", redis_server.url), **options)
+        created.append(broker)
+        return broker
+
+    make.prefix = prefix
+    yield make
+    for broker in created:
+        broker.close()
+
+
+@pytest.fixture
+def client(redis_server):
+    connection = redis.Redis.from_url(redis_server.url)
+    yield connection
+    connection.close()
+
+
+def watch(broker: RedisBroker, channel: str) -> None:
+    broker.watch(channel)
+    broker.history(channel, None)
+
+
+def test_a_second_instance_continues_the_same_sequence(make_broker, channel):
+    first, second = make_broker(), make_broker()
+    a = [first.publish(channel, b"a%d" % i) for i in range(3)]
+    b = [second.publish(channel, b"b%d" % i) for i in range(2)]
+    c = first.publish(channel, b"c")
+    assert [m.id.seq for m in (*a, *b, c)] == [1, 2, 3, 4, 5, 6]
+    assert {m.id.epoch for m in (*a, *b, c)} == {a[0].id.epoch}
+    assert first.history(channel, None).cursor == second.history(channel, None).cursor == c.id
+    page = second.history(channel, a[0].id)
+    assert page.reset is False and [m.data for m in page.messages] == [
+        b"a1", b"a2", b"b0", b"b1", b"c"]
+
+
+def test_keys_of_a_channel_share_one_hash_tag_and_expire(make_broker, client, channel):
+    broker = make_broker(history_ttl=0.5)
+    first = broker.publish(channel, b"x")
+    base = f"{make_broker.prefix}:{{{channel}}}"
+    state, log = f"{base}:state", f"{base}:log"
+    assert sorted(client.keys(f"{make_broker.prefix}:*")) == sorted([state.encode(), log.encode()])
+    assert client.hgetall(state) == {b"epoch": str(first.id.epoch).encode(), b"seq": b"1"}
+    assert client.xrange(log)[0][0] == f"{first.id.epoch}-1".encode()
+    assert 0 < client.pttl(state) <= 500 and 0 < client.pttl(log) <= 500
+    wait_until(lambda: not client.exists(state, log), 5)
+    second = broker.publish(channel, b"y")
+    assert second.id.epoch > first.id.epoch and second.id.seq == 1
+
+
+def test_unreachable_redis_fails_fast_with_broker_unavailable(make_broker, channel):
+    broker = make_broker(url=f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
+    broker.start(Recorder())
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        broker.publish(channel, b"x")
+    with pytest.raises(BrokerUnavailable):
+        broker.history(channel, None)
+    assert time.monotonic() - started < 3
+    status = broker.status()
+    assert status["ok"] is False and status["broker"] == "redis" and status["error"]
+
+
+def test_status_never_shows_the_password(make_broker):
+    assert redact("redis://:s3cret@host:6379/0") == "redis://host:6379/0"
+    assert redact("rediss://user:s3cret@host:6380/1") == "rediss://user@host:6380/1"
+    assert redact("unix:///tmp/r.sock?db=2&password=s3cret") == "unix:///tmp/r.sock?db=2"
+    assert redact("redis://localhost:6379") == "redis://localhost:6379"
+    broker = make_broker(url="redis://:s3cret@127.0.0.1:1/0")
+    assert "s3cret" not in str(broker.status())
+
+
+def test_redis_restart_is_reported_and_the_listener_comes_back(
+    make_broker, redis_server, channel
+):
+    broker, other = make_broker(), make_broker()
+    recorder = Recorder()
+    broker.start(recorder)
+    watch(broker, channel)
+    before = broker.publish(channel, b"before")
+    recorder.wait_for(channel, 1)
+    assert broker.status()["ok"] is True
+
+    redis_server.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            broker.publish(channel, b"lost")
+        with pytest.raises(BrokerUnavailable):
+            broker.history(channel, before.id)
+        assert time.monotonic() - started < 6
+        wait_until(lambda: broker.status()["ok"] is False, 5)
+        assert broker.status()["listener"] == "disconnected"
+    finally:
+        redis_server.restart()
+
+    wait_until(lambda: broker.status()["listener"] == "connected", 15,
+               message=f"listener did not reconnect: {broker.status()}")
+    after = other.publish(channel, b"after")  # another worker, after the restart
+    assert [m.data for m in recorder.wait_for(channel, 2, timeout=10)] == [b"before", b"after"]
+    page = broker.history(channel, before.id)  # Redis lost the data: a new epoch
+    assert page.reset is True and ids(page.messages) == [after.id]
+    assert after.id.epoch > before.id.epoch
+    assert broker.publish(channel, b"again").id == MessageId(after.id.epoch, 2)
+    assert broker.status()["ok"] is True and broker.status()["reconnects"] >= 1
+
+
+def test_listener_recovers_what_was_published_while_it_was_disconnected(
+    make_broker, client, channel
+):
+    publisher = make_broker()
+    listener = make_broker(backoff=(1.0, 2.0))  # waits at least 0.5 s before reconnecting
+    recorder = Recorder()
+    listener.start(recorder)
+    busy, quiet = channel + "-busy", channel + "-quiet"
+    watch(listener, busy)
+    watch(listener, quiet)
+    before = [publisher.publish(busy, b"before%d" % i) for i in range(3)]
+    recorder.wait_for(busy, 3)
+
+    entries = [c for c in client.client_list() if c["name"] == listener.listener_name]
+    assert len(entries) == 1
+    client.client_kill_filter(_id=entries[0]["id"])
+    started = time.monotonic()
+    during = [publisher.publish(busy, b"during%d" % i) for i in range(5)]
+    during_quiet = [publisher.publish(quiet, b"q%d" % i) for i in range(2)]
+    assert time.monotonic() - started < 0.5, "published too slowly to be sure they were missed"
+
+    got = recorder.wait_for(busy, 8, timeout=10)
+    assert ids(got) == ids(before + during)
+    assert ids(recorder.wait_for(quiet, 2)) == ids(during_quiet)
+    assert listener.status()["reconnects"] >= 1
+
+    after = publisher.publish(busy, b"after")
+    assert ids(recorder.wait_for(busy, 9)) == ids([*before, *during, after])
+    gevent.sleep(0.2)
+    assert len(recorder.on(busy)) == 9  # nothing delivered twice
+
+
+def test_history_of_a_watched_channel_waits_for_the_subscription(make_broker, client, channel):
+    publisher = make_broker()
+    listener = make_broker(backoff=(1.0, 2.0))
+    recorder = Recorder()
+    listener.start(recorder)
+    watch(listener, channel)
+    entries = [c for c in client.client_list() if c["name"] == listener.listener_name]
+    client.client_kill_filter(_id=entries[0]["id"])
+    wait_until(lambda: listener.status()["listener"] == "disconnected", 5)
+    started = time.monotonic()
+    cursor = listener.history(channel, None).cursor  # waits until subscribed again
+    assert time.monotonic() - started > 0.2
+    message = publisher.publish(channel, b"live")
+    assert message.id > cursor
+    assert ids(recorder.wait_for(channel, 1)) == [message.id]
+
+
+def test_history_returns_only_once_what_it_read_was_delivered_live(make_broker, channel):
+    """A message published just after the subscription is both in a history read and on its
+    way over pub/sub: the reader must not go live before it is handed over, or its
+    subscriber would get it twice (once from history, once live)."""
+    publisher, listener = make_broker(), make_broker()
+    delivered: list[bytes] = []
+
+    def slow_deliver(message) -> None:
+        delivered.append(message.data)
+        if message.data == b"slow":
+            gevent.sleep(0.5)  # the listener is busy: "in flight" stays in its socket
+
+    listener.start(slow_deliver)
+    before = listener.history(channel, None).cursor
+    watch(listener, channel)
+    publisher.publish(channel, b"slow")
+    wait_until(lambda: delivered == [b"slow"], 5)
+    in_flight = publisher.publish(channel, b"in flight")
+    page = listener.history(channel, before)
+    assert [m.data for m in page.messages] == [b"slow", b"in flight"]
+    assert page.cursor == in_flight.id
+    assert delivered == [b"slow", b"in flight"]  # already handed over when history returned
+    publisher.publish(channel, b"after")
+    wait_until(lambda: len(delivered) == 3, 5)
+    gevent.sleep(0.2)
+    assert delivered == [b"slow", b"in flight", b"after"]
+
+
+def test_many_greenlets_publishing_at_once_get_distinct_gapless_ids(make_broker, channel):
+    broker = make_broker(max_connections=4)
+
+    def publish_some(n: int) -> list[MessageId]:
+        return [broker.publish(channel, b"%d" % n).id for _ in range(5)]
+
+    jobs = [gevent.spawn(publish_some, n) for n in range(100)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    seqs = sorted(seq for job in jobs for _, seq in job.value)
+    assert seqs == list(range(1, 501))
+
+
+def test_a_new_epoch_comes_after_any_epoch_left_in_the_history(make_broker, client, channel):
+    broker = make_broker()
+    log = f"{make_broker.prefix}:{{{channel}}}:log"
+    client.xadd(log, {"t": "0", "m": "left over"}, id="9999999999999-7")  # no state
+    message = broker.publish(channel, b"x")
+    assert message.id == MessageId(10**13, 1)
+    assert [entry_id for entry_id, _ in client.xrange(log)] == [b"10000000000000-1"]
+
+
+def test_heartbeat_detects_a_redis_that_stopped_answering(make_broker, client, channel):
+    broker = make_broker(heartbeat=0.2, backoff=(0.05, 0.2))
+    recorder = Recorder()
+    broker.start(recorder)
+    watch(broker, channel)
+    broker.unwatch(channel)  # PING outside subscribed mode too
+    gevent.sleep(0.5)
+    watch(broker, channel)
+    gevent.sleep(0.5)  # PING in subscribed mode
+    assert broker.status()["reconnects"] == 0
+    client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    wait_until(lambda: broker.status()["listener"] == "disconnected", 3,
+               message="the silent connection was not noticed")
+    wait_until(lambda: broker.status()["ok"] is True, 10)
+    message = broker.publish(channel, b"after")
+    assert ids(recorder.wait_for(channel, 1)) == [message.id]
+
+
+@pytest.mark.e2e  # starts a redis-server of its own
+def test_unix_socket_url(tmp_path, channel):
+    path = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(path), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    broker = None
+    try:
+        wait_until(path.exists, 10)
+        broker = RedisBroker(f"unix://{path}?db=0", history_size=10, history_ttl=60)
+        recorder = Recorder()
+        broker.start(recorder)
+        watch(broker, channel)
+        message = broker.publish(channel, b"\x00\xff", binary=True)
+        assert recorder.wait_for(channel, 1) == [message]
+        assert broker.status()["ok"] is True
+    finally:
+        if broker is not None:
+            broker.close()
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,172 @@
+"""The metrics made from the hub's counters: differences applied once, labels bounded."""
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.support import FakeConnection
+from wsrelay.broker import MemoryBroker
+from wsrelay.hub import MessageServer, Subscription
+from wsrelay.ops.metrics import Metrics, MetricsSync, close_code_label, read_totals
+from wsrelay.websocket.encoders import RAW
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def hub() -> MessageServer:
+    """A hub without its greenlets: the tests flush and sync themselves."""
+    return MessageServer(MemoryBroker(history_size=100, history_ttl=60))
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
+    assert found is not None, f"no sample {name}{labels}"
+    return found
+
+
+def test_the_real_hub_path_counts_publishes_deliveries_and_latencies(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    connections = [FakeConnection(f"s{i}") for i in range(3)]
+    for connection in connections:
+        hub.attach(connection)
+        hub.subscribe(Subscription(connection, "room", RAW), None)
+    for i in range(4):
+        hub.publish("room", f"m{i}")
+    hub.flush_pending()  # what the flusher greenlet does: write, then record the latencies
+    sync.sync()
+    assert value(registry, "wsrelay_messages_published_total") == 4
+    assert value(registry, "wsrelay_messages_delivered_total") == 12
+    assert value(registry, "wsrelay_connections", transport="websocket") == 3
+    assert value(registry, "wsrelay_publish_latency_seconds_count") == 4
+    assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="10.0") == 4
+
+
+def test_each_sync_adds_only_what_changed_since_the_last(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    stats = hub.stats
+    stats.published, stats.delivered, stats.bytes_sent = 3, 7, 1000
+    sync.sync()
+    sync.sync()  # nothing new: nothing added
+    assert value(registry, "wsrelay_messages_published_total") == 3
+    assert value(registry, "wsrelay_messages_delivered_total") == 7
+    assert value(registry, "wsrelay_bytes_sent_total") == 1000
+    stats.published += 2
+    stats.slow_consumer_closes += 1
+    hub.broker.errors += 5
+    sync.sync()
+    assert value(registry, "wsrelay_messages_published_total") == 5
+    assert value(registry, "wsrelay_messages_delivered_total") == 7
+    assert value(registry, "wsrelay_slow_consumer_closes_total") == 1
+    assert value(registry, "wsrelay_broker_errors_total") == 5
+
+
+def test_two_hubs_of_one_process_add_up(registry):
+    metrics = Metrics(registry)
+    hubs = [MessageServer(MemoryBroker(history_size=10, history_ttl=60)) for _ in range(2)]
+    syncs = [MetricsSync(hub, metrics) for hub in hubs]
+    hubs[0].stats.published, hubs[1].stats.published = 2, 5
+    hubs[0].stats.connections["sse"], hubs[1].stats.connections["sse"] = 1, 2
+    for sync in syncs:
+        sync.sync()
+    assert value(registry, "wsrelay_messages_published_total") == 7
+    assert value(registry, "wsrelay_connections", transport="sse") == 3
+
+
+def test_the_connections_gauge_goes_up_and_down(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    for transport in ("websocket", "sse", "poll"):  # every series exists before any client
+        assert value(registry, "wsrelay_connections", transport=transport) == 0
+    hub.stats.connections["websocket"] += 4
+    hub.stats.connections["poll"] += 1
+    sync.sync()
+    assert value(registry, "wsrelay_connections", transport="websocket") == 4
+    hub.stats.connections["websocket"] -= 3
+    hub.stats.connections["poll"] -= 1
+    sync.sync()
+    assert value(registry, "wsrelay_connections", transport="websocket") == 1
+    assert value(registry, "wsrelay_connections", transport="poll") == 0
+
+
+@pytest.mark.parametrize(("code", "label"), [
+    (1000, "1000"), (1006, "1006"), (1015, "1015"), (3000, "3xxx"), (3999, "3xxx"),
+    (4000, "4xxx"), (4999, "4xxx"),
+    (999, "other"), (1016, "other"), (2999, "other"), (5000, "other"), (65535, "other"),
+])
+def test_close_code_labels_are_bounded(code, label):
+    assert close_code_label(code) == label
+
+
+def test_closes_are_counted_by_code_with_the_rest_as_other(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    closes = hub.stats.closes
+    closes[1000] += 2
+    closes[1009] += 1
+    for code in range(5000, 5100):  # codes a client may pick: no new series each
+        closes[code] += 1
+    sync.sync()
+    closes[1000] += 1
+    sync.sync()
+    assert value(registry, "wsrelay_closes_total", code="1000") == 3
+    assert value(registry, "wsrelay_closes_total", code="1009") == 1
+    assert value(registry, "wsrelay_closes_total", code="other") == 100
+    series = {sample.labels["code"] for metric in registry.collect()
+              for sample in metric.samples if sample.name == "wsrelay_closes_total"}
+    assert series == {"1000", "1009", "other"}
+
+
+def test_latency_samples_are_observed_once_and_never_negative(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    for seconds in (0.00005, 0.0002, 0.003, -0.001):  # -0.001: two hosts' clocks disagree
+        hub.stats.record_latency(seconds)
+    sync.sync()
+    sync.sync()
+    assert value(registry, "wsrelay_publish_latency_seconds_count") == 4
+    assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.0001") == 2
+    assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.00025") == 3
+    assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.005") == 4
+    assert value(registry, "wsrelay_publish_latency_seconds_sum") == pytest.approx(0.00325)
+
+
+def test_the_busiest_channels_are_kept_for_a_window(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    hub.stats.channel_messages.update({"a": 5, "b": 9, "c": 1})
+    sync.tick()
+    assert sync.busiest == [("b", 9), ("a", 5), ("c", 1)]
+    assert sync.busiest == [("b", 9), ("a", 5), ("c", 1)]  # readers do not reset it
+    hub.stats.channel_messages["a"] += 2
+    sync.tick()
+    assert sync.busiest == [("a", 2)]
+    sync.tick()
+    assert sync.busiest == []
+
+
+def test_read_totals_gives_back_what_was_synced(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    stats = hub.stats
+    stats.published, stats.delivered, stats.bytes_sent = 4, 8, 640
+    stats.closes.update({1000: 2, 1013: 1})
+    stats.connections["websocket"] += 2
+    stats.record_latency(0.002)
+    sync.sync()
+    totals = read_totals(registry)
+    assert {key: totals[key] for key in ("published", "delivered", "bytes_sent")} == {
+        "published": 4, "delivered": 8, "bytes_sent": 640}
+    assert totals["closes"] == {"1000": 2, "1013": 1}
+    assert totals["connections"] == {"websocket": 2, "sse": 0, "poll": 0}
+    assert totals["processes"] == 1
+    assert totals["latency"]["count"] == 1
+    assert dict(totals["latency"]["buckets"])["0.0025"] == 1
+    assert dict(totals["latency"]["buckets"])["0.001"] == 0
+
+
+def test_a_busy_seconds_samples_are_all_observed(hub, registry):
+    """Observed in slices with the event loop let in between: none lost or counted twice."""
+    sync = MetricsSync(hub, Metrics(registry))
+    for n in range(2500):
+        hub.stats.record_latency(0.001 if n % 2 else 0.2)
+    sync.sync()
+    assert value(registry, "wsrelay_publish_latency_seconds_count") == 2500
+    assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.001") == 1250

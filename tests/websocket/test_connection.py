@@ -1,0 +1,157 @@
+"""The WebSocket connection over a real socketpair, with the hub and a memory broker."""
+
+import socket
+import time
+
+import gevent
+import pytest
+
+from tests.support import client_frame, server_frames
+from wsrelay.broker import MemoryBroker
+from wsrelay.hub import MessageServer
+from wsrelay.websocket.connection import State, WebSocketConnection
+from wsrelay.websocket.modes import RawMode
+from wsrelay.websocket.upgrade import take_buffered
+
+
+@pytest.fixture
+def hub():
+    hub = MessageServer(MemoryBroker(history_size=100, history_ttl=60))
+    hub.start()
+    yield hub
+    for connection in list(hub.connections):
+        connection.abort()  # its greenlet ends: the socket is closed under it
+    hub.stop()
+
+
+def raw_mode(channel: str) -> RawMode:
+    """Raw relay of ``channel`` with every right and no rate limit."""
+    return RawMode(channel, None, may_publish=True, rate=None)
+
+
+def connect(hub, *, buffer_limit=1 << 20, close_timeout=5.0, rcvbuf=None, channel="c"):
+    ours, theirs = socket.socketpair()
+    if rcvbuf:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    connection = WebSocketConnection(
+        ours, hub, max_message_size=65536,
+        buffer_limit=buffer_limit, close_timeout=close_timeout,
+    )
+    runner = gevent.spawn(connection.run, raw_mode(channel))
+    gevent.sleep(0)
+    return connection, theirs, runner
+
+
+def read_until_close(sock: socket.socket) -> list[tuple[int, bytes]]:
+    sock.settimeout(5)
+    data = b""
+    while not server_frames(data) or server_frames(data)[-1][0] != 0x8:
+        chunk = sock.recv(65536)
+        assert chunk, "ended without a close frame"
+        data += chunk
+    return server_frames(data)
+
+
+def test_messages_in_and_out(hub):
+    _connection, peer, runner = connect(hub)
+    peer.sendall(client_frame(0x1, b"hello"))
+    peer.settimeout(5)
+    assert server_frames(peer.recv(100)) == [(0x1, b"hello")]
+    peer.sendall(client_frame(0x8, (1000).to_bytes(2, "big")))
+    assert read_until_close(peer)[-1] == (0x8, (1000).to_bytes(2, "big"))
+    runner.join(5)
+    assert runner.dead
+    assert hub.counts()["subscribers"] == 0
+
+
+def test_overflow_sends_1013_after_the_frames_that_fit(hub):
+    connection, peer, runner = connect(hub, buffer_limit=100_000, rcvbuf=4096)
+    sent = [bytes([i]) * 20_000 for i in range(40)]
+    for data in sent:
+        hub.publish("c", data)
+    assert connection.state is State.CLOSING
+    assert hub.counts()["subscribers"] == 0, "unsubscribed at once"
+    frames = read_until_close(peer)
+    data_frames, (opcode, body) = frames[:-1], frames[-1]
+    assert data_frames == [(0x2, d) for d in sent[: len(data_frames)]], "whole frames, in order"
+    assert len(data_frames) < len(sent)
+    assert (opcode, body[:2]) == (0x8, (1013).to_bytes(2, "big"))
+    peer.sendall(client_frame(0x8, (1013).to_bytes(2, "big")))
+    runner.join(5)
+    assert runner.dead
+
+
+def test_peer_that_never_answers_the_close_is_aborted(hub):
+    connection, peer, runner = connect(hub, close_timeout=0.2)
+    connection.close(1001, "going away")
+    runner.join(5)
+    assert runner.dead
+    assert connection.state is State.CLOSED
+    assert read_until_close(peer)[-1][1][:2] == (1001).to_bytes(2, "big")
+
+
+def test_reset_peer_is_pruned(hub):
+    _connection, peer, runner = connect(hub)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()
+    runner.join(5)
+    assert runner.dead
+    assert hub.counts()["subscribers"] == 0
+    hub.publish("c", "nobody listens")  # must not raise
+
+
+def test_frames_the_request_reader_already_buffered_are_read_first(hub):
+    """A client may send frames right behind its handshake; the request's reader holds them."""
+    ours, peer = socket.socketpair()
+    peer.sendall(client_frame(0x1, b"early") + client_frame(0x1, b"bird"))
+    rfile = ours.makefile("rb")
+    assert rfile.peek(1), "the frames wait in the reader's buffer, not in the socket"
+    pending = take_buffered(ours, rfile)
+    connection = WebSocketConnection(
+        ours, hub, max_message_size=65536, buffer_limit=1 << 20, close_timeout=5.0,
+    )
+    runner = gevent.spawn(connection.run, raw_mode("c"), None, pending)
+    peer.settimeout(5)
+    data = b""
+    while len(server_frames(data)) < 2:
+        data += peer.recv(100)
+    assert server_frames(data) == [(0x1, b"early"), (0x1, b"bird")]
+    peer.sendall(client_frame(0x1, b"later"))  # and then from the socket itself
+    assert server_frames(peer.recv(100)) == [(0x1, b"later")]
+    connection.close(1000, "")
+    runner.kill()
+
+
+def test_pongs_a_client_never_reads_are_coalesced_not_queued(hub):
+    """A client pinging at full speed without reading costs the server one batch of pongs,
+    and the pong to its latest ping still arrives once it reads."""
+    connection, peer, runner = connect(hub, rcvbuf=4096)
+    pings = b"".join(client_frame(0x9, b"%05d" % n + b"p" * 120) for n in range(3000))
+    writer = gevent.spawn(peer.sendall, pings)
+    queued = []
+    while not writer.dead:
+        queued.append(connection.outbox.size)
+        gevent.sleep(0.001)
+    assert max(queued) < 16 * 1024, "pongs are not queued up"
+    peer.settimeout(5)
+    data = b""
+    while not server_frames(data) or not server_frames(data)[-1][1].startswith(b"02999"):
+        data += peer.recv(65536)
+    pongs = server_frames(data)
+    assert all(opcode == 0xA for opcode, _ in pongs)
+    assert len(pongs) < 3000, "pongs still unwritten were replaced by newer ones"
+    connection.close(1000, "")
+    runner.kill()
+
+
+def test_the_hubs_heartbeat_reaches_the_client_as_a_ping_frame(hub):
+    """The hub only asks; the connection frames the ping (the hub knows no WebSocket)."""
+    connection, peer, runner = connect(hub)
+    hub.ping_all(time.monotonic())
+    peer.settimeout(5)
+    assert server_frames(peer.recv(100)) == [(0x9, b"wsrelay")]
+    connection.last_seen -= hub.ping_interval + hub.ping_timeout + 1  # silent since
+    hub.ping_all(time.monotonic())
+    runner.join(5)
+    assert runner.dead and connection.state is State.CLOSED

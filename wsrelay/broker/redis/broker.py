@@ -1,0 +1,277 @@
+"""The distributed broker: many workers and hosts share channels through Redis.
+
+Why it is built this way:
+
+* **One order per channel, decided inside Redis.** A Lua script assigns the
+  id, appends the message to the channel's history and PUBLISHes it, all in
+  one atomic step, so every worker sees the same ids in the same order and
+  a message is in the history before any worker can receive it live.
+* **Ids are stream ids.** ``MessageId(epoch, seq)`` is stored as the Redis
+  stream id ``<epoch>-<seq>``. The epoch is Redis ``TIME`` (ms) when the
+  channel's state was created by its first message (reads create nothing: a
+  channel without state reads as a virtual epoch, see
+  :func:`~wsrelay.broker.base.read_after`); the state expires with the history
+  (``history_ttl``, refreshed on use), so a channel that went idle, or a
+  Redis that lost its data, starts a new epoch and old cursors read as
+  ``reset`` instead of silently skipping messages.
+* **History uses the shared rule.** A second script reads the position and
+  the retained messages atomically; :func:`~wsrelay.broker.base.read_after`
+  then decides exactly as in :class:`MemoryBroker`.
+* **Keys use one Redis Cluster hash tag per channel:** ``<prefix>:{<channel>}:state``
+  (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
+  ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
+  one key belongs to no channel: ``<prefix>:origin``, when the data began.
+* **One pub/sub connection per broker (per worker)**, read by one listener
+  greenlet that hands messages to the hub in id order (:mod:`.listener`). A
+  subscription counts as active once Redis acknowledged it:
+  :meth:`RedisBroker.history` waits for that, so whatever history does not
+  return arrives live. It also waits until what it returns has been handed
+  over live: a message published just after the subscription may be both in
+  the history read and still on its way over the pub/sub connection, and
+  must not reach a subscriber again after the subscriber went live.
+* **Faults are visible, never silent.** Commands have timeouts and no
+  retries (a retried publish could be stored twice) and raise
+  :class:`BrokerUnavailable`. The listener reconnects with jittered
+  exponential backoff, resubscribes, and replays from history what was
+  published while it was away (dropping duplicates by id) before going live.
+
+The scripts are ``scripts/*.lua`` beside this module (package data); the
+encoding of a message in Redis is :mod:`.codec`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from ...ids import MessageId
+from ...message import Message
+from ..base import Broker, BrokerUnavailable, Deliver, History, read_after
+from .codec import decode
+from .listener import Listener
+
+log = logging.getLogger(__name__)
+
+#: Seconds after which a worker's presence report no longer counts (the hub refreshes
+#: its reports every few seconds, so only a crashed or cut-off worker's go stale).
+PRESENCE_STALE = 30.0
+
+
+def _text(value: bytes | str) -> str:
+    """A reply as text (this client reads bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _script(name: str) -> str:
+    """A Lua script of ``scripts/``, after the prelude every script shares."""
+    scripts = files(__package__).joinpath("scripts")
+    return scripts.joinpath("prelude.lua").read_text() + scripts.joinpath(name).read_text()
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the user info or a ``password=`` query item)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        user = user.split(":", 1)[0]
+        netloc = f"{user}@{host}" if user else host
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k.lower() != "password"])
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+class RedisBroker(Broker):
+    """Ids, history and delivery shared by every process and host on one Redis."""
+
+    shared = True
+
+    def __init__(
+        self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
+        timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
+        max_connections: int = 64,
+    ) -> None:
+        super().__init__(history_size=history_size, history_ttl=history_ttl)
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        )
+        pool.connection_kwargs["decode_responses"] = False
+        self._redis = redis.Redis(connection_pool=pool)
+        self._publish_script = self._redis.register_script(_script("publish.lua"))
+        self._read_script = self._redis.register_script(_script("read.lua"))
+        self._ttl_ms = max(1, round(history_ttl * 1000))
+        #: When this Redis's data began (see the read script): the one key not of a channel.
+        self._origin_key = f"{prefix}:origin"
+        self._last_epoch = 0
+        self._commands_ok = True
+        self._error: str | None = None
+        self._listener = Listener(
+            pool, name=f"{prefix}-listener-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            heartbeat=heartbeat, backoff=backoff, read=self._read,
+            on_connected=self._listener_connected, on_error=self._listener_failed,
+        )
+
+    # -- the Broker interface ---------------------------------------------------------
+
+    def start(self, deliver: Deliver) -> None:
+        super().start(deliver)
+        self._listener.deliver = deliver
+        self._listener.start()
+
+    def publish(
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+    ) -> Message:
+        data = bytes(data)
+        state, log_key, topic = self._keys(channel)
+        epoch, seq, ms = self._call(self._publish_script, [state, log_key], [
+            self.history_size, int(binary), sender or "", data, topic,
+        ])
+        return Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
+
+    def history(self, channel: str, since: MessageId | None) -> History:
+        """Read history; for a watched channel, only once its subscription is active, and
+        return only once every message up to the cursor has been handed over live.
+
+        So a caller that watches, then reads, gets every later message live, and
+        none it already read.
+        """
+        watch = self._listener.watches.get(channel)
+        if watch is None:
+            return self._read(channel, since)
+        if not watch.subscribed.wait(self.timeout):
+            raise BrokerUnavailable("the message broker is unavailable (not subscribed)")
+        page = self._read(channel, since)
+        if not watch.wait_delivered(page.cursor, self.timeout):
+            raise BrokerUnavailable("the message broker is unavailable (not delivering)")
+        return page
+
+    def watch(self, channel: str) -> None:
+        """Subscribe (asynchronously: a following :meth:`history` waits until it is active)."""
+        self._listener.watch(channel, self._keys(channel)[2].encode())
+
+    def unwatch(self, channel: str) -> None:
+        self._listener.unwatch(channel)
+
+    @property
+    def listener_name(self) -> str:
+        """Client name of the pub/sub connection (``CLIENT LIST`` shows it)."""
+        return self._listener.name
+
+    def presence(self, channel: str, local: int) -> int:
+        """This worker's count plus the fresh counts other workers reported for ``channel``."""
+        try:
+            entries = self._redis.hgetall(self._presence_key(channel))
+        except redis.RedisError as exc:
+            self._failed(exc)
+            raise BrokerUnavailable("the message broker is unavailable") from exc
+        fresh_after = time.time() - PRESENCE_STALE
+        total = local
+        for worker, value in entries.items():
+            count, _, stamp = _text(value).partition(" ")
+            if _text(worker) != self.listener_name and float(stamp or 0) > fresh_after:
+                total += int(count)
+        return total
+
+    def report_presence(self, counts: dict[str, int]) -> None:
+        """Store this worker's counts, stamped, in one pipeline; a crashed worker's counts
+        go stale after :data:`PRESENCE_STALE` seconds and stop counting."""
+        now = time.time()
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for channel, count in counts.items():
+                    key = self._presence_key(channel)
+                    if count:
+                        pipe.hset(key, self.listener_name, f"{count} {now:.3f}")
+                        pipe.expire(key, int(PRESENCE_STALE) * 2)
+                    else:
+                        pipe.hdel(key, self.listener_name)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def _presence_key(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:presence"
+
+    def sweep(self) -> None:
+        """Keep the position of watched channels alive, as long as they have subscribers."""
+        states = [self._keys(channel)[0] for channel in self._listener.watches]
+        if not states:
+            return
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for state in states:
+                    pipe.pexpire(state, self._ttl_ms)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "broker": "redis",
+            "ok": self._listener.connected and self._commands_ok,
+            "url": redact(self.url),
+            "prefix": self.prefix,
+            "listener": "connected" if self._listener.connected else "disconnected",
+            "watched": len(self._listener.watches),
+            "reconnects": max(0, self._listener.connections - 1),
+            "error": self._error,
+        }
+
+    def close(self) -> None:
+        self._listener.close(self.timeout)
+        self._redis.connection_pool.disconnect()
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _keys(self, channel: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}:{{{channel}}}"
+        return f"{base}:state", f"{base}:log", base
+
+    def _call(self, script: Script, keys: list[str], args: list[Any]) -> list[Any]:
+        try:
+            result = script(keys, [self._last_epoch + 1, self._ttl_ms, *args])
+        except redis.RedisError as exc:
+            self._failed(exc)
+            raise BrokerUnavailable("the message broker is unavailable") from exc
+        self._commands_ok = True
+        self._last_epoch = max(self._last_epoch, result[0])
+        return result
+
+    def _read(self, channel: str, since: MessageId | None) -> History:
+        state, log_key, _ = self._keys(channel)
+        cursor = ["", ""] if since is None else [since.epoch, since.seq]
+        epoch, seq, first, after, origin = self._call(
+            self._read_script, [state, log_key, self._origin_key], cursor
+        )
+        retained = [decode(channel, fields[-1]) for _, fields in after]
+        if first and (not after or first[0][0] != after[0][0]):
+            retained.insert(0, decode(channel, first[0][1][-1]))
+        return read_after(retained, epoch, seq, since, ttl_ms=self._ttl_ms, origin=origin)
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        if self._commands_ok:
+            log.warning("redis command failed: %s", exc)
+        self._commands_ok = False
+        self._error = f"{type(exc).__name__}: {exc}"
+
+    def _listener_connected(self) -> None:
+        """The pub/sub connection is up (again): Redis answers, so commands may work too."""
+        self._commands_ok, self._error = True, None
+
+    def _listener_failed(self, error: str) -> None:
+        self._error = error

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics made from the hub's counters, and log set-up."""

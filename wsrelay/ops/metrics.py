@@ -1,0 +1,237 @@
+"""Prometheus metrics, made from the hub's plain counters away from the hot path.
+
+The hub and its connections count into :class:`wsrelay.stats.Stats` (plain
+integers: a Prometheus increment costs more than a whole delivery). A
+:class:`MetricsSync` per hub applies what changed since its last sync to the
+process's metrics: when ``/metrics`` or ``/dashboard/stats`` is read, and once
+a second from a greenlet that ``Relay.init_app`` starts and ``Relay.close``
+stops, in every process that serves (so that under gunicorn every worker's
+numbers are at most a second old whichever worker is scraped, and so the
+busiest-channels window has one owner).
+
+Under gunicorn ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before
+anything imports prometheus-client: each worker then writes its metrics to
+files there, and ``/metrics`` adds every worker's up (prometheus-client's
+multiprocess mode). One process (``manage.py serve``) uses the default
+registry, where an application's own metrics appear next to wsrelay's.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import logging
+import os
+from collections import Counter as Tally
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from ..hub import MessageServer
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two syncs of a process's counters (and the busiest-channels window).
+SYNC_INTERVAL = 1.0
+#: Latency samples observed between two yields to the event loop (~1-2 ms of work: a
+#: histogram observation costs 1-2 us, and a busy second holds up to 10,000 samples).
+OBSERVE_SLICE = 1000
+
+#: The totals exported as counters: field of :meth:`MetricsSync.totals`, name, help.
+TOTALS: dict[str, tuple[str, str]] = {
+    "published": ("wsrelay_messages_published",
+                  "Messages published, each counted once, by the process it was published to"),
+    "delivered": ("wsrelay_messages_delivered",
+                  "Messages queued to WebSocket subscribers, one per subscriber"),
+    "bytes_sent": ("wsrelay_bytes_sent", "Bytes written to WebSocket clients"),
+    "slow_consumer_closes": ("wsrelay_slow_consumer_closes",
+                             "WebSockets closed with 1013 because their buffer was full"),
+    "broker_errors": ("wsrelay_broker_errors", "Failed calls to the broker's backing store"),
+}
+TRANSPORTS = ("websocket", "sse", "poll")
+#: Publish-to-write latency buckets, 0.1 ms to 10 s.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY = "wsrelay_publish_latency_seconds"
+
+
+def close_code_label(code: int) -> str:
+    """A bounded label for a close code: the protocol's own codes (1000-1015) one by one;
+    the registered (3000-3999) and private (4000-4999) ranges, which a client may pick
+    freely, one label each; anything else ``other``. At most 18 series."""
+    if 1000 <= code <= 1015:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"
+
+
+class Metrics:
+    """wsrelay's Prometheus metrics, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.totals = {
+            field: Counter(name, help_text, registry=registry)
+            for field, (name, help_text) in TOTALS.items()
+        }
+        self.closes = Counter("wsrelay_closes", "WebSockets ended, by close code (1006: none)",
+                              ["code"], registry=registry)
+        self.connections = Gauge("wsrelay_connections", "Open client connections, by transport",
+                                 ["transport"], multiprocess_mode="livesum", registry=registry)
+        self.latency = Histogram(LATENCY, "Seconds from publish to the last local socket write",
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.processes = Gauge("wsrelay_processes", "Processes serving (gunicorn workers alive)",
+                               multiprocess_mode="livesum", registry=registry)
+        self.processes.set(1)
+        for transport in TRANSPORTS:  # every series exists from the start, at 0
+            self.connections.labels(transport)
+
+
+@functools.cache
+def process_metrics() -> Metrics:
+    """The metrics of this process, in the default registry (one set however many apps)."""
+    return Metrics(REGISTRY)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What ``/metrics`` shows: every worker's metrics under multiprocess mode, else this
+    process's default registry."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def reset_multiprocess_dir() -> None:
+    """Delete the files of a previous run (gunicorn's ``on_starting``): a run's counters
+    must start from zero, and a dead process's gauges must not count."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+        for path in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(path)
+
+
+def _changes(current: Tally, synced: Tally) -> list[tuple[Any, int]]:
+    """The keys of ``current`` whose count moved since ``synced``, and by how much;
+    ``synced`` is brought up to date."""
+    moved = []
+    for key, value in current.items():
+        delta = value - synced[key]
+        if delta:
+            synced[key] = value
+            moved.append((key, delta))
+    return moved
+
+
+class MetricsSync:
+    """One hub's counters carried into the metrics as the differences since the last sync."""
+
+    def __init__(self, hub: MessageServer, metrics: Metrics | None = None) -> None:
+        self.hub = hub
+        self.metrics = metrics or process_metrics()
+        self._totals = dict.fromkeys(TOTALS, 0)
+        self._closes: Tally[int] = Tally()
+        self._connections: Tally[str] = Tally()
+        #: This process's busiest channels in the last window: ``[(channel, messages)]``.
+        self.busiest: list[tuple[str, int]] = []
+        self._greenlet: gevent.Greenlet | None = None
+
+    def totals(self) -> dict[str, int]:
+        """This hub's totals since start, by :data:`TOTALS` field."""
+        stats = self.hub.stats
+        return {
+            "published": stats.published,
+            "delivered": stats.delivered,
+            "bytes_sent": stats.bytes_sent,
+            "slow_consumer_closes": stats.slow_consumer_closes,
+            "broker_errors": self.hub.broker.errors,
+        }
+
+    def sync(self) -> None:
+        """Apply what changed since the last sync; observe the waiting latency samples."""
+        metrics = self.metrics
+        for field, value in self.totals().items():
+            if value > self._totals[field]:
+                metrics.totals[field].inc(value - self._totals[field])
+                self._totals[field] = value
+        stats = self.hub.stats
+        for code, delta in _changes(stats.closes, self._closes):
+            metrics.closes.labels(close_code_label(code)).inc(delta)
+        for transport, delta in _changes(stats.connections, self._connections):
+            metrics.connections.labels(transport).inc(delta)
+        latencies = stats.take_latencies()
+        observe = metrics.latency.observe
+        for start in range(0, len(latencies), OBSERVE_SLICE):
+            if start:
+                gevent.sleep(0)  # let the flusher and the requests run in between
+            for seconds in latencies[start:start + OBSERVE_SLICE]:
+                observe(max(seconds, 0.0))  # clocks of two hosts can disagree; never negative
+
+    def tick(self) -> None:
+        """The periodic step: sync, and end the busiest-channels window. ``take_busiest``
+        starts counting anew, so this is the only place that calls it."""
+        self.sync()
+        self.busiest = self.hub.stats.take_busiest()
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop the greenlet and sync a last time: a stopping worker's last second counts."""
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+        self.sync()
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(SYNC_INTERVAL)
+            try:
+                self.tick()
+            except Exception:  # a metrics bug must not stop the counting
+                log.exception("metrics sync failed")
+
+
+def read_totals(registry: CollectorRegistry) -> dict[str, Any]:
+    """The totals as ``registry`` holds them (every worker's, under multiprocess mode)."""
+    counters = {name + "_total": field for field, (name, _) in TOTALS.items()}
+    totals: dict[str, Any] = dict.fromkeys(TOTALS, 0)
+    closes: Tally[str] = Tally()
+    connections = dict.fromkeys(TRANSPORTS, 0)
+    buckets: list[list[Any]] = []
+    count, total = 0, 0.0
+    processes = 0
+    for metric in registry.collect():
+        for sample in metric.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name in counters:
+                totals[counters[name]] += int(value)
+            elif name == "wsrelay_closes_total":
+                closes[labels["code"]] += int(value)
+            elif name == "wsrelay_connections":
+                connections[labels["transport"]] = int(value)
+            elif name == "wsrelay_processes":
+                processes += int(value)
+            elif name == LATENCY + "_count":
+                count += int(value)
+            elif name == LATENCY + "_sum":
+                total += value
+            elif name == LATENCY + "_bucket":
+                buckets.append([labels["le"], int(value)])
+    latency = {"count": count, "sum": total, "buckets": buckets}
+    totals.update(closes=dict(sorted(closes.items())), connections=connections,
+                  latency=latency, processes=processes)
+    return totals

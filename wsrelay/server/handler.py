@@ -1,0 +1,236 @@
+"""gevent-websocket's handler, taught to let the application answer before the 101.
+
+The stock ``WebSocketHandler`` completes the handshake before the Flask app
+runs, so a view can no longer refuse with an HTTP status. ``RelayHandler``
+hands the view a :class:`~wsrelay.websocket.upgrade.DeferredWebSocket` in
+``environ['wsgi.websocket']`` instead: the view checks channel, origin and
+token, then either returns an ordinary error response or takes the socket
+(:mod:`wsrelay.websocket.upgrade`).
+
+It also bounds the one thing pywsgi lets a client take for ever: the time
+to send a request head. A connection that sends nothing, or its head too
+slowly (slowloris), is closed after ``WSRELAY_HTTP_IDLE_TIMEOUT``; the
+clock stops once the head is in, so upgraded WebSockets and the bodies of
+SSE and long-poll responses are never cut by it.
+
+And what pywsgi lets a client make it hold or read: headers are bounded in
+total (pywsgi alone takes 100 lines of 64 KiB each) and answered 431 above
+that; a request refused before its body was read (413, 403, ...) closes the
+connection instead of reading the rest, however large it claims to be. A head
+whose framing is ambiguous (:mod:`wsrelay.server.request_head`) is refused with 400
+and its connection closed, where pywsgi would guess.
+
+A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
+hold a request to notice its client leave. And once its application stops
+(:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import socket
+import time
+from typing import Any
+
+import gevent
+from gevent.pywsgi import WSGIHandler
+from geventwebsocket.handler import WebSocketHandler
+
+from ..config import DEFAULTS, from_environ
+from ..fairness import let_others_run
+from ..websocket.handshake import is_upgrade_request
+from ..websocket.upgrade import DeferredWebSocket
+from .keep_alive import keep_alive
+from .request_head import framing_problem
+
+#: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
+SOCKET_KEY = "wsrelay.socket"
+
+
+def _refusal(status: str, error: str, message: str) -> bytes:
+    """A whole error response that closes the connection, as bytes."""
+    body = json.dumps({"error": error, "message": message}, separators=(",", ":")).encode()
+    return (
+        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+    )
+
+
+_REQUEST_TIMEOUT = _refusal("408 Request Timeout", "request_timeout",
+                            "the request head came too slowly")
+
+#: Headers of one request, in bytes and in lines (the blank line that ends them included).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINES = 100
+_HEADERS_TOO_LARGE = _refusal("431 Request Header Fields Too Large", "headers_too_large",
+                              "the request headers are too large")
+
+
+class RequestHeadersTooLarge(ValueError):
+    """More header bytes or lines than allowed (a ``ValueError``: the client's fault)."""
+
+
+class _BoundedHeaderReader:
+    """The request's reader as pywsgi's header parser sees it: it stops at the limits."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._bytes_left = MAX_HEADER_BYTES
+        self._lines_left = MAX_HEADER_LINES
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._lines_left == 0:
+            raise RequestHeadersTooLarge(f"more than {MAX_HEADER_LINES} header lines")
+        cap = self._bytes_left + 1
+        line = self._rfile.readline(cap if size < 0 else min(size, cap))
+        self._lines_left -= 1
+        self._bytes_left -= len(line)
+        if self._bytes_left < 0:
+            raise RequestHeadersTooLarge(f"headers over {MAX_HEADER_BYTES} bytes")
+        return line
+
+
+def _skip_unread_body(body: Any) -> bool:
+    """Tell pywsgi's request body there is nothing left to discard; True if there was."""
+    unread = body is not None and (
+        body.chunked_input or body.position < (body.content_length or 0)
+    )
+    if unread:
+        body.content_length = body.position
+        body.chunked_input = False
+    return unread
+
+
+class RequestHeadTimeout(ValueError):
+    """The request line came in time but the headers did not (a ``ValueError``, so pywsgi
+    treats it as the client's fault)."""
+
+
+class BadRequestHead(ValueError):
+    """A request head whose framing could be read two ways; the message says why."""
+
+
+def _checked(headers: Any, version: str) -> Any:
+    """The parsed headers of a request, or BadRequestHead. The parser drops a line that is
+    not ``name: value`` (``Content-Length : 5``) and every line after it, silently: such a
+    head is refused too, since what was dropped may have framed the body."""
+    if headers.defects:
+        raise BadRequestHead("a header line that is not 'name: value'")
+    problem = framing_problem(headers.items(), version)
+    if problem:
+        raise BadRequestHead(problem)
+    return headers
+
+
+@functools.cache
+def _environ_idle_timeout() -> float:
+    return {**DEFAULTS, **from_environ()}["WSRELAY_HTTP_IDLE_TIMEOUT"]
+
+
+def idle_timeout(application: Any) -> float:
+    """WSRELAY_HTTP_IDLE_TIMEOUT of the served Flask app, else of the environment."""
+    config = getattr(application, "config", None)
+    if config is not None and "WSRELAY_HTTP_IDLE_TIMEOUT" in config:
+        return config["WSRELAY_HTTP_IDLE_TIMEOUT"]
+    return _environ_idle_timeout()
+
+
+class RelayHandler(WebSocketHandler):
+    """A ``WebSocketHandler`` whose upgrade is decided by the application."""
+
+    upgraded = False
+    _head_deadline = 0.0
+    #: True once a request of this connection was read: a client that pipelines requests
+    #: gets one answer per turn of the event loop, like a WebSocket's fair reading.
+    _answered = False
+
+    def handle(self) -> None:
+        # pywsgi writes a response's head and body in two sends; with Nagle on, the body
+        # waits for the client's delayed ACK of the head: 40 ms on every keep-alive answer.
+        with contextlib.suppress(OSError):  # not TCP (a Unix socket under gunicorn)
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle()
+
+    def get_environ(self) -> dict[str, Any]:
+        """pywsgi's environ, with ``SERVER_ADDR``: the address the connection arrived on
+        (the host check tells loopback from the rest by it)."""
+        environ = super().get_environ()
+        with contextlib.suppress(OSError, TypeError, IndexError):
+            address = self.socket.getsockname()
+            environ["SERVER_ADDR"] = str(address[0] if isinstance(address, tuple) else address)
+        return environ
+
+    def read_requestline(self) -> str:
+        """Wait for the next request line at most the idle timeout, and not once the server
+        stops; then close quietly (an idle keep-alive connection and a client that never
+        starts look the same)."""
+        if self._answered:  # a keep-alive client's next request (maybe pipelined): others first
+            let_others_run()
+        self._answered = True
+        application = self.server.application
+        connections = keep_alive(application)
+        if connections.ending:  # checked after the turn: the server may have begun to stop
+            return ""  # pywsgi closes the connection on an empty request line
+        timeout = idle_timeout(application)
+        self._head_deadline = time.monotonic() + timeout
+        # False: pass silently (gevent's documented value; types-gevent allows exceptions only)
+        with connections.waiting(self.socket), gevent.Timeout(timeout, False):  # type: ignore[arg-type]
+            return WSGIHandler.read_requestline(self)
+        return ""
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Read the headers within what is left of the idle timeout; else answer 408."""
+        remaining = max(0.0, self._head_deadline - time.monotonic())
+        with gevent.Timeout(remaining, RequestHeadTimeout):
+            # pywsgi returns True (types-gevent says the headers)
+            return WSGIHandler.read_request(self, raw_requestline)  # type: ignore[return-value]
+
+    def MessageClass(self, rfile: Any, *args: Any) -> Any:
+        """Parse the headers through a reader that stops at the limits, then check them
+        before pywsgi reads its framing from them (it would drop a Content-Length beside
+        ``Transfer-Encoding: chunked``, and take ``+1`` for 1)."""
+        # the parser only calls readline() (types-gevent asks for a whole BufferedIOBase)
+        reader = _BoundedHeaderReader(rfile)
+        headers = WSGIHandler.MessageClass(self, reader, *args)  # type: ignore[arg-type]
+        return _checked(headers, self.request_version)
+
+    def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
+        if isinstance(ex, RequestHeadTimeout):
+            return "408", _REQUEST_TIMEOUT
+        if isinstance(ex, RequestHeadersTooLarge):
+            return "431", _HEADERS_TOO_LARGE
+        if isinstance(ex, BadRequestHead):
+            return "400", _refusal("400 Bad Request", "bad_request", str(ex))
+        # pywsgi's documented hook for subclasses, which types-gevent leaves out
+        return WSGIHandler._handle_client_error(self, ex)  # type: ignore[attr-defined]
+
+    def run_application(self) -> None:
+        if is_upgrade_request(self.environ):
+            self.environ["wsgi.websocket"] = DeferredWebSocket(self)
+        else:
+            self.environ[SOCKET_KEY] = self.socket
+        self.upgraded = False
+        try:
+            WSGIHandler.run_application(self)
+        finally:
+            self.environ.pop("wsgi.websocket", None)
+            self.environ.pop(SOCKET_KEY, None)
+
+    def start_response(self, status, headers, exc_info=None):
+        if self.upgraded:  # the view returned after its WebSocket ended
+            return lambda data: None
+        unread = status[:1] in "45" and _skip_unread_body(self.wsgi_input)
+        # the rest of the body stays unread, or the server stops: no further request
+        if unread or keep_alive(self.server.application).ending:
+            headers = [*headers, ("Connection", "close")]
+        return WSGIHandler.start_response(self, status, headers, exc_info)
+
+    def process_result(self) -> None:
+        if not self.upgraded:
+            WSGIHandler.process_result(self)
+
+    def log_request(self) -> None:
+        if not self.upgraded:
+            WSGIHandler.log_request(self)

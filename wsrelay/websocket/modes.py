@@ -1,0 +1,195 @@
+"""What a WebSocket's messages mean: the raw relay, or ``wsrelay.v1`` requests.
+
+Both modes get their rights from the request (token, connect hooks), checked
+by the view before the upgrade. A raw connection's are decided then, once: it
+has one channel. A ``wsrelay.v1`` connection names channels later, when the
+request is over; its :class:`Policy` runs the same checks on each of them,
+so it passes exactly the checks the URL's channel passed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..auth import PUBLISH, SUBSCRIBE
+from ..broker import BrokerUnavailable, History
+from ..errors import ApiError
+from ..ids import MessageId
+from . import envelopes
+from .encoders import ENVELOPE, RAW
+from .envelopes import BadRequest, Request, request_echo
+from .protocol import CloseCode, InboundMessage, encode_frame
+
+if TYPE_CHECKING:
+    from ..limits import Publisher
+    from .connection import WebSocketConnection
+
+
+class Policy:
+    """What one connection may do: rights per channel and action, and its publish rate.
+
+    ``authorize(channel, action)`` raises :class:`ApiError` when the action is
+    not allowed. The last channels found allowed are remembered, so a client
+    publishing to its channels is not checked again for every message (the
+    token cannot change; its expiry closes the socket); only a few are, since
+    a client may name any number of channels over one connection.
+    """
+
+    def __init__(
+        self, authorize: Callable[[str, str], object], rate: Publisher | None,
+        max_subscriptions: int,
+    ) -> None:
+        self._authorize = authorize
+        #: (channel, action) pairs found allowed, oldest first.
+        self._allowed: dict[tuple[str, str], None] = {}
+        self._remembered = 2 * max_subscriptions
+        self.rate = rate
+        self.max_subscriptions = max_subscriptions
+
+    def check(self, channel: str, action: str) -> None:
+        key = (channel, action)
+        if key not in self._allowed:
+            self._authorize(channel, action)
+            if len(self._allowed) >= self._remembered:
+                del self._allowed[next(iter(self._allowed))]
+            self._allowed[key] = None
+
+    def take(self) -> bool:
+        """Count one publish; False when it is over the rate."""
+        return within_rate(self.rate)
+
+
+def within_rate(rate: Publisher | None) -> bool:
+    """Count one publish against ``rate`` (None: unlimited); False when it is over."""
+    return rate is None or rate.take(time.monotonic())
+
+
+class RawMode:
+    """``/ws/<channel>``: every message the client sends is published to its channel.
+
+    ``may_publish`` is the client's right to publish there, decided at connect;
+    ``rate`` its publish rate (None: unlimited).
+    """
+
+    __slots__ = ("channel", "echo", "may_publish", "rate", "since")
+
+    def __init__(self, channel: str, since: MessageId | None, *, may_publish: bool,
+                 rate: Publisher | None, echo: bool = True) -> None:
+        self.channel = channel
+        self.since = since
+        self.may_publish = may_publish
+        self.rate = rate
+        self.echo = echo
+
+    def start(self, connection: WebSocketConnection) -> None:
+        """Subscribe, replaying what followed ``since``; if history no longer holds all of
+        it, close with 4410 before replaying anything (see :func:`gap_reason`)."""
+        page = connection.subscribe(self.channel, self.since, RAW, echo=self.echo)
+        if page.reset:
+            connection.close(CloseCode.HISTORY_GAP, gap_reason(page))
+
+    def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
+        if not self.may_publish:
+            connection.close(CloseCode.POLICY_VIOLATION, "not allowed to publish")
+        elif not within_rate(self.rate):
+            connection.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        else:
+            try:
+                connection.hub.publish(
+                    self.channel, message.data, binary=message.binary, sender=connection.id
+                )
+            except BrokerUnavailable:
+                connection.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
+
+
+def gap_reason(page: History) -> str:
+    """The reason of a 4410 close: the id to reconnect with, ``since=<id>``, which replays
+    everything history still holds (the position before its oldest message)."""
+    if page.messages:
+        first = page.messages[0].id
+        resume = MessageId(first.epoch, first.seq - 1)
+    else:
+        resume = page.cursor
+    return f"messages were missed: resume with since={resume}"
+
+
+class JsonMode:
+    """``wsrelay.v1``: JSON requests over one socket, any number of channels.
+
+    A request that cannot be honoured, however malformed, is answered with an
+    ``error`` envelope naming it; the connection stays open. ``max_data``: the
+    largest message a publish may carry (its frame may be larger: see
+    :func:`~wsrelay.websocket.envelopes.max_request_size`).
+    """
+
+    def __init__(self, policy: Policy, first: tuple[str, MessageId | None] | None = None, *,
+                 max_data: int) -> None:
+        self.policy = policy
+        self.first = first
+        self.max_data = max_data
+
+    def start(self, connection: WebSocketConnection) -> None:
+        if self.first is not None:
+            channel, since = self.first
+            connection.subscribe(channel, since, ENVELOPE)
+
+    def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None:
+        reply: bytes | None
+        if message.binary:
+            reply = envelopes.error("invalid_request", "wsrelay.v1 requests are JSON text frames")
+        else:
+            try:
+                request = envelopes.parse_request(message.data, self.max_data)
+            except BadRequest as exc:
+                reply = exc.envelope
+            else:
+                reply = self._answer(connection, request)
+        if reply is not None:
+            connection.send(encode_frame(reply, binary=False))
+
+    def _answer(self, connection: WebSocketConnection, request: Request) -> bytes | None:
+        handler = getattr(self, f"_{request.type}")
+        try:
+            result = handler(connection, request)
+        except ApiError as exc:
+            return envelopes.error(exc.code, exc.message, request_echo(request))
+        except BrokerUnavailable:
+            return envelopes.error(
+                "broker_unavailable", "the message broker is unavailable: retry later",
+                request_echo(request),
+            )
+        if request.ack is not None:
+            return envelopes.ack(request.ack, **result)
+        if request.type == "presence":
+            return envelopes.presence(request.channel, result["count"])
+        return None
+
+    def _subscribe(self, connection: WebSocketConnection, request: Request) -> dict:
+        self.policy.check(request.channel, SUBSCRIBE)
+        subscriptions = connection.subscriptions
+        if request.channel not in subscriptions and (
+            len(subscriptions) >= self.policy.max_subscriptions
+        ):
+            raise ApiError(429, "too_many_subscriptions",
+                           f"at most {self.policy.max_subscriptions} channels per connection")
+        page = connection.subscribe(request.channel, request.since, ENVELOPE)
+        return {"cursor": str(page.cursor)}
+
+    def _unsubscribe(self, connection: WebSocketConnection, request: Request) -> dict:
+        connection.unsubscribe(request.channel)
+        return {}
+
+    def _publish(self, connection: WebSocketConnection, request: Request) -> dict:
+        self.policy.check(request.channel, PUBLISH)
+        if not self.policy.take():
+            raise ApiError(429, "rate_limited", "too many messages: slow down")
+        message = connection.hub.publish(
+            request.channel, request.data, binary=request.binary, sender=connection.id
+        )
+        return {"id": str(message.id)}
+
+    def _presence(self, connection: WebSocketConnection, request: Request) -> dict:
+        self.policy.check(request.channel, SUBSCRIBE)
+        return {"count": connection.hub.presence(request.channel)}

@@ -1,0 +1,181 @@
+"""Taking a WebSocket's socket from the request that asked for it.
+
+Under wsrelay's handler (:mod:`wsrelay.server.handler`) the view finds a
+:class:`DeferredWebSocket` in ``environ['wsgi.websocket']``: nothing is
+answered yet, so the view can still refuse with an HTTP status. Once its
+checks pass it takes the socket (:func:`take_socket`): the 101 is written
+once the relay has subscribed, and the connection leaves the request, which
+ends (:meth:`DeferredWebSocket.detach`). gevent-websocket's own WebSocket
+(the stock handler, which upgraded before the view ran) is taken as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import gevent
+from gevent.pool import PoolFull
+
+from .handshake import accept_key, switching_protocols
+
+
+class RequestHandler(Protocol):
+    """What taking a socket needs of its request's handler: the pywsgi handler attributes
+    wsrelay's ``RelayHandler`` has (:mod:`wsrelay.server.handler`)."""
+
+    environ: dict[str, Any]
+    #: None once the socket was detached: pywsgi's cleanup then leaves it alone.
+    socket: socket.socket | None
+    rfile: Any
+    server: Any
+    upgraded: bool
+    status: str
+    headers_sent: bool
+    close_connection: bool
+    response_length: int
+
+
+class DeferredWebSocket:
+    """An upgrade request the application has not answered yet."""
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self._handler = handler
+
+    def _socket(self) -> socket.socket:
+        sock = self._handler.socket
+        if sock is None:
+            raise RuntimeError("this WebSocket's socket was taken already")
+        return sock
+
+    def prepare(self, subprotocol: str | None = None) -> Callable[[], None]:
+        """Check the handshake now (ApiError if it is invalid) and return what writes the
+        101 later: a relay subscribes first, so a client that sees the 101 misses nothing."""
+        response = switching_protocols(accept_key(self._handler.environ), subprotocol)
+        return functools.partial(self._switch, response)
+
+    def _switch(self, response: bytes) -> None:
+        self._socket().sendall(response)
+        self._mark_upgraded(len(response))
+
+    def detach(self, subprotocol: str | None = None) -> TakenSocket | None:
+        """Take the connection out of its request, which then ends without a response and
+        reads no further request; None when the socket cannot be duplicated (TLS).
+
+        The request's greenlet, its stacks and the request's objects then go, instead
+        of living as long as the connection: most of an idle WebSocket's memory. The
+        connection keeps a duplicate of the socket (the server closes the original once
+        the request ends) and runs in a greenlet of its own (:meth:`TakenSocket.serve`).
+        """
+        handler = self._handler
+        response = switching_protocols(accept_key(handler.environ), subprotocol)  # ApiError
+        original = self._socket()
+        try:
+            sock = original.dup()
+        except NotImplementedError:  # an SSLSocket: its TLS state cannot be shared
+            return None
+        pending = take_buffered(original, handler.rfile)
+        # pywsgi's cleanup reads what is left on its socket before closing it: with no
+        # socket it leaves the client's first frames to us (the server still closes it).
+        handler.socket = None
+        self._mark_upgraded(len(response))
+        return TakenSocket(
+            sock, pending, functools.partial(sock.sendall, response),
+            functools.partial(_spawn_in_server, handler.server),
+        )
+
+    def _mark_upgraded(self, response_length: int) -> None:
+        """The request is answered by the 101: no HTTP response, no further request."""
+        handler = self._handler
+        handler.upgraded = True
+        handler.status = "101 Switching Protocols"
+        handler.headers_sent = True
+        handler.close_connection = True
+        handler.response_length = response_length
+
+
+def _serve_here(target: Callable[[], None]) -> None:
+    target()
+
+
+def _spawn_in_server(server: Any, target: Callable[[], None]) -> None:
+    """Run a detached connection in a fresh greenlet (a shallow stack) of the server's pool,
+    so a stopping gunicorn worker waits for it as for any request; a full pool runs it in
+    the request's greenlet, whose slot it already holds."""
+    pool = getattr(server, "pool", None)
+    if pool is None:
+        _ConnectionGreenlet.spawn(target)
+        return
+    try:
+        pool.start(_ConnectionGreenlet(target), blocking=False)
+    except PoolFull:
+        target()
+
+
+class _ConnectionGreenlet(gevent.Greenlet):
+    """A detached connection's greenlet: it does not keep a record of the stack that
+    spawned it (gevent's default: 10 frames, ~0.7 KiB per connection)."""
+
+    spawning_stack_limit = 0
+
+
+class TakenSocket(NamedTuple):
+    """A WebSocket's socket, taken from the request that asked for it."""
+
+    sock: socket.socket
+    #: What the request's buffered reader took in past the request head (the first frames).
+    pending: bytes
+    #: What writes the 101 once the relay has subscribed; None when it is out already.
+    handshake: Callable[[], None] | None
+    #: ``serve(target)`` runs the connection: in a greenlet of its own once detached from
+    #: its request, else in the request's greenlet until it ends.
+    serve: Callable[[Callable[[], None]], None]
+
+
+def take_buffered(sock: socket.socket, rfile: Any) -> bytes:
+    """What ``rfile`` took in past the request head, read without waiting; then close it.
+
+    ``sock.recv`` allocates its buffer only once data is there, whereas the
+    request's buffered reader keeps its 8 KiB buffer for as long as it lives.
+    """
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        return rfile.read1() or b""  # b"" (or None) when nothing came yet
+    except OSError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+        rfile.close()  # the socket stays open
+
+
+def take_socket(ws: Any, subprotocol: str | None = None, *, detach: bool = False) -> TakenSocket:
+    """The socket behind ``environ['wsgi.websocket']`` and what completes its handshake.
+
+    A deferred one has its handshake checked now (ApiError if invalid) and the
+    101 written once subscribed; with ``detach`` it leaves its request
+    (:meth:`DeferredWebSocket.detach`). gevent-websocket's own WebSocket was
+    upgraded already and stays in its request: the stock handler closes the
+    socket when the view returns, so the view serves it until it ends.
+    """
+    if isinstance(ws, DeferredWebSocket):
+        taken = ws.detach(subprotocol) if detach else None
+        if taken is not None:
+            return taken
+        handshake = ws.prepare(subprotocol)
+        sock = ws._socket()
+        return TakenSocket(sock, take_buffered(sock, ws._handler.rfile), handshake, _serve_here)
+    handler = ws.handler
+    pending = take_buffered(handler.socket, handler.rfile)
+    return TakenSocket(handler.socket, pending, None, functools.partial(_serve_stock, ws))
+
+
+def _serve_stock(ws: Any, target: Callable[[], None]) -> None:
+    """Serve gevent-websocket's own WebSocket, then tell it wsrelay closed it (it must not
+    write)."""
+    try:
+        target()
+    finally:
+        ws.closed = True
