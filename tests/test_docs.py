@@ -148,17 +148,21 @@ def test_every_relative_link_and_anchor_resolves(page):
     assert not broken, f"{page.name}: " + "; ".join(broken)
 
 
+#: A path of this repository, in inline code or in a command.
 PATH = re.compile(r"`((?:wsrelay|tests|docs|templates|\.ci)/[^`\s]*)`")
+COMMAND_PATH = re.compile(r"(?<![\w/.])((?:wsrelay|tests|docs|templates|\.ci)/[\w./*-]*)")
 
 
 def test_every_repository_path_the_docs_name_exists():
+    named = [(page, path) for page in PAGES for path in PATH.findall(page.read_text())]
+    named += [(sh.page, path) for sh in blocks("sh") for path in COMMAND_PATH.findall(sh.text)]
+    assert len(named) > 20, named
     missing = []
-    for page in PAGES:
-        for path in PATH.findall(page.read_text()):
-            if "<" in path:  # a pattern such as tests/<package>/test_<module>.py
-                continue
-            if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
-                missing.append(f"{page.name}: {path}")
+    for page, path in named:
+        if "<" in path:  # a pattern such as tests/<package>/test_<module>.py
+            continue
+        if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+            missing.append(f"{page.name}: {path}")
     assert not missing, missing
 
 
