@@ -16,7 +16,13 @@ from prometheus_client.exposition import choose_encoder
 
 from ..errors import ApiError
 from ..hosts import host_name, is_loopback_address, is_loopback_name
-from ..metrics import SYNC_INTERVAL, exposition_registry, multiprocess_dir, read_totals
+from ..metrics import (
+    SAMPLES,
+    SYNC_INTERVAL,
+    exposition_registry,
+    multiprocess_dir,
+    read_totals,
+)
 from .common import client_address, relay, request_token
 
 
@@ -54,10 +60,26 @@ def check_admin() -> None:
                        "host's loopback interface may read this")
 
 
+#: The admin pages run only their own files: no inline script or style, nothing foreign.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
 def _private(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"  # the page's URL may hold the token
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
+
+
+def _sample_count() -> int:
+    """``?samples=N``: how many of the last seconds to send (all SAMPLES by default)."""
+    try:
+        return max(0, min(int(request.args.get("samples", SAMPLES)), SAMPLES))
+    except ValueError:
+        raise ApiError(400, "invalid_samples", f"samples is a number from 0 to {SAMPLES}") from None
 
 
 def metrics() -> Response:
@@ -75,8 +97,11 @@ def dashboard() -> Response:
 
 def dashboard_stats() -> Response:
     """The dashboard's numbers (and ``manage.py stats``'s): totals over every worker, this
-    worker's own, its busiest channels of the last window, its broker and hub."""
+    worker's own, its busiest channels of the last window, its broker and hub; and the
+    last ``?samples=`` seconds (default all kept: five minutes), summed over the workers
+    (``samples``) and this worker's own (``process_samples``)."""
     check_admin()
+    count = _sample_count()
     hub, sync = relay().hub, relay().metrics
     sync.sync()
     return _private(jsonify(
@@ -90,4 +115,6 @@ def dashboard_stats() -> Response:
         counts=hub.counts(),
         broker=hub.broker.status(),
         draining=hub.draining,
+        samples=sync.all_samples(count),
+        process_samples=list(sync.samples)[-count:] if count else [],
     ))

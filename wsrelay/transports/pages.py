@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import os
 
-from flask import Response, jsonify, render_template
+from flask import Response, current_app, jsonify, render_template
 
+from ..envelopes import max_request_size
+from ..error_codes import retryable_codes
 from .common import relay
 
 
 def index() -> str:
     return render_template("index.html")
+
+
+def client_settings() -> Response:
+    """What wsrelay.js needs to know before it sends: the size limits (it refuses a message
+    over them itself, and publishes a text whose JSON escapes would exceed a wsrelay.v1
+    frame by POST) and which error codes are worth retrying."""
+    limit = current_app.config["WSRELAY_MAX_MESSAGE_SIZE"]
+    response = jsonify(max_message_size=limit, max_request_size=max_request_size(limit),
+                       retryable=retryable_codes())
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 def _report() -> dict:
