@@ -24,6 +24,7 @@ from ..metrics import (
     read_totals,
 )
 from .common import client_address, relay, request_token
+from .pages import CONTENT_SECURITY_POLICY
 
 
 def _from_this_host() -> bool:
@@ -58,13 +59,6 @@ def check_admin() -> None:
     elif not _from_this_host():
         raise ApiError(403, "forbidden", "without WSRELAY_ADMIN_TOKEN only clients on this "
                        "host's loopback interface may read this")
-
-
-#: The admin pages run only their own files: no inline script or style, nothing foreign.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
 
 def _private(response: Response) -> Response:
