@@ -37,7 +37,6 @@
   const FALLBACK_AFTER = 2; // failures to open, on a transport that never worked, before falling back
   const SEEN_IDS = 1000;    // ids remembered per channel to drop duplicates
   const HISTORY_LIMIT = 1000;
-  const NEVER = new Promise(function () {});  // what a held Web Lock waits for
 
   // The script's own URL, for the SharedWorker of share mode (wsrelay.mjs sets it too).
   const SCRIPT_URL = global.document && global.document.currentScript
@@ -1109,6 +1108,7 @@
       const self = this;
       if (message.op === 'hello') {
         tab.tokens = !!message.options.tokenFunction;
+        tab.token = message.options.token || null;
         if (!this.client) this.start(message.options);
         tab.post({ op: 'state', state: this.client.state, transport: this.client.transport });
         message.subs.forEach(function (sub) { self.join(tab, sub.channel, sub.since); });
@@ -1139,7 +1139,7 @@
     start(options) {
       const self = this;
       const settings = Object.assign({}, options);
-      if (options.tokenFunction) settings.token = function () { return self.askToken(); };
+      settings.token = function () { return self.askToken(); };
       this.client = new Client(settings);
       this.client.on('state', function (state) { self.all({ op: 'state', state: state, transport: self.client.transport }); });
       this.client.on('transport', function (transport, why) { self.all({ op: 'transport', transport: transport, why: why }); });
@@ -1149,10 +1149,14 @@
       });
     }
 
-    /** A token from a tab that has the token function (any one: they are alike). */
+    /** A token: from a tab with a token function (they are alike), else a tab's own string. */
     askToken() {
-      const tab = Array.from(this.tabs.values()).filter(function (each) { return each.tokens; })[0];
-      if (!tab) return Promise.reject(new Error('no tab can give a token'));
+      const tabs = Array.from(this.tabs.values());
+      const tab = tabs.filter(function (each) { return each.tokens; })[0];
+      if (!tab) {
+        const given = tabs.filter(function (each) { return each.token; })[0];
+        return Promise.resolve(given ? given.token : null);
+      }
       const rid = ++this.asked;
       const self = this;
       return new Promise(function (resolve, reject) {
@@ -1232,6 +1236,9 @@
       global.addEventListener('pagehide', this._pagehide);
       this._link = makeLink(this);
     }
+
+    /** Whether this tab holds the shared connection (the leader, where there is no SharedWorker). */
+    get leading() { return this._link.leading(); }
 
     /** Leave the shared connection; what waits is rejected. */
     close() {
@@ -1323,12 +1330,22 @@
     }
   }
 
-  /** Hold a Web Lock for as long as this context lives; `then` runs once it is held. */
+  /**
+   * Hold a Web Lock until the returned function is called, or this context ends; `then` runs
+   * once it is held. Whoever waits for the same lock learns so that its holder is gone.
+   */
   function holdLock(name, then) {
+    let release = null;
+    let released = false;
     global.navigator.locks.request(name, function () {
+      if (released) return null;
       then();
-      return NEVER;
+      return new Promise(function (resolve) { release = resolve; });
     });
+    return function () {
+      released = true;
+      if (release) release();
+    };
   }
 
   /** A tab's link to the hub in a SharedWorker (one per origin, url and transports). */
@@ -1345,14 +1362,17 @@
         ready = true;
         queue.splice(0).forEach(function (message) { port.postMessage({ tab: client.tab, message: message }); });
       }
-      if (global.navigator.locks) holdLock('wsrelay tab ' + client.tab, hello);
-      else hello();
+      const release = global.navigator.locks ? holdLock('wsrelay tab ' + client.tab, hello) : hello();
       return {
         post: function (message) {
           if (ready) port.postMessage({ tab: client.tab, message: message });
           else queue.push(message);
         },
-        close: function () { port.postMessage({ tab: client.tab, message: { op: 'bye' } }); port.close(); }
+        leading: function () { return false; },
+        close: function () {
+          port.postMessage({ tab: client.tab, message: { op: 'bye' } });
+          if (release) release();  // the worker detaches this tab, bye or not
+        }
       };
     };
   }
@@ -1424,9 +1444,10 @@
           }
         }
       };
-      holdLock('wsrelay tab ' + key + ' ' + me, function () {
+      let abdicate = null;
+      const release = holdLock('wsrelay tab ' + key + ' ' + me, function () {
         bus.postMessage({ to: 'leader', from: me, message: { op: 'ping' } });  // who leads?
-        holdLock('wsrelay leader ' + key, function () {
+        abdicate = holdLock('wsrelay leader ' + key, function () {
           if (closed) return;
           hub = new ShareHub();
           hub.attach(me, function (out) { Promise.resolve().then(function () { client.receive(out); }); });
@@ -1439,11 +1460,15 @@
           if (leader === null) queue.push(message);
           else toLeader(message);
         },
+        leading: function () { return hub !== null; },
         close: function () {
           if (leader !== null && leader !== me) toLeader({ op: 'bye' });
           closed = true;
           if (hub && hub.client) hub.client.close();
+          hub = null;
           bus.close();
+          release();
+          if (abdicate) abdicate();  // the next tab in line leads
         }
       };
     };
