@@ -1042,16 +1042,13 @@
       source.addEventListener('reset', function (event) {
         on.reset(channel, JSON.parse(event.data).cursor);
       });
-      // Both the server's `event: error` (broker unavailable, token expired; the stream ends
-      // after it, and the browser reconnects it) and the browser's own error event (the
-      // stream broke) land here.
+      // Both the server's `event: error` (broker unavailable, token expired: the stream ends
+      // after it) and the browser's own error event (the stream broke) land here. Either
+      // way the client reconnects with its backoff, from a long-poll that reads the cause
+      // (a 503 retried, a 401 reported) and asks the token function anew.
       source.onerror = function (event) {
-        if (typeof event.data === 'string') {
-          on.error(relayError(event.data, 'stream_error', { channel: channel }));
-          return;
-        }
         self.stop();
-        self.conn.failed(self, 'event stream failed');
+        self.conn.failed(self, typeof event.data === 'string' ? event.data : 'event stream failed');
       };
     }
 
@@ -1087,6 +1084,13 @@
 
     attach(id, post) {
       if (!this.tabs.has(id)) this.tabs.set(id, { id: id, post: post, channels: new Set(), tokens: false });
+    }
+
+    /** This hub ends (its leader tab closes): tell the tabs nothing more, not even 'closed'. */
+    stop() {
+      this.tabs.clear();
+      if (this.client) this.client.close();
+      this.client = null;
     }
 
     detach(id) {
@@ -1308,8 +1312,9 @@
       else if (op === 'refused') this._dropped(message.channel, errorFrom(message.error));
       else if (op === 'error') this._emit('error', errorFrom(message.error));
       else if (op === 'state') {
-        if (message.transport !== this._transport) this._transport = message.transport;
-        this._setState(message.state);
+        this._transport = message.transport;
+        // The shared connection closed (its last tab left it): this tab is not closed.
+        this._setState(message.state === 'closed' ? 'connecting' : message.state);
       } else if (op === 'transport') {
         this._transport = message.transport;
         this._emit('transport', message.transport, message.why);
@@ -1464,7 +1469,7 @@
         close: function () {
           if (leader !== null && leader !== me) toLeader({ op: 'bye' });
           closed = true;
-          if (hub && hub.client) hub.client.close();
+          if (hub) hub.stop();
           hub = null;
           bus.close();
           release();
