@@ -122,7 +122,8 @@
       ctx.fillText(number(value, 2), left - 6, py);
     }
     ctx.textAlign = 'center'; ctx.textBaseline = 'top';
-    for (var m = 0; m <= HISTORY_S / 60; m++) {
+    var every = plotW < 360 ? 2 : 1;  // minutes between labels: fewer on a phone
+    for (var m = 0; m <= HISTORY_S / 60; m += every) {
       var label = m === 0 ? 'now' : '-' + m + ' min';
       ctx.fillText(label, Math.min(Math.max(x(now - m * 60), left + 16), width - right - 16), top + plotH + 5);
     }
