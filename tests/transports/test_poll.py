@@ -377,3 +377,12 @@ def test_a_thousand_held_polls_do_not_slow_websocket_delivery(make_server, chann
     assert all(status == 200 and {**body, "messages": untimed(body["messages"])} == expected
                for status, body in results)
     wait_until(lambda: waiters(server) == 0)
+
+
+def test_each_item_carries_the_time_the_broker_accepted_it(server, channel):
+    first = publish(server, channel, "start")
+    before = time.time() * 1000
+    publish(server, channel, "timed")
+    after = time.time() * 1000
+    (item,) = poll_json(server, channel, since=first, timeout=0)["messages"]
+    assert isinstance(item["time"], int) and before - 5 <= item["time"] <= after + 5

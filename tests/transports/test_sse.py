@@ -265,3 +265,18 @@ def test_foreign_origin_is_403(server, channel):
     response = requests.get(f"{server.url}/sse/{channel}", timeout=5,
                             headers={"Origin": "http://evil.example"})
     assert_error(response, 403, "origin_not_allowed")
+
+
+def test_format_json_sends_every_message_as_an_item_with_its_time(server, channel):
+    """For a client that wants the server's time: every event an item; the plain stream of
+    a plain EventSource is unchanged (text as data: lines, above)."""
+    with open_stream(server, channel, "?format=json") as stream:
+        stream.wait_connected()
+        before = time.time() * 1000
+        new = publish(server, channel, "plain text")
+        event = stream.next_event()
+        after = time.time() * 1000
+    assert (event.type, event.id) == ("json", new)
+    item = json.loads(event.data)
+    assert untimed([item]) == [{"id": new, "data": "plain text"}]
+    assert before - 5 <= item["time"] <= after + 5
