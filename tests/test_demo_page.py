@@ -358,7 +358,7 @@ def test_screenshot_of_the_demo_page(make_server, open_page, tmp_path):
     wait_for_messages(ada, "main: all 480 tests passed")
     expect(ada.locator("#online")).to_have_text("2 online")
     expect(room_item(ada, dev).locator(".unread")).to_have_text("2")
-    ada.wait_for_function("Number(document.getElementById('ticker-value').textContent) >= 3")
+    ada.wait_for_function("() => Number(document.getElementById('ticker-value').textContent) >= 3")
     ada.locator("#message").blur()
     ada.mouse.move(0, 0)  # no hover colour anywhere
     docs = ROOT / "docs" / "demo.png"
