@@ -408,6 +408,12 @@
       }
     }
 
+    /** The id of the last message `channel` delivered (or where it went live); null if none. */
+    _position(channel) {
+      const sub = this._subs.get(channel);
+      return sub ? sub.lastId : null;
+    }
+
     /** The server refused the channel for good: drop it, say why. */
     _dropped(channel, error) {
       const sub = this._subs.get(channel);
@@ -516,11 +522,8 @@
           });
         },
         settings: function () { return self._settings; },
-        channels: function () { return Array.from(self._subs.keys()); },
-        position: function (channel) {
-          const sub = self._subs.get(channel);
-          return sub ? sub.lastId : null;
-        }
+        channels: function () { return self.channels; },
+        position: function (channel) { return self._position(channel); }
       };
     }
 
@@ -1203,7 +1206,7 @@
         return;
       }
       entry.tabs.add(tab.id);
-      const position = client._subs.get(channel) ? client._subs.get(channel).lastId : null;
+      const position = client._position(channel);
       if (since && position && compareIds(since, position) < 0) {
         client._rewind(channel, since);  // this tab is behind the others: replay for it
         tab.post({ op: 'live', channel: channel, cursor: since });
