@@ -41,6 +41,12 @@ def publish(base: ServerProcess | str, channel: str, data: str | bytes) -> str:
     return response.json()["id"]
 
 
+def untimed(items: list[dict]) -> list[dict]:
+    """Message items (long-poll, SSE ``json`` events, wsrelay.v1 messages) without the
+    ``time`` the broker stamps, for tests about the rest of them."""
+    return [{key: value for key, value in item.items() if key != "time"} for item in items]
+
+
 def poll_json(server: ServerProcess, channel: str, **params) -> dict:
     """GET /poll with ``params``; the answer must be a 200, whose JSON is returned."""
     wait = float(params.get("timeout", 25))

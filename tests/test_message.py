@@ -16,12 +16,13 @@ def parse_sse(event: bytes) -> dict[str, list[str]]:
 
 
 def test_text_to_json():
-    assert Message("c", ID, "héllo".encode()).to_json() == {"id": str(ID), "data": "héllo"}
+    item = Message("c", ID, "héllo".encode(), time=1700000000.25).to_json()
+    assert item == {"id": str(ID), "data": "héllo", "time": 1700000000250}
 
 
 def test_binary_to_json_is_base64():
-    item = Message("c", ID, bytes([0, 255]), binary=True).to_json()
-    assert item == {"id": str(ID), "data": "AP8=", "encoding": "base64"}
+    item = Message("c", ID, bytes([0, 255]), binary=True, time=2.0).to_json()
+    assert item == {"id": str(ID), "data": "AP8=", "encoding": "base64", "time": 2000}
 
 
 def test_multiline_text_to_sse_keeps_lines():
@@ -36,3 +37,10 @@ def test_binary_and_carriage_return_travel_as_json_events():
         fields = parse_sse(message.to_sse())
         assert fields["event"] == ["json"]
         assert json.loads(fields["data"][0]) == message.to_json()
+
+
+def test_as_json_sends_text_as_a_json_event_with_its_time():
+    message = Message("c", ID, b"plain", time=3.5)
+    fields = parse_sse(message.to_sse(as_json=True))
+    assert fields["event"] == ["json"]
+    assert json.loads(fields["data"][0]) == {"id": str(ID), "data": "plain", "time": 3500}

@@ -25,7 +25,7 @@ class ApiError(Exception):
         return response
 
 
-_API_ROOTS = ("/ws", "/poll", "/sse", "/publish", "/healthz", "/readyz", "/static",
+_API_ROOTS = ("/ws", "/client.json", "/poll", "/sse", "/publish", "/healthz", "/readyz", "/static",
               "/metrics", "/dashboard")
 
 

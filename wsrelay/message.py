@@ -28,24 +28,27 @@ class Message:
     time: float = field(default=0.0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The message as an item of a long-poll answer."""
+        """The message as an item of a long-poll answer (and of the JSON transports):
+        ``time`` is when the broker accepted it, in ms since the epoch."""
+        item: dict[str, Any] = {"id": str(self.id)}
         if self.binary:
-            return {
-                "id": str(self.id),
-                "data": base64.b64encode(self.data).decode("ascii"),
-                "encoding": "base64",
-            }
-        return {"id": str(self.id), "data": self.data.decode("utf-8")}
+            item["data"] = base64.b64encode(self.data).decode("ascii")
+            item["encoding"] = "base64"
+        else:
+            item["data"] = self.data.decode("utf-8")
+        item["time"] = round(self.time * 1000)
+        return item
 
-    def to_sse(self) -> bytes:
+    def to_sse(self, *, as_json: bool = False) -> bytes:
         """The message as one Server-Sent Event.
 
         Text travels as-is, one ``data:`` line per line (the browser joins
         them with ``\\n``). An SSE field cannot hold ``\\r`` or arbitrary
         bytes, so binary data and text holding ``\\r`` travel as an event
         named ``json`` whose data is the long-poll item (base64 for binary).
+        ``as_json`` sends every message so (``?format=json``: the time with it).
         """
         head = b"id: " + str(self.id).encode("ascii") + b"\n"
-        if self.binary or b"\r" in self.data:
+        if as_json or self.binary or b"\r" in self.data:
             return head + b"event: json\ndata: " + json.dumps(self.to_json()).encode() + b"\n\n"
         return head + b"".join(b"data: " + line + b"\n" for line in self.data.split(b"\n")) + b"\n"

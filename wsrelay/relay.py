@@ -182,7 +182,7 @@ def _allow_cross_origin(app: Flask, allowed: tuple[str, ...]) -> None:
     them. A WebSocket needs no CORS: the origin check is all it has.
     """
     if allowed:
-        CORS(app, resources={r"/(poll|sse|publish)/.*": {
+        CORS(app, resources={r"/(poll|sse|publish)/.*|/client\.json": {
             "origins": "*" if "*" in allowed else list(allowed),
             "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
             "max_age": 600,

@@ -8,6 +8,7 @@ Pages are driven as a user would (type, click) and read through the page's ids:
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from urllib.parse import urlencode
@@ -25,7 +26,7 @@ from tests.browser import (
     publish,
     wait_for_messages,
 )
-from tests.support import ROOT
+from tests.support import ROOT, RedisServer, poll_json
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -217,6 +218,9 @@ def test_the_page_rides_out_a_server_restart(make_server, channel, open_page):
     expect(page.locator("#state")).to_have_text("connecting")
     expect(page.locator("#log li.notice").filter(has_text="Connection lost")).to_have_count(1)
     say(page, "typed while the server was down")  # waits, then is sent
+    pending = page.locator("#log li.msg.pending")
+    expect(pending).to_have_count(1)  # shown at once, and marked so
+    expect(pending.locator(".status")).to_have_text("sending…")
 
     second = make_server(port=first.port)
     expect_connected(page, "websocket")
@@ -225,6 +229,107 @@ def test_the_page_rides_out_a_server_restart(make_server, channel, open_page):
     expect(page.locator("#log li.gap")).to_have_count(1)
     (log,) = fence(second.url, channel, page)
     assert log == ["before the restart", "typed while the server was down"]
+    expect(page.locator("#log li.msg.pending")).to_have_count(0)
+
+
+def test_a_joined_room_shows_its_history_with_the_servers_times(server, channel, open_page):
+    """Opening the page (or joining a room) shows what the room said before, oldest first,
+    each message at the time the server accepted it, not when this browser got it."""
+    said = [f'{{"nick": "ada", "text": "earlier {n}"}}' for n in range(3)]
+    ids = [publish(server.url, channel, text) for text in said]
+    stamped = {item["id"]: item["time"] for item in poll_json(
+        server, channel, since=f"{ids[0].split('-')[0]}-0", timeout=0)["messages"]}
+    page = open_page(demo_url(server.url, channel, nick="bob"))
+    expect_connected(page, "websocket")
+    expect(room_item(page, channel)).to_have_attribute("data-history", "")
+    assert messages(page) == ["earlier 0", "earlier 1", "earlier 2"]
+    assert authors(page) == ["ada"] * 3
+    for message_id in ids:
+        time = page.locator(f'#log li.msg[data-id="{message_id}"] time')
+        assert time.get_attribute("datetime") == iso(stamped[message_id])
+    expect(page.locator("#log .sender")).to_have_count(0)  # this server stamps no sender
+
+    publish(server.url, channel, '{"nick": "ada", "text": "live one"}')  # after the history
+    wait_for_messages(page, "live one")
+    assert messages(page) == ["earlier 0", "earlier 1", "earlier 2", "live one"]
+    other = f"{channel}-other"
+    publish(server.url, other, "said before bob joined")
+    page.fill("#room-input", other)
+    page.click("#join")
+    wait_for_messages(page, "said before bob joined")
+
+
+def iso(ms: int) -> str:
+    """What ``Date.toISOString`` gives for ``ms`` since the epoch."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def test_a_restart_on_redis_reports_no_gap(make_server, redis_server, channel, open_page):
+    """With Redis history survives a restart of wsrelay: no "messages were missed" (the
+    memory broker's restart, above, is a real gap and says so)."""
+    env = {"WSRELAY_BROKER_URL": redis_server.url}
+    first = make_server(env=env)
+    page = open_page(demo_url(first.url, channel, nick="ada"))
+    expect_connected(page, "websocket")
+    say(page, "before the restart")
+    wait_for_messages(page, "before the restart")
+    first.stop()
+    expect(page.locator("#state")).to_have_text("connecting")
+    second = make_server(env=env, port=first.port)
+    expect_connected(page, "websocket")
+    (log,) = fence(second.url, channel, page)
+    assert log == ["before the restart"]
+    expect(page.locator("#log li.gap")).to_have_count(0)
+
+
+def test_the_ticker_comes_back_with_redis(make_server, open_page):
+    """Redis stopped while the page loads: the ticker starts once Redis is back (it used to
+    stay at "-" while the page said "open")."""
+    redis = RedisServer.start()
+    try:
+        server = make_server(env={"WSRELAY_BROKER_URL": redis.url})
+        redis.stop()
+        page = open_page(demo_url(server.url, "lobby"))
+        expect(page.locator("#state")).to_have_text("open")
+        expect(page.locator("#log li.notice.error").first).to_contain_text("broker")
+        assert page.locator("#ticker-value").text_content() == "-"
+        redis.restart()
+        expect(page.locator("#ticker-value")).to_have_text(re.compile(r"^\d+$"), timeout=20_000)
+        expect(page.locator("#rooms li:not([data-live])")).to_have_count(0)
+    finally:
+        redis.stop()
+
+
+def test_tabs_of_the_demo_can_share_one_connection(server, channel, browser):
+    context = browser.new_context()
+    try:
+        tabs = []
+        for nick in ("ada", "bob"):
+            tab = context.new_page()
+            tab.goto(demo_url(server.url, channel, nick=nick) + "&share=1")
+            tabs.append(tab)
+        for tab in tabs:
+            expect_connected(tab, "websocket")
+        say(tabs[0], "one socket for both")
+        for tab in tabs:
+            wait_for_messages(tab, "one socket for both")
+        assert tabs[1].evaluate("demo.client instanceof wsrelay.SharedClient")
+    finally:
+        context.close()
+
+
+def test_the_page_runs_under_its_content_security_policy(server, channel, open_page):
+    violations = []
+    page = open_page(demo_url(server.url, channel))
+    page.on("console", lambda message: violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    expect_connected(page, "websocket")
+    say(page, "no inline code needed")
+    wait_for_messages(page, "no inline code needed")
+    assert "script-src 'self'" in page.evaluate(
+        "fetch(location.href).then(r => r.headers.get('content-security-policy'))")
+    assert violations == []
 
 
 # -- the picture in the README ---------------------------------------------------------
@@ -253,7 +358,7 @@ def test_screenshot_of_the_demo_page(make_server, open_page, tmp_path):
     wait_for_messages(ada, "main: all 480 tests passed")
     expect(ada.locator("#online")).to_have_text("2 online")
     expect(room_item(ada, dev).locator(".unread")).to_have_text("2")
-    ada.wait_for_function("Number(document.getElementById('ticker-value').textContent) >= 3")
+    ada.wait_for_function("() => Number(document.getElementById('ticker-value').textContent) >= 3")
     ada.locator("#message").blur()
     ada.mouse.move(0, 0)  # no hover colour anywhere
     docs = ROOT / "docs" / "demo.png"

@@ -11,18 +11,23 @@ history survives, nothing published during the outage is lost).
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 
+import gevent
 import pytest
 import requests
 from playwright.sync_api import Page
 
 from tests.browser import NO_EVENTSOURCE, NO_WEBSOCKET, TIMEOUT, new_page, publish
+from tests.support import RedisServer, wait_until
 from wsrelay.auth import Tokens
 
 pytestmark = pytest.mark.timeout(30)
 
 TRANSPORTS = ["websocket", "sse", "poll"]
+ID_PATTERN = re.compile(r"\d{13}-\d{10}")
 SECRET = "wsrelay-js-test-secret-key-of-enough-length"
 
 #: What a page records of its client: messages per channel as [data, meta.id, meta.channel]
@@ -30,14 +35,20 @@ SECRET = "wsrelay-js-test-secret-key-of-enough-length"
 RECORDER = """
 window.record = (options) => {
   const client = wsrelay.connect(options);
-  const r = {client, got: {}, states: [client.state], transports: [], errors: [], resets: []};
+  const r = {client, got: {}, metas: {}, live: {}, states: [client.state], transports: [],
+             errors: [], resets: []};
   client.on('state', (state) => r.states.push(state));
   client.on('transport', (transport) => r.transports.push(transport));
   client.on('error', (e) => r.errors.push({message: e.message, code: e.code, channel: e.channel}));
-  r.subscribe = (channel) => client.subscribe(channel, (data, meta) => {
-    (r.got[channel] = r.got[channel] || []).push(
-      [typeof data === 'string' ? data : Array.from(data), meta.id, meta.channel]);
-  }, {onReset: (channel, cursor) => r.resets.push([channel, cursor])});
+  r.subscribe = (channel) => {
+    const live = client.subscribe(channel, (data, meta) => {
+      (r.got[channel] = r.got[channel] || []).push(
+        [typeof data === 'string' ? data : Array.from(data), meta.id, meta.channel]);
+      (r.metas[channel] = r.metas[channel] || []).push(meta);
+    }, {onReset: (channel, cursor) => r.resets.push([channel, cursor])});
+    live.then((cursor) => { r.live[channel] = cursor; }, (e) => { r.live[channel] = e.code; });
+    return live;
+  };
   return r;
 };
 """
@@ -48,16 +59,19 @@ def open_client(browser):
     """``open_client(server, *init_scripts, ws_route=None, **options)``: a page whose
     ``window.r`` records a ``wsrelay.connect(options)`` client. ``ws_route`` stands between
     the page and the server's ``/ws`` (Playwright's WebSocket route: a proxy in the test's
-    hands). The page's WebSocket URLs are in ``page.sockets``."""
+    hands); ``prepare(page)`` runs before the page loads. The page's WebSocket URLs are in
+    ``page.sockets``."""
     opened: list[tuple[Page, list[str]]] = []
 
-    def make(server, *init_scripts: str, ws_route=None, **options) -> Page:
+    def make(server, *init_scripts: str, ws_route=None, prepare=None, **options) -> Page:
         page, errors = new_page(browser, *init_scripts)
         opened.append((page, errors))
         page.sockets = []
         page.on("websocket", lambda ws: page.sockets.append(ws.url))
         if ws_route is not None:
             page.route_web_socket("**/ws", ws_route)
+        if prepare is not None:
+            prepare(page)
         page.goto(f"{server.url}/healthz")  # any document of the server's origin
         page.add_script_tag(url="/static/wsrelay.js")
         page.add_script_tag(content=RECORDER)
@@ -570,3 +584,356 @@ def test_a_server_restart_on_redis_loses_nothing(
     assert fence(other.url, channel, alice, bob) == [expected, expected]
     no_duplicate_ids(alice, channel)
     assert alice.evaluate("r.resets") == []  # history filled the gap
+
+
+# -- retrying what may pass, dropping what cannot ---------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_channel_refused_while_redis_is_down_goes_live_once_it_is_back(
+    make_server, open_client, channel, transport
+):
+    """Redis stopped while the page loads: the socket opens, the subscription is refused
+    with broker_unavailable (reported once), retried with the backoff, and live as soon as
+    Redis answers again; what is published then arrives. (It used to stay refused while
+    the client said 'open'.)"""
+    redis = RedisServer.start()
+    try:
+        server = make_server(env={"WSRELAY_BROKER_URL": redis.url})
+        redis.stop()
+        page = open_client(server, transports=[transport], maxDelay=1000)
+        subscribe(page, channel, live=False)
+        page.wait_for_function("(c) => r.errors.some(e => e.code === 'broker_unavailable')",
+                               arg=channel)
+        assert page.evaluate("(c) => r.live[c]", channel) is None  # neither live nor dropped
+        assert channel in page.evaluate("r.client.channels")
+
+        redis.restart()
+        page.wait_for_function("(c) => typeof r.live[c] === 'string'", arg=channel,
+                               timeout=20_000)
+        publish(server.url, channel, "redis is back")
+        assert wait_for(page, channel, "redis is back") == ["redis is back"]
+        assert [e["code"] for e in page.evaluate("r.errors")] == ["broker_unavailable"]
+    finally:
+        redis.stop()
+
+
+def test_a_channel_refused_for_good_is_dropped_and_not_asked_again(server, open_client):
+    """A refusal no retry can help (no token for a private channel) rejects, is reported,
+    and the channel leaves client.channels: a reconnect does not ask for it again."""
+    sent: list[str] = []
+
+    def watching(ws):
+        upstream = ws.connect_to_server()
+        ws.on_message(lambda message: (sent.append(message), upstream.send(message)))
+        ws.watching = upstream
+
+    sockets = []
+    page = open_client(server, ws_route=lambda ws: (sockets.append(ws), watching(ws)), maxDelay=500)
+    wait_open(page, "websocket")
+    assert page.evaluate("r.subscribe('private-nobody').then(() => 'live', e => e.code)") == (
+        "token_required")
+    assert page.evaluate("r.client.channels") == []
+    subscribe(page, "public-ok")
+    sockets[0].close()  # the connection drops: the client reconnects
+    page.wait_for_function("() => r.states.filter(s => s === 'open').length === 2")
+    page.wait_for_function("() => r.live['public-ok'] !== undefined")
+    asked = [json.loads(m)["channel"] for m in sent if json.loads(m).get("type") == "subscribe"]
+    assert asked.count("private-nobody") == 1
+    assert asked.count("public-ok") == 2
+
+
+# -- limits ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_message_over_the_limit_is_refused_with_a_code_and_the_connection_stays(
+    make_server, open_client, channel, transport
+):
+    """Over WSRELAY_MAX_MESSAGE_SIZE: rejected with request_entity_too_large before anything
+    is sent; the connection stays open. At the limit, text and binary are accepted on every
+    transport (binary is not held to 3/4 of the limit by its base64), and so is text whose
+    JSON escapes would make a wsrelay.v1 frame too large (it goes by POST)."""
+    server = make_server(env={"WSRELAY_MAX_MESSAGE_SIZE": "1000"})
+    page = open_client(server, transports=[transport])
+    subscribe(page, channel)
+    wait_open(page, transport)
+    states = page.evaluate("r.states")
+
+    refused = page.evaluate(
+        "(c) => r.client.publish(c, 'x'.repeat(1001)).then(() => null, e => [e.code, e.retryable])",
+        channel)
+    assert refused == ["request_entity_too_large", False]
+    refused = page.evaluate(
+        "(c) => r.client.publish(c, new Uint8Array(1001)).then(() => null, e => e.code)", channel)
+    assert refused == "request_entity_too_large"
+    assert page.evaluate("r.states") == states and state(page) == "open"
+
+    escaped = "\x01" * 1000  # 6 bytes each as JSON: a frame of 6 KB for 1000 bytes of data
+    for data in ("é" * 500, escaped):
+        send(page, channel, data)
+    page.evaluate("(c) => r.client.publish(c, new Uint8Array(1000).fill(7))", channel)
+    assert fence(server.url, channel, page) == [["é" * 500, escaped, [7] * 1000]]
+    assert page.evaluate("r.states") == states
+    if transport == "websocket":
+        assert len(page.sockets) == 1
+
+
+def test_without_the_clients_check_the_server_refuses_and_keeps_the_socket(
+    make_server, open_client, channel
+):
+    """A client that could not read /client.json sends the message: the server answers
+    with the same code over wsrelay.v1, and the socket stays (it used to close with 1009
+    and every channel reconnected, the promise saying connection_lost)."""
+    server = make_server(env={"WSRELAY_MAX_MESSAGE_SIZE": "1000"})
+    page = open_client(server, prepare=lambda page: page.route(
+        "**/client.json", lambda route: route.abort()))
+    subscribe(page, channel)
+    wait_open(page, "websocket")
+    refused = page.evaluate(
+        "(c) => r.client.publish(c, 'y'.repeat(1001)).then(() => null, e => e.code)", channel)
+    assert refused == "request_entity_too_large"
+    assert page.evaluate("r.states") == ["connecting", "open"] and len(page.sockets) == 1
+    send(page, channel, "still here")
+    assert fence(server.url, channel, page) == [["still here"]]
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_token_function_may_return_a_promise(make_server, open_client, transport):
+    """token: () => fetch(...).then(...): the client waits for it, on every transport."""
+    server = make_server(env={"WSRELAY_SECRET_KEY": SECRET})
+    channel = f"private-team-{uuid.uuid4().hex[:8]}"
+    page = open_client(server, transports=[transport])
+    page.evaluate(
+        "([token, transport]) => { window.asked = 0; r.client.close(); window.r = record({"
+        " transports: [transport],"
+        " token: () => new Promise(ok => setTimeout(() => (window.asked++, ok(token)), 50))}); }",
+        [Tokens(SECRET).issue("private-team-*", publish=True, ttl=600), transport],
+    )
+    subscribe(page, channel)
+    wait_open(page, transport)
+    send(page, channel, "with an awaited token")
+    assert wait_for(page, channel, "with an awaited token") == ["with an awaited token"]
+    assert page.evaluate("r.errors") == []
+    assert page.evaluate("window.asked") >= 1
+
+
+def test_a_token_function_that_fails_is_reported_as_such(server, open_client):
+    page = open_client(server)
+    page.evaluate(
+        "() => { r.client.close(); window.r = record({maxDelay: 500, token: () => 42}); }")
+    page.wait_for_function("() => r.errors.length > 0")
+    error = page.evaluate("r.errors[0]")
+    assert error["code"] == "invalid_token_option" and "string" in error["message"]
+    page.evaluate(
+        "() => { r.client.close(); window.r = record({maxDelay: 500,"
+        " token: () => Promise.reject(new Error('token endpoint said 500'))}); }")
+    page.wait_for_function("() => r.errors.length > 0")
+    error = page.evaluate("r.errors[0]")
+    assert error["code"] == "token_unavailable" and "token endpoint said 500" in error["message"]
+    assert page.evaluate("r.client.transport") == "websocket"  # no fallback for a token
+
+
+# -- server time, sender, history -------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_meta_time_is_the_servers_publish_time_on_every_transport(
+    server, channel, open_client, transport
+):
+    page = open_client(server, transports=[transport])
+    subscribe(page, channel)
+    wait_open(page, transport)
+    message_id = publish(server.url, channel, "timed")
+    publish(server.url, channel, b"\x00timed")
+    wait_for(page, channel, "timed", [0, 116, 105, 109, 101, 100])
+    stamped = {item["id"]: item["time"] for item in requests.get(
+        f"{server.url}/poll/{channel}", params={"since": f"{message_id.split('-')[0]}-0",
+                                                "timeout": 0}, timeout=5).json()["messages"]}
+    metas = page.evaluate("(c) => r.metas[c]", channel)
+    assert [meta["time"] for meta in metas] == [stamped[meta["id"]] for meta in metas]
+    assert all("sender" not in meta for meta in metas)  # this server stamps no sender
+
+
+def test_meta_sender_is_what_the_server_stamped(server, channel, open_client):
+    """A server whose publish hook stamps a sender: the client passes it on as meta.sender."""
+
+    def stamping(ws):
+        upstream = ws.connect_to_server()
+
+        def relay(message):
+            envelope = json.loads(message)
+            if envelope.get("type") == "message":
+                envelope["sender"] = "user:ada"
+            ws.send(json.dumps(envelope))
+
+        upstream.on_message(relay)
+
+    page = open_client(server, ws_route=stamping)
+    subscribe(page, channel)
+    publish(server.url, channel, "signed")
+    wait_for(page, channel, "signed")
+    assert page.evaluate("(c) => r.metas[c][0].sender", channel) == "user:ada"
+
+
+def test_history_gives_the_last_messages_up_to_a_position(server, channel, open_client):
+    ids = [publish(server.url, channel, f"old {n}") for n in range(6)]
+    page = open_client(server)
+    cursor = page.evaluate("(c) => r.subscribe(c)", channel)
+    assert cursor == ids[-1]
+    publish(server.url, channel, "live")
+    wait_for(page, channel, "live")
+    items = page.evaluate(
+        "([c, cursor]) => r.client.history(c, {limit: 4, before: cursor})", [channel, cursor])
+    assert [item["data"] for item in items] == [f"old {n}" for n in range(2, 6)]
+    assert [item["meta"]["id"] for item in items] == ids[2:]
+    assert all(isinstance(item["meta"]["time"], int) for item in items)
+    latest = page.evaluate("(c) => r.client.history(c, {limit: 2})", channel)
+    assert [item["data"] for item in latest] == ["old 5", "live"]
+    assert page.evaluate("() => r.client.history('t-never-used', {limit: 5})") == []
+
+
+# -- one connection per browser ---------------------------------------------------------
+
+
+NO_SHARED_WORKER = "delete window.SharedWorker;"
+
+
+@pytest.fixture
+def open_tabs(browser):
+    """``open_tabs(server, count, *init_scripts, **options)``: pages of one browser context
+    (the tabs of one browser profile), each with ``window.r`` recording a client."""
+    contexts = []
+
+    def make(server, count: int, *init_scripts: str, **options) -> list[Page]:
+        context = browser.new_context()
+        for script in init_scripts:
+            context.add_init_script(script)
+        contexts.append(context)
+        tabs = []
+        for _ in range(count):
+            tabs.append(open_tab(context, server, options))
+        return tabs
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def open_tab(context, server, options) -> Page:
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.goto(f"{server.url}/healthz")
+    page.add_script_tag(url="/static/wsrelay.js")
+    page.add_script_tag(content=RECORDER)
+    page.evaluate("(options) => { window.r = record(options); }", {"share": True, **options})
+    return page
+
+
+def websockets_open(server) -> int:
+    return requests.get(f"{server.url}/healthz", timeout=5).json()["connections"]
+
+
+@pytest.mark.parametrize("mode", ["sharedworker", "leader"])
+def test_tabs_share_one_connection(make_server, channel, open_tabs, mode):
+    server = make_server(options=("--no-ticker",))
+    tabs = open_tabs(server, 3, *([NO_SHARED_WORKER] if mode == "leader" else []))
+    for tab in tabs:
+        subscribe(tab, channel)
+        wait_open(tab, "websocket")
+    assert websockets_open(server) == 1  # three tabs, one WebSocket
+    assert [tab.evaluate("r.client instanceof wsrelay.SharedClient") for tab in tabs] == [True] * 3
+    for n, tab in enumerate(tabs):
+        assert ID_PATTERN.fullmatch(send(tab, channel, f"from tab {n}"))
+    publish(server.url, channel, b"\x01\x02")
+    expected = ["from tab 0", "from tab 1", "from tab 2", [1, 2]]
+    assert fence(server.url, channel, *tabs) == [expected] * 3
+    for tab in tabs:
+        no_duplicate_ids(tab, channel)
+        assert tab.evaluate("(c) => r.client.presence(c)", channel) == 1  # one socket subscribed
+    # A channel only one tab subscribed to reaches that tab only.
+    subscribe(tabs[1], f"{channel}-b")
+    publish(server.url, f"{channel}-b", "for tab 1")
+    wait_for(tabs[1], f"{channel}-b", "for tab 1")
+    assert received(tabs[0], f"{channel}-b") == []
+    assert all(not tab.errors for tab in tabs)
+
+
+@pytest.mark.parametrize("mode", ["sharedworker", "leader"])
+def test_closing_a_tab_loses_nothing_for_the_others(make_server, channel, open_tabs, mode):
+    """Messages keep coming while the first tab (the leader, without SharedWorker) closes:
+    the other two get every one, once and in order; one WebSocket serves them after."""
+    server = make_server(options=("--no-ticker",))
+    tabs = open_tabs(server, 3, *([NO_SHARED_WORKER] if mode == "leader" else []))
+    for tab in tabs:
+        subscribe(tab, channel)
+        wait_open(tab, "websocket")
+    if mode == "leader":
+        assert [tab.evaluate("r.client.leading") for tab in tabs] == [True, False, False]
+
+    def produce() -> None:
+        for n in range(40):
+            publish(server.url, channel, f"m{n:02d}")
+            gevent.sleep(0.025)
+
+    producer = gevent.spawn(produce)
+    gevent.sleep(0.3)
+    tabs[0].close()
+    producer.get(timeout=20)
+    expected = [f"m{n:02d}" for n in range(40)]
+    assert fence(server.url, channel, *tabs[1:]) == [expected, expected]
+    for tab in tabs[1:]:
+        no_duplicate_ids(tab, channel)
+        assert state(tab) == "open"
+    wait_until(lambda: websockets_open(server) == 1, timeout=10)
+    send(tabs[2], channel, "after the handover")
+    assert wait_for(tabs[1], channel, "after the handover")[-1] == "after the handover"
+    if mode == "leader":
+        assert sorted(tab.evaluate("r.client.leading") for tab in tabs[1:]) == [False, True]
+
+
+def test_a_shared_connection_asks_a_tab_for_its_async_token(make_server, open_tabs):
+    server = make_server(env={"WSRELAY_SECRET_KEY": SECRET}, options=("--no-ticker",))
+    channel = f"private-team-{uuid.uuid4().hex[:8]}"
+    tabs = open_tabs(server, 2)
+    token = Tokens(SECRET).issue("private-team-*", publish=True, ttl=600)
+    wait_until(lambda: websockets_open(server) == 1)
+    for tab in tabs:  # the shared connection ends with its last tab's client
+        tab.evaluate("r.client.close()")
+    wait_until(lambda: websockets_open(server) == 0)
+    for tab in tabs:
+        tab.evaluate("(token) => { window.r = record({share: true,"
+                     " token: () => Promise.resolve(token)}); }", token)
+        subscribe(tab, channel)
+    send(tabs[0], channel, "team only")
+    send(tabs[1], channel, "and back")
+    for tab in tabs:
+        assert wait_for(tab, channel, "team only", "and back") == ["team only", "and back"]
+    assert websockets_open(server) == 1
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def test_the_client_loads_as_an_es_module(server, channel, browser):
+    page, errors = new_page(browser)
+    try:
+        page.goto(f"{server.url}/healthz")
+        loaded = page.evaluate(
+            "() => import('/static/wsrelay.mjs').then(m => [typeof m.connect, m.SUBPROTOCOL,"
+            " m.default === window.wsrelay, typeof m.Client])")
+        assert loaded == ["function", "wsrelay.v1", True, "function"]
+        page.evaluate(
+            "(channel) => import('/static/wsrelay.mjs').then(m => { window.got = [];"
+            " const client = m.connect(); return client.subscribe(channel, d => got.push(d)); })",
+            channel)
+        publish(server.url, channel, "as a module")
+        page.wait_for_function("() => got.includes('as a module')")
+        assert not errors
+    finally:
+        page.context.close()

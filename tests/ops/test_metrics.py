@@ -1,12 +1,21 @@
 """The metrics made from the hub's counters: differences applied once, labels bounded."""
 
+import json
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support import FakeConnection
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer, Subscription
-from wsrelay.ops.metrics import Metrics, MetricsSync, close_code_label, read_totals
+from wsrelay.ops.metrics import (
+    SAMPLES,
+    Metrics,
+    MetricsSync,
+    close_code_label,
+    read_totals,
+    sum_samples,
+)
 from wsrelay.websocket.encoders import RAW
 
 
@@ -170,3 +179,52 @@ def test_a_busy_seconds_samples_are_all_observed(hub, registry):
     sync.sync()
     assert value(registry, "wsrelay_publish_latency_seconds_count") == 2500
     assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.001") == 1250
+
+
+def test_a_sample_a_second_holds_what_grew_and_what_is_open(hub, registry):
+    sync = MetricsSync(hub, Metrics(registry))
+    connection = FakeConnection("s")
+    hub.attach(connection)
+    hub.subscribe(Subscription(connection, "room"), None)
+    hub.publish("room", "one")
+    sync.sample(100.2)
+    hub.publish("room", "two")
+    hub.publish("room", "three")
+    sync.sample(101.2)
+    sync.sample(102.2)
+    assert [(s["t"], s["published"], s["delivered"]) for s in sync.samples] == [
+        (100, 1, 1), (101, 2, 2), (102, 0, 0)]
+    assert sync.samples[-1]["connections"] == {"websocket": 1, "sse": 0, "poll": 0}
+    for t in range(103, 103 + SAMPLES):  # a ring: five minutes, no more
+        sync.sample(t)
+    assert len(sync.samples) == SAMPLES and sync.samples[0]["t"] == 103
+
+
+def test_samples_of_several_workers_add_up_second_by_second():
+    def sample(t, published, websocket):
+        return {"t": t, "published": published, "delivered": 0, "bytes_sent": 0,
+                "connections": {"websocket": websocket, "sse": 0, "poll": 0}}
+
+    one = [sample(10, 1, 2), sample(11, 0, 2), sample(11, 3, 1)]  # two ticks in second 11
+    two = [sample(11, 5, 4), sample(12, 1, 4)]
+    summed = sum_samples([one, two], 10)
+    assert [(s["t"], s["published"], s["connections"]["websocket"]) for s in summed] == [
+        (10, 1, 2), (11, 8, 5), (12, 1, 4)]
+    assert [s["t"] for s in sum_samples([one, two], 2)] == [11, 12]
+    assert sum_samples([one], 0) == []
+
+
+def test_workers_share_their_samples_through_the_multiprocess_directory(
+    hub, registry, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    other = {"t": 50, "published": 7, "delivered": 7, "bytes_sent": 70,
+             "connections": {"websocket": 3, "sse": 1, "poll": 0}}
+    (tmp_path / "wsrelay-samples-999999.json").write_text(json.dumps([other]))
+    sync = MetricsSync(hub, Metrics(registry))
+    hub.publish("room", "x")
+    sync.sample(50.5)
+    (summed,) = sync.all_samples(SAMPLES)
+    assert (summed["published"], summed["bytes_sent"]) == (8, 70)
+    assert summed["connections"] == {"websocket": 3, "sse": 1, "poll": 0}
+    assert sync.samples[0]["published"] == 1  # the worker's own, apart

@@ -4,6 +4,7 @@ operator and Prometheus read them."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 
@@ -236,7 +237,14 @@ def test_the_dashboard_is_a_page_fed_by_its_stats(quiet):
     assert "<title>wsrelay dashboard</title>" in page
     assert 'data-stats="/dashboard/stats"' in page
     assert page.count("<canvas") == 2
-    assert "<script src=" not in page and "https://" not in page  # no CDN: it works offline
+    assert "https://" not in page  # no CDN: it works offline
+    # Its code and styles are files of its own, so a strict policy can forbid anything inline.
+    assert re.findall(r'<script src="([^"]+)"', page) == ["/static/dashboard.js"]
+    assert "<script>" not in page and "<style" not in page and " style=" not in page
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy
+    assert "unsafe-inline" not in policy
+    assert requests.get(quiet.url + "/static/dashboard.js", timeout=5).status_code == 200
 
 
 def test_dashboard_stats_has_totals_this_process_and_its_busiest_channels(quiet, channel):

@@ -13,7 +13,7 @@ import gevent
 import pytest
 import requests
 
-from tests.support import ServerProcess, publish, publish_stream, wait_until
+from tests.support import ServerProcess, publish, publish_stream, untimed, wait_until
 
 pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
@@ -66,8 +66,9 @@ def test_answers_at_once_with_the_messages_after_since(server, channel):
     assert body == {
         "channel": channel,
         "cursor": ids[3],
-        "messages": [{"id": ids[i], "data": f"m{i}"} for i in (1, 2, 3)],
+        "messages": body["messages"],
     }
+    assert untimed(body["messages"]) == [{"id": ids[i], "data": f"m{i}"} for i in (1, 2, 3)]
     assert ids == sorted(ids) and all(ID.fullmatch(i) for i in ids)
 
 
@@ -95,7 +96,7 @@ def test_holds_until_a_message_arrives(quiet_server, channel):
     new = publish(server, channel, "new")
     body = task.get(timeout=5)
     assert time.monotonic() - started < 2
-    assert body["messages"] == [{"id": new, "data": "new"}]
+    assert untimed(body["messages"]) == [{"id": new, "data": "new"}]
     assert body["cursor"] == new
     wait_until(lambda: waiters(server) == 0, message="the answered poll is still counted")
 
@@ -105,7 +106,7 @@ def test_without_since_waits_for_the_next_new_message(quiet_server, channel):
     publish(server, channel, "before the poll")
     (task,) = held(server, channel, timeout=30)
     new = publish(server, channel, "after the poll")
-    assert task.get(timeout=5)["messages"] == [{"id": new, "data": "after the poll"}]
+    assert untimed(task.get(timeout=5)["messages"]) == [{"id": new, "data": "after the poll"}]
 
 
 def test_without_since_and_timeout_0_gives_the_current_cursor(server, channel):
@@ -141,14 +142,14 @@ def test_default_timeout_comes_from_config(make_server, channel):
 def test_timeout_60_is_accepted_and_held(quiet_server, channel):
     (task,) = held(quiet_server, channel, timeout=60)
     new = publish(quiet_server, channel, "released")
-    assert task.get(timeout=5)["messages"] == [{"id": new, "data": "released"}]
+    assert untimed(task.get(timeout=5)["messages"]) == [{"id": new, "data": "released"}]
 
 
 def test_a_message_wakes_every_held_poll(quiet_server, channel):
     polls = held(quiet_server, channel, count=20, timeout=30)
     new = publish(quiet_server, channel, "for all")
     for task in polls:
-        assert task.get(timeout=5)["messages"] == [{"id": new, "data": "for all"}]
+        assert untimed(task.get(timeout=5)["messages"]) == [{"id": new, "data": "for all"}]
 
 
 def test_a_message_on_another_channel_does_not_answer(quiet_server, channel):
@@ -158,7 +159,7 @@ def test_a_message_on_another_channel_does_not_answer(quiet_server, channel):
     gevent.sleep(0.5)
     assert not task.ready()
     new = publish(quiet_server, channel, "here")
-    assert task.get(timeout=5)["messages"] == [{"id": new, "data": "here"}]
+    assert untimed(task.get(timeout=5)["messages"]) == [{"id": new, "data": "here"}]
 
 
 # -- encodings ----------------------------------------------------------------------------
@@ -168,14 +169,15 @@ def test_text_is_returned_as_is(server, channel):
     first = publish(server, channel, "start")
     ids = [publish(server, channel, text) for text in texts]
     body = poll_json(server, channel, since=first, timeout=0)
-    assert body["messages"] == [{"id": i, "data": t} for i, t in zip(ids, texts, strict=True)]
+    expected = [{"id": i, "data": t} for i, t in zip(ids, texts, strict=True)]
+    assert untimed(body["messages"]) == expected
 
 
 def test_binary_is_base64_with_its_encoding(server, channel):
     first = publish(server, channel, "start")
     data = bytes(range(256))
     new = publish(server, channel, data)
-    (item,) = poll_json(server, channel, since=first, timeout=0)["messages"]
+    (item,) = untimed(poll_json(server, channel, since=first, timeout=0)["messages"])
     assert item == {"id": new, "data": base64.b64encode(data).decode(), "encoding": "base64"}
     assert base64.b64decode(item["data"]) == data
 
@@ -205,7 +207,7 @@ def test_since_older_than_history_returns_what_is_retained_with_reset(make_serve
     ids = [publish(server, channel, f"m{i}") for i in range(10)]
     body = poll_json(server, channel, since=ids[0], timeout=30)
     assert body["reset"] is True
-    assert body["messages"] == [{"id": ids[i], "data": f"m{i}"} for i in (7, 8, 9)]
+    assert untimed(body["messages"]) == [{"id": ids[i], "data": f"m{i}"} for i in (7, 8, 9)]
     assert body["cursor"] == ids[9]
     # the oldest cursor still covered by history is not a gap
     exact = poll_json(server, channel, since=ids[6], timeout=0)
@@ -219,7 +221,7 @@ def test_since_from_another_epoch_is_a_reset_answered_at_once(server, channel):
     body = poll_json(server, channel, since="0000000000001-0000000005", timeout=30)
     assert time.monotonic() - started < 3
     assert body["reset"] is True
-    assert body["messages"] == [{"id": last, "data": "kept"}]
+    assert untimed(body["messages"]) == [{"id": last, "data": "kept"}]
 
 
 def test_since_after_the_last_message_is_a_reset(server, channel):
@@ -238,7 +240,7 @@ def test_since_from_a_previous_server_run_is_a_reset(make_server, channel):
     new = publish(second, channel, "after restart")
     body = poll_json(second, channel, since=old, timeout=30)
     assert body["reset"] is True
-    assert body["messages"] == [{"id": new, "data": "after restart"}]
+    assert untimed(body["messages"]) == [{"id": new, "data": "after restart"}]
     assert new > old  # ids of a channel keep increasing across restarts
 
 
@@ -272,7 +274,7 @@ def test_long_poll_across_processes_on_redis(make_server, redis_server, channel)
     task = gevent.spawn(poll_json, a, channel, timeout=30)
     wait_until(lambda: waiters(a) >= 1)
     new = publish(b, channel, "from b")
-    assert task.get(timeout=5)["messages"] == [{"id": new, "data": "from b"}]
+    assert untimed(task.get(timeout=5)["messages"]) == [{"id": new, "data": "from b"}]
     again = poll_json(b, channel, since=new, timeout=0)
     assert again["cursor"] == new and again["messages"] == []
 
@@ -374,5 +376,15 @@ def test_a_thousand_held_polls_do_not_slow_websocket_delivery(make_server, chann
     assert time.monotonic() - started < 10
     expected = {"channel": channel, "cursor": new,
                 "messages": [{"id": new, "data": "to all thousand"}]}
-    assert all(result == (200, expected) for result in results)
+    assert all(status == 200 and {**body, "messages": untimed(body["messages"])} == expected
+               for status, body in results)
     wait_until(lambda: waiters(server) == 0)
+
+
+def test_each_item_carries_the_time_the_broker_accepted_it(server, channel):
+    first = publish(server, channel, "start")
+    before = time.time() * 1000
+    publish(server, channel, "timed")
+    after = time.time() * 1000
+    (item,) = poll_json(server, channel, since=first, timeout=0)["messages"]
+    assert isinstance(item["time"], int) and before - 5 <= item["time"] <= after + 5

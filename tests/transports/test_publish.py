@@ -9,6 +9,8 @@ import gevent
 import pytest
 import requests
 
+from tests.support import untimed
+
 ID = re.compile(r"\d{13}-\d{10}")
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 BINARY = {"Content-Type": "application/octet-stream"}
@@ -36,7 +38,7 @@ def polled(server, channel: str, since: str) -> list[dict]:
     response = requests.get(f"{server.url}/poll/{channel}",
                             params={"since": since, "timeout": 0}, timeout=5)
     assert response.status_code == 200, response.text
-    return response.json()["messages"]
+    return untimed(response.json()["messages"])
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> None:

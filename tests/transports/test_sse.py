@@ -16,6 +16,7 @@ from tests.support import (
     poll_json,
     publish,
     publish_stream,
+    untimed,
     wait_until,
 )
 
@@ -79,7 +80,7 @@ def test_text_with_carriage_returns_is_a_json_event(server, channel):
         new = publish(server, channel, text)
         event = stream.next_event()
     assert (event.type, event.id) == ("json", new)
-    assert json.loads(event.data) == {"id": new, "data": text}
+    assert untimed([json.loads(event.data)]) == [{"id": new, "data": text}]
 
 
 def test_binary_is_a_json_event_with_base64(server, channel):
@@ -90,7 +91,8 @@ def test_binary_is_a_json_event_with_base64(server, channel):
         event = stream.next_event()
     assert (event.type, event.id) == ("json", new)
     item = json.loads(event.data)
-    assert item == {"id": new, "data": base64.b64encode(data).decode(), "encoding": "base64"}
+    assert untimed([item]) == [
+        {"id": new, "data": base64.b64encode(data).decode(), "encoding": "base64"}]
     assert base64.b64decode(item["data"]) == data
 
 
@@ -263,3 +265,18 @@ def test_foreign_origin_is_403(server, channel):
     response = requests.get(f"{server.url}/sse/{channel}", timeout=5,
                             headers={"Origin": "http://evil.example"})
     assert_error(response, 403, "origin_not_allowed")
+
+
+def test_format_json_sends_every_message_as_an_item_with_its_time(server, channel):
+    """For a client that wants the server's time: every event an item; the plain stream of
+    a plain EventSource is unchanged (text as data: lines, above)."""
+    with open_stream(server, channel, "?format=json") as stream:
+        stream.wait_connected()
+        before = time.time() * 1000
+        new = publish(server, channel, "plain text")
+        event = stream.next_event()
+        after = time.time() * 1000
+    assert (event.type, event.id) == ("json", new)
+    item = json.loads(event.data)
+    assert untimed([item]) == [{"id": new, "data": "plain text"}]
+    assert before - 5 <= item["time"] <= after + 5

@@ -9,7 +9,7 @@ import pytest
 import requests
 from gevent.event import Event
 
-from tests.support import Closed, Refused, ServerProcess, WSClient, wait_until
+from tests.support import Closed, Refused, ServerProcess, WSClient, untimed, wait_until
 from wsrelay.websocket.envelopes import max_request_size
 
 V1 = ["wsrelay.v1"]
@@ -87,11 +87,11 @@ def test_many_channels_over_one_socket_with_acks_and_ids(server, channel):
         assert "cursor" in client.call(type="subscribe", channel=a)
         client.call(type="subscribe", channel=b)
         ack_a = client.call(type="publish", channel=a, data="to a")
-        assert client.message_after(ack_a) == {"type": "message", "channel": a, "id": ack_a["id"],
-                                           "data": "to a"}
+        assert untimed([client.message_after(ack_a)]) == [
+            {"type": "message", "channel": a, "id": ack_a["id"], "data": "to a"}]
         http_id = requests.post(f"{server.url}/publish/{b}", data="to b", timeout=5).json()["id"]
-        assert client.until("message") == {"type": "message", "channel": b, "id": http_id,
-                                           "data": "to b"}
+        assert untimed([client.until("message")]) == [
+            {"type": "message", "channel": b, "id": http_id, "data": "to b"}]
         binary = client.call(type="publish", channel=b, data="AAH/", encoding="base64")
         message = client.message_after(binary)
         assert (message["id"], message["encoding"], message["data"]) == (

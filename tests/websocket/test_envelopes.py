@@ -194,8 +194,8 @@ def test_error_repeats_type_channel_and_ack_but_not_data():
 
 
 def test_server_envelopes():
-    text = json.loads(envelopes.message(Message("a", ID, "hé".encode())))
-    assert text == {"type": "message", "channel": "a", "id": str(ID), "data": "hé"}
+    text = json.loads(envelopes.message(Message("a", ID, "hé".encode(), time=1.0)))
+    assert text == {"type": "message", "channel": "a", "id": str(ID), "data": "hé", "time": 1000}
     binary = json.loads(envelopes.message(Message("a", ID, b"\x00", binary=True)))
     assert binary["encoding"] == "base64" and base64.b64decode(binary["data"]) == b"\x00"
     assert json.loads(envelopes.ack(3, id=str(ID))) == {"type": "ack", "ack": 3, "id": str(ID)}

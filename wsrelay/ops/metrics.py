@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import logging
 import os
+import time
 from collections import Counter as Tally
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -56,6 +59,12 @@ TRANSPORTS = ("websocket", "sse", "poll")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY = "wsrelay_publish_latency_seconds"
+#: Per-second samples a process keeps for the dashboard's first picture: five minutes.
+SAMPLES = 300
+#: The counters a sample holds as what changed in its second.
+SAMPLED = ("published", "delivered", "bytes_sent")
+#: Where each worker leaves its samples, in the multiprocess directory, for the others.
+SAMPLES_FILE = "wsrelay-samples-{pid}.json"
 
 
 def close_code_label(code: int) -> str:
@@ -119,7 +128,9 @@ def reset_multiprocess_dir() -> None:
     directory = multiprocess_dir()
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
-        for path in glob.glob(os.path.join(directory, "*.db")):
+        for path in glob.glob(os.path.join(directory, "*.db")) + glob.glob(
+            os.path.join(directory, SAMPLES_FILE.format(pid="*"))
+        ):
             os.remove(path)
 
 
@@ -146,6 +157,9 @@ class MetricsSync:
         self._connections: Tally[str] = Tally()
         #: This process's busiest channels in the last window: ``[(channel, messages)]``.
         self.busiest: list[tuple[str, int]] = []
+        #: This process's last SAMPLES seconds, oldest first (see :meth:`sample`).
+        self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
+        self._sampled = dict.fromkeys(SAMPLED, 0)
         self._greenlet: gevent.Greenlet | None = None
 
     def totals(self) -> dict[str, int]:
@@ -184,6 +198,41 @@ class MetricsSync:
         starts counting anew, so this is the only place that calls it."""
         self.sync()
         self.busiest = self.hub.stats.take_busiest()
+        self.sample(time.time())
+
+    def sample(self, now: float) -> None:
+        """Keep one second: ``t`` (whole seconds since the epoch), what each of
+        :data:`SAMPLED` grew by since the last sample, and the open connections; under
+        gunicorn also leave the samples where the other workers read them."""
+        stats = self.hub.stats
+        sample: dict[str, Any] = {"t": int(now)}
+        for name in SAMPLED:
+            value = getattr(stats, name)
+            sample[name] = max(value - self._sampled[name], 0)
+            self._sampled[name] = value
+        sample["connections"] = {name: stats.connections[name] for name in TRANSPORTS}
+        self.samples.append(sample)
+        directory = multiprocess_dir()
+        if directory is not None:
+            path = os.path.join(directory, SAMPLES_FILE.format(pid=os.getpid()))
+            with open(path + ".tmp", "w") as file:
+                json.dump(list(self.samples), file)
+            os.replace(path + ".tmp", path)
+
+    def all_samples(self, count: int) -> list[dict[str, Any]]:
+        """The last ``count`` seconds summed over every worker (this process's alone
+        without multiprocess mode), oldest first."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return sum_samples([list(self.samples)], count)
+        series = []
+        for path in glob.glob(os.path.join(directory, SAMPLES_FILE.format(pid="*"))):
+            try:
+                with open(path) as file:
+                    series.append(json.load(file))
+            except (OSError, ValueError):  # a worker gone, or its file half-way replaced
+                continue
+        return sum_samples(series, count)
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -203,6 +252,30 @@ class MetricsSync:
                 self.tick()
             except Exception:  # a metrics bug must not stop the counting
                 log.exception("metrics sync failed")
+
+
+def sum_samples(series: list[list[dict[str, Any]]], count: int) -> list[dict[str, Any]]:
+    """Add up the samples of several processes second by second: the counters' growth,
+    and each process's open connections as its last sample of that second says. The
+    last ``count`` seconds, oldest first."""
+    seconds: dict[int, dict[str, Any]] = {}
+    for samples in series:
+        mine: dict[int, dict[str, Any]] = {}
+        for sample in samples:  # a process may sample twice in one wall-clock second
+            into = mine.setdefault(sample["t"], {"t": sample["t"], **dict.fromkeys(SAMPLED, 0)})
+            for name in SAMPLED:
+                into[name] += sample[name]
+            into["connections"] = sample["connections"]
+        for second, sample in mine.items():
+            total = seconds.setdefault(second, {
+                "t": second, **dict.fromkeys(SAMPLED, 0),
+                "connections": dict.fromkeys(TRANSPORTS, 0),
+            })
+            for name in SAMPLED:
+                total[name] += sample[name]
+            for name in TRANSPORTS:
+                total["connections"][name] += sample["connections"].get(name, 0)
+    return [seconds[second] for second in sorted(seconds)[-count:]] if count > 0 else []
 
 
 def read_totals(registry: CollectorRegistry) -> dict[str, Any]:

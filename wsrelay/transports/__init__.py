@@ -12,6 +12,7 @@ def create_blueprint() -> Blueprint:
     bp.before_request(checks.check_host)  # before anything else, on every route
     bp.add_url_rule("/", view_func=pages.index)
     bp.add_url_rule("/healthz", view_func=pages.healthz)
+    bp.add_url_rule("/client.json", view_func=pages.client_settings)
     bp.add_url_rule("/readyz", view_func=pages.readyz)
     bp.add_url_rule("/metrics", view_func=admin.metrics)
     bp.add_url_rule("/dashboard", view_func=admin.dashboard)

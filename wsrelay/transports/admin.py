@@ -16,8 +16,15 @@ from prometheus_client.exposition import choose_encoder
 
 from ..errors import ApiError
 from ..hosts import host_name, is_loopback_address, is_loopback_name
-from ..ops.metrics import SYNC_INTERVAL, exposition_registry, multiprocess_dir, read_totals
+from ..ops.metrics import (
+    SAMPLES,
+    SYNC_INTERVAL,
+    exposition_registry,
+    multiprocess_dir,
+    read_totals,
+)
 from .checks import client_address, relay, request_token
+from .pages import CONTENT_SECURITY_POLICY
 
 
 def _from_this_host() -> bool:
@@ -57,7 +64,16 @@ def check_admin() -> None:
 def _private(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"  # the page's URL may hold the token
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
+
+
+def _sample_count() -> int:
+    """``?samples=N``: how many of the last seconds to send (all SAMPLES by default)."""
+    try:
+        return max(0, min(int(request.args.get("samples", SAMPLES)), SAMPLES))
+    except ValueError:
+        raise ApiError(400, "invalid_samples", f"samples is a number from 0 to {SAMPLES}") from None
 
 
 def metrics() -> Response:
@@ -75,8 +91,11 @@ def dashboard() -> Response:
 
 def dashboard_stats() -> Response:
     """The dashboard's numbers (and ``manage.py stats``'s): totals over every worker, this
-    worker's own, its busiest channels of the last window, its broker and hub."""
+    worker's own, its busiest channels of the last window, its broker and hub; and the
+    last ``?samples=`` seconds (default all kept: five minutes), summed over the workers
+    (``samples``) and this worker's own (``process_samples``)."""
     check_admin()
+    count = _sample_count()
     hub, sync = relay().hub, relay().metrics
     sync.sync()
     return _private(jsonify(
@@ -90,4 +109,6 @@ def dashboard_stats() -> Response:
         counts=hub.counts(),
         broker=hub.broker.status(),
         draining=hub.draining,
+        samples=sync.all_samples(count),
+        process_samples=list(sync.samples)[-count:] if count else [],
     ))

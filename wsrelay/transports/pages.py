@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import os
 
-from flask import Response, jsonify, render_template
+from flask import Response, current_app, jsonify, render_template
 
+from ..error_codes import retryable_codes
+from ..websocket.envelopes import max_request_size
 from .checks import relay
 
+#: The pages (demo, dashboard) run only their own files: no inline script or style, nothing
+#: foreign; what a message holds can never run as code in them.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 
-def index() -> str:
-    return render_template("index.html")
+
+def index() -> Response:
+    response = Response(render_template("index.html"))
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+def client_settings() -> Response:
+    """What wsrelay.js needs to know before it sends: the size limits (it refuses a message
+    over them itself, and publishes a text whose JSON escapes would exceed a wsrelay.v1
+    frame by POST) and which error codes are worth retrying."""
+    limit = current_app.config["WSRELAY_MAX_MESSAGE_SIZE"]
+    response = jsonify(max_message_size=limit, max_request_size=max_request_size(limit),
+                       retryable=retryable_codes())
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 def _report() -> dict:

@@ -32,16 +32,18 @@ def _left(expires: float | None) -> float:
 
 
 def _events(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float, expires: float | None, sock: Any | None) -> Iterator[bytes]:
+            keepalive: float, expires: float | None, sock: Any | None,
+            as_json: bool) -> Iterator[bytes]:
     hub.stats.connections["sse"] += 1
     try:
-        yield from _stream(hub, channel, since, keepalive, expires, sock)
+        yield from _stream(hub, channel, since, keepalive, expires, sock, as_json)
     finally:
         hub.stats.connections["sse"] -= 1
 
 
 def _stream(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float, expires: float | None, sock: Any | None) -> Iterator[bytes]:
+            keepalive: float, expires: float | None, sock: Any | None,
+            as_json: bool) -> Iterator[bytes]:
     with hub.watch(channel) as arrived, watch_hangup(sock, arrived) as hangup:
         try:
             page = hub.broker.history(channel, since)
@@ -56,7 +58,7 @@ def _stream(hub: MessageServer, channel: str, since: MessageId | None,
             if page.reset:
                 yield _reset_event(page.cursor)
             if page.messages:
-                yield b"".join(message.to_sse() for message in page.messages)
+                yield b"".join(message.to_sse(as_json=as_json) for message in page.messages)
             if hub.draining:  # the server stops: end cleanly, the browser reconnects elsewhere
                 return
             cursor = page.cursor
@@ -77,14 +79,16 @@ def _stream(hub: MessageServer, channel: str, since: MessageId | None,
 def sse(channel: str) -> Response:
     """Stream every message of the channel; resume from ``Last-Event-ID`` or ``?since=``.
     The stream ends when the token it was opened with expires, the server stops or the
-    client leaves."""
+    client leaves. ``?format=json`` sends every message as a ``json`` event (the long-poll
+    item, with its time), for a client that wants more than the text."""
     access = admit(channel, SUBSCRIBE)
+    as_json = request.args.get("format") == "json"
     since = checked_since(request.headers.get("Last-Event-ID") or request.args.get("since"))
     keepalive = current_app.config["WSRELAY_SSE_KEEPALIVE"]
     release = occupy(stream=True)
     response = Response(
         _events(relay().hub, access.channel, since, keepalive, access.expires,
-                request.environ.get(SOCKET_KEY)),
+                request.environ.get(SOCKET_KEY), as_json),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
