@@ -185,7 +185,7 @@ def test_a_sample_a_second_holds_what_grew_and_what_is_open(hub, registry):
     sync = MetricsSync(hub, Metrics(registry))
     connection = FakeConnection("s")
     hub.attach(connection)
-    hub.subscribe(Subscription(connection, "room"), None)
+    hub.subscribe(Subscription(connection, "room", RAW), None)
     hub.publish("room", "one")
     sync.sample(100.2)
     hub.publish("room", "two")
