@@ -421,7 +421,12 @@ def test_the_browser_client_example_subscribes_and_publishes(browser, readme_ser
         published = wait_until(lambda: logged("published as "), 10)
         received = wait_until(lambda: logged("lobby "), 10)
         message_id = published.removeprefix("published as ")
-        assert received == f'lobby {message_id} {{"nick":"ada","text":"hi"}}'
+        shown = re.fullmatch(r"(lobby \S+) (.+ GMT[^{]*) (\{.*\})", received)
+        assert shown, received
+        head, shown_time, data = shown.groups()
+        assert head == f"lobby {message_id}"
+        assert data == '{"nick":"ada","text":"hi"}'
+        assert abs(page.evaluate(f"Date.now() - Date.parse({shown_time!r})")) < 60_000, shown_time
         assert wait_until(lambda: logged("open over "), 10) == "open over websocket"
         assert not errors
     finally:

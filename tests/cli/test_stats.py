@@ -67,6 +67,8 @@ def test_watch_prints_rates_until_interrupted(quiet, channel):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
+            first = watcher.stdout.readline()  # started (importing can take seconds under load)
+            assert first.startswith("wsrelay at "), first + watcher.stderr.read()
             for n in range(20):  # ~40 messages a second for 2 s
                 requests.post(f"{quiet.url}/publish/{channel}", data=str(n), timeout=5)
                 subscriber.recv()
@@ -74,6 +76,7 @@ def test_watch_prints_rates_until_interrupted(quiet, channel):
         finally:
             watcher.send_signal(signal.SIGINT)
             out, err = watcher.communicate(timeout=10)
+    out = first + out
     assert watcher.returncode == 0, err
     assert "Traceback" not in err
     tables = out.split("wsrelay at ")[1:]

@@ -183,8 +183,9 @@ def test_a_gunicorn_worker_holding_only_idle_keep_alive_connections_exits_at_onc
         closed = time.monotonic() - started
         server.proc.wait(15)
         exited = time.monotonic() - started
-        assert closed < 1, f"idle connections closed after {closed:.2f}s"
-        assert exited < 2, f"gunicorn exited after {exited:.2f}s"
+        # the unfixed worker waited for the graceful timeout, 10 s
+        assert closed < 3, f"idle connections closed after {closed:.2f}s"
+        assert exited < 5, f"gunicorn exited after {exited:.2f}s"
         print(f"idle connections closed after {closed * 1000:.0f} ms, gunicorn exited after "
               f"{exited * 1000:.0f} ms")
     finally:

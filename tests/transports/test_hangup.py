@@ -169,7 +169,7 @@ def test_5000_aborted_long_polls_lock_nobody_out(make_server, channel):
     assert len(answers) >= 10 and not refused, (
         f"the bystander was refused {len(refused)} of {len(answers)} times: {set(refused)}")
     # the server and this process share two cores with 5,000 requests' worth of work
-    bystander.assert_served(p99=2.0)
+    bystander.assert_served(p99=4.0)  # the unfixed server refused for 50 s
     assert server.health()["waiters"] == 0
     print(f"5000 aborted long-polls in {attack_time:.1f}s; bystander p99 "
           f"{bystander.p99() * 1000:.0f} ms over {len(bystander.sent)} messages")
