@@ -406,6 +406,7 @@ class FakeConnection:
     def __init__(self, name: str) -> None:
         self.id = name
         self.dirty = False
+        self.written = 0.0
         self.sent = 0
         self.last_seen = time.monotonic()
         self.frames: list[bytes] = []
