@@ -419,6 +419,7 @@ class FakeConnection:
 
     def flush(self) -> None:
         self.flushes += 1
+        self.written = time.monotonic()
 
     def ping(self) -> None:
         self.pings += 1

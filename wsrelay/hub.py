@@ -52,7 +52,8 @@ class Connection(Protocol):
     sent: int
     #: Owned by the hub: True while the connection waits in the flusher's list.
     dirty: bool
-    #: Owned by the hub: when the flusher last wrote it (``time.monotonic()``; start at 0.0).
+    #: When bytes last went out to it (``time.monotonic()``, 0.0 before the first): the
+    #: flusher paces its writes by it (see :mod:`wsrelay.pacing`).
     written: float
 
     def push(self, frame: bytes) -> None: ...
@@ -254,9 +255,9 @@ class MessageServer:
         """Write every dirty connection's queue that is due, each in one non-blocking write;
         return the seconds until the first of those left waiting is due (None: none waits).
 
-        A connection is due when its last write by the flusher is at least
-        ``write_delay`` ago (:func:`~wsrelay.pacing.write_at`); the others stay
-        in the list, and what reaches them meanwhile joins the same write.
+        A connection is due when its last write is at least ``write_delay`` ago
+        (:func:`~wsrelay.pacing.write_at`); the others stay in the list, and
+        what reaches them meanwhile joins the same write.
         """
         now = time.monotonic()
         delay = self.write_delay
@@ -270,7 +271,6 @@ class MessageServer:
                 first_due = min(first_due, due)
                 continue
             connection.dirty = False
-            connection.written = now
             try:
                 connection.flush()
             except Exception:  # a bug in one connection must not stop the others

@@ -125,7 +125,7 @@ class WebSocketConnection:
         #: Channels subscribed to over the connection's life (for its close log line).
         self.subscribed = 0
         self.dirty = False
-        self.written = 0.0  # when the hub's flusher last wrote it (its write window)
+        self.written = 0.0  # when bytes last went out (the hub paces its writes by it)
         self.last_seen = time.monotonic()
         self.session = WebSocketSession(
             max_message_size=max_message_size, control_rate=control_rate
@@ -316,6 +316,8 @@ class WebSocketConnection:
             except (BlockingIOError, InterruptedError):
                 written = 0
             outbox.consume(written)
+            if written:
+                self.written = time.monotonic()
             stats = self.hub.stats
             stats.writes += 1
             stats.bytes_sent += written
