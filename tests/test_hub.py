@@ -176,6 +176,19 @@ def test_each_connection_has_its_own_window(make_hub):
     wait_until(lambda: busy.flushes == 1, 2, 0.01)
 
 
+def test_the_latency_metric_counts_the_wait_for_the_window(make_hub):
+    hub = make_hub(write_delay=0.3)
+    connection = join(hub)
+    connection.written = time.monotonic()
+    hub.publish("c", "held")
+    gevent.sleep(0.05)
+    assert hub.stats.latencies == [], "not written yet"
+    wait_until(lambda: connection.flushes == 1, 2, 0.01)
+    gevent.sleep(0)
+    [latency] = hub.stats.latencies
+    assert latency >= 0.2
+
+
 def test_no_write_delay_flushes_every_message_as_soon_as_the_publisher_yields(make_hub):
     hub = make_hub(write_delay=0)
     connection = join(hub)

@@ -199,7 +199,7 @@ class MessageServer:
             data = b""
             sender = message.sender
             dirty = self._dirty
-            waiting = len(dirty)  # connections the flusher already knows of
+            known = len(dirty)  # connections the flusher already knows of
             delivered = 0
             for subscription in tuple(subscriptions):
                 if subscription.held is not None:
@@ -224,7 +224,7 @@ class MessageServer:
             stats.delivered += delivered
             stats.channel_messages[message.channel] += 1
             self._flush_times.append(message.time)
-            if len(dirty) > waiting:  # else each is written when its window ends
+            if len(dirty) > known:  # else each is written when its window ends
                 self._wakeup.set()
         waiters = self._waiters.get(message.channel)
         if waiters:
@@ -283,15 +283,16 @@ class MessageServer:
     def _record_latencies(self, age: float) -> None:
         """Record the latency of the messages published at least ``age`` seconds ago: with
         connections still waiting, only those older than the window are surely written
-        (each connection waits at most that long)."""
+        (each connection waits at most that long). A time ahead of this host's clock (another
+        host's) is recorded at once, so nothing is kept for longer than the window."""
         times, self._flush_times = self._flush_times, []
         wall = time.time()
         record = self.stats.record_latency
         for published in times:
-            if wall - published >= age:
-                record(wall - published)
-            else:
+            if 0 <= wall - published < age:
                 self._flush_times.append(published)
+            else:
+                record(wall - published)
 
     # -- subscriptions --------------------------------------------------------------
 
