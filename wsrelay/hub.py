@@ -268,7 +268,8 @@ class MessageServer:
             due = write_at(connection.written, now, delay)
             if due > now:
                 waiting.append(connection)
-                first_due = min(first_due, due)
+                if due < first_due:
+                    first_due = due
                 continue
             connection.dirty = False
             try:
