@@ -176,6 +176,42 @@ def test_each_connection_has_its_own_window(make_hub):
     wait_until(lambda: busy.flushes == 1, 2, 0.01)
 
 
+def test_connections_written_in_one_pass_fall_due_together(make_hub):
+    """Writing many sockets takes time; the next window still writes them all in one pass
+    rather than one pass for each few that fell due meanwhile."""
+
+    class Slow(FakeConnection):
+        def flush(self) -> None:
+            end = time.perf_counter() + 0.002  # a write that takes 2 ms, without yielding
+            while time.perf_counter() < end:
+                pass
+            super().flush()
+
+    hub = make_hub(write_delay=0.3)
+    connections = []
+    for n in range(40):
+        connection = Slow(f"s{n}")
+        hub.attach(connection)
+        hub.subscribe(Subscription(connection, "c", RAW), None)
+        connections.append(connection)
+    passes = []
+    flush_pending = hub.flush_pending
+
+    def counted() -> float | None:
+        before = sum(c.flushes for c in connections)
+        timeout = flush_pending()
+        if sum(c.flushes for c in connections) > before:
+            passes.append(time.monotonic())
+        return timeout
+
+    hub.flush_pending = counted
+    hub.publish("c", "first")  # idle: one pass writes all 40, over 80 ms
+    wait_until(lambda: all(c.flushes == 1 for c in connections), 2, 0.01)
+    hub.publish("c", "second")
+    wait_until(lambda: all(c.flushes == 2 for c in connections), 3, 0.01)
+    assert len(passes) == 2, f"{len(passes)} passes wrote the two windows"
+
+
 def test_the_latency_metric_counts_the_wait_for_the_window(make_hub):
     hub = make_hub(write_delay=0.3)
     connection = join(hub)

@@ -257,7 +257,11 @@ class MessageServer:
 
         A connection is due when its last write is at least ``write_delay`` ago
         (:func:`~wsrelay.pacing.write_at`); the others stay in the list, and
-        what reaches them meanwhile joins the same write.
+        what reaches them meanwhile joins the same write. Every connection this
+        pass writes counts as written at its start, so they are all due again
+        together: a thousand sockets written one after another over a few
+        milliseconds would otherwise fall due one after another, and the next
+        window would take a pass for each few of them.
         """
         now = time.monotonic()
         delay = self.write_delay
@@ -272,8 +276,11 @@ class MessageServer:
                     first_due = due
                 continue
             connection.dirty = False
+            written = connection.written
             try:
                 connection.flush()
+                if connection.written != written:  # it wrote: its window starts with this
+                    connection.written = now  # pass, like everyone's written in it
             except Exception:  # a bug in one connection must not stop the others
                 log.exception("flush failed; dropping connection %s", connection.id)
                 connection.abort()
