@@ -52,8 +52,9 @@ class Connection(Protocol):
     sent: int
     #: Owned by the hub: True while the connection waits in the flusher's list.
     dirty: bool
-    #: When bytes last went out to it (``time.monotonic()``, 0.0 before the first): the
-    #: flusher paces its writes by it (see :mod:`wsrelay.pacing`).
+    #: When bytes last went out to it (``time.monotonic()``, 0.0 before the first; the
+    #: flusher moves it to the start of the pass that wrote it): the flusher paces its writes
+    #: by it (see :mod:`wsrelay.pacing`).
     written: float
 
     def push(self, frame: bytes) -> None: ...
