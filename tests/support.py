@@ -406,6 +406,7 @@ class FakeConnection:
     def __init__(self, name: str) -> None:
         self.id = name
         self.dirty = False
+        self.written = 0.0
         self.sent = 0
         self.last_seen = time.monotonic()
         self.frames: list[bytes] = []
@@ -418,6 +419,7 @@ class FakeConnection:
 
     def flush(self) -> None:
         self.flushes += 1
+        self.written = time.monotonic()
 
     def ping(self) -> None:
         self.pings += 1

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import gevent
 import pytest
 
-from tests.support import FakeConnection
+from tests.support import FakeConnection, wait_until
 from wsrelay.broker import Broker, MemoryBroker
 from wsrelay.hub import Encoder, MessageServer, Subscription
 from wsrelay.ids import MessageId
@@ -143,6 +143,95 @@ def test_flusher_runs_once_per_burst_not_per_message(make_hub):
     gevent.sleep(0)  # let the flusher run
     assert len(connection.frames) == 100
     assert connection.flushes == 1
+
+
+def test_an_idle_connection_is_written_at_once_a_busy_one_at_the_end_of_its_window(make_hub):
+    """The write window: the first message after a pause goes at once; those that follow
+    within the window wait for its end and go together, in one flush."""
+    hub = make_hub(write_delay=0.3)
+    connection = join(hub)
+    connection.written = time.monotonic() - 1  # last written a second ago: idle
+    hub.publish("c", "first")
+    gevent.sleep(0)
+    assert connection.flushes == 1, "a lone message waits for nothing"
+    hub.publish("c", "second")
+    hub.publish("c", "third")
+    gevent.sleep(0.1)
+    assert connection.flushes == 1, "written 0.1 s ago: it waits for the end of its window"
+    wait_until(lambda: connection.flushes == 2, 2, 0.01)
+    gevent.sleep(0.1)
+    assert connection.flushes == 2, "both in one write"
+    assert connection.frames == text_frames(b"first", b"second", b"third")
+
+
+def test_each_connection_has_its_own_window(make_hub):
+    """A connection written recently waits; one idle on another channel does not."""
+    hub = make_hub(write_delay=0.5)
+    busy, quiet = join(hub, "busy", channel="a"), join(hub, "quiet", channel="b")
+    busy.written, quiet.written = time.monotonic(), time.monotonic() - 1
+    hub.publish("a", "to busy")
+    hub.publish("b", "to quiet")
+    gevent.sleep(0.05)
+    assert (busy.flushes, quiet.flushes) == (0, 1)
+    wait_until(lambda: busy.flushes == 1, 2, 0.01)
+
+
+def test_connections_written_in_one_pass_fall_due_together(make_hub):
+    """Writing many sockets takes time; the next window still writes them all in one pass
+    rather than one pass for each few that fell due meanwhile."""
+
+    class Slow(FakeConnection):
+        def flush(self) -> None:
+            end = time.perf_counter() + 0.002  # a write that takes 2 ms, without yielding
+            while time.perf_counter() < end:
+                pass
+            super().flush()
+
+    hub = make_hub(write_delay=0.3)
+    connections = []
+    for n in range(40):
+        connection = Slow(f"s{n}")
+        hub.attach(connection)
+        hub.subscribe(Subscription(connection, "c", RAW), None)
+        connections.append(connection)
+    passes = []
+    flush_pending = hub.flush_pending
+
+    def counted() -> float | None:
+        before = sum(c.flushes for c in connections)
+        timeout = flush_pending()
+        if sum(c.flushes for c in connections) > before:
+            passes.append(time.monotonic())
+        return timeout
+
+    hub.flush_pending = counted
+    hub.publish("c", "first")  # idle: one pass writes all 40, over 80 ms
+    wait_until(lambda: all(c.flushes == 1 for c in connections), 2, 0.01)
+    hub.publish("c", "second")
+    wait_until(lambda: all(c.flushes == 2 for c in connections), 3, 0.01)
+    assert len(passes) == 2, f"{len(passes)} passes wrote the two windows"
+
+
+def test_the_latency_metric_counts_the_wait_for_the_window(make_hub):
+    hub = make_hub(write_delay=0.3)
+    connection = join(hub)
+    connection.written = time.monotonic()
+    hub.publish("c", "held")
+    gevent.sleep(0.05)
+    assert hub.stats.latencies == [], "not written yet"
+    wait_until(lambda: connection.flushes == 1, 2, 0.01)
+    gevent.sleep(0)
+    [latency] = hub.stats.latencies
+    assert latency >= 0.2
+
+
+def test_no_write_delay_flushes_every_message_as_soon_as_the_publisher_yields(make_hub):
+    hub = make_hub(write_delay=0)
+    connection = join(hub)
+    for n in range(5):
+        hub.publish("c", str(n))
+        gevent.sleep(0)
+        assert connection.flushes == n + 1
 
 
 def test_echo_off_leaves_out_the_sender_only(make_hub):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .origins import canonical_origin
+from .pacing import WRITE_DELAY
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < math.inf:
         raise ValueError("must be a finite, positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise ValueError("must be 0 or a finite, positive number")
     return value
 
 
@@ -162,6 +170,10 @@ OPTIONS: tuple[Option, ...] = (
            "default seconds a long-poll is held (a request may ask for up to 60)"),
     Option("WSRELAY_SSE_KEEPALIVE", 15.0, _positive_float,
            "seconds between SSE keep-alive comments"),
+    Option("WSRELAY_WRITE_DELAY", WRITE_DELAY, _non_negative_float,
+           "seconds a WebSocket written to less than this ago gathers messages before the next "
+           "write (one `send` for several); an idle one is written at once; 0: one write per "
+           "message"),
     Option("WSRELAY_CLOSE_TIMEOUT", 5.0, _positive_float,
            "seconds to wait for a WebSocket peer to finish the closing handshake"),
     Option("WSRELAY_LOG_FORMAT", "plain", _log_format,

@@ -7,8 +7,11 @@ envelope: :mod:`wsrelay.websocket.encoders`), and each message is encoded at
 most once per encoder, the same bytes queued on every subscriber that uses
 it. The hub never writes to a socket while fanning out: a single flusher
 greenlet then gives each connection its pending bytes in one non-blocking
-write. A connection that cannot keep up only grows its own bounded queue and
-is closed when the queue is full; nobody else waits for it. Keeping
+write. A connection written to less than the write delay ago waits until its
+window ends, gathering what arrives meanwhile into the same write (see
+:mod:`wsrelay.pacing`); an idle one is written at once. A connection that
+cannot keep up only grows its own bounded queue and is closed when the queue
+is full; nobody else waits for it. Keeping
 connections alive is the connection's business too: the heartbeat asks each
 one to :meth:`~Connection.ping`.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import Protocol
@@ -28,6 +32,7 @@ from gevent.event import Event
 from .broker import Broker, History
 from .ids import MessageId
 from .message import Message
+from .pacing import WRITE_DELAY, write_at
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,10 @@ class Connection(Protocol):
     sent: int
     #: Owned by the hub: True while the connection waits in the flusher's list.
     dirty: bool
+    #: When bytes last went out to it (``time.monotonic()``, 0.0 before the first; the
+    #: flusher moves it to the start of the pass that wrote it): the flusher paces its writes
+    #: by it (see :mod:`wsrelay.pacing`).
+    written: float
 
     def push(self, frame: bytes) -> None: ...
 
@@ -92,11 +101,15 @@ class MessageServer:
     """Channel -> subscriptions, fan-out through a flusher, heartbeats, waiters for HTTP."""
 
     def __init__(
-        self, broker: Broker, *, ping_interval: float = 20.0, ping_timeout: float = 20.0
+        self, broker: Broker, *, ping_interval: float = 20.0, ping_timeout: float = 20.0,
+        write_delay: float = WRITE_DELAY,
     ) -> None:
+        """``write_delay``: seconds a connection written to recently gathers messages before
+        its next write (see :mod:`wsrelay.pacing`); 0 writes every message at once."""
         self.broker = broker
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.write_delay = write_delay
         self.connections: set[Connection] = set()
         self._channels: dict[str, set[Subscription]] = {}
         self._waiters: dict[str, set[Event]] = {}
@@ -187,6 +200,7 @@ class MessageServer:
             data = b""
             sender = message.sender
             dirty = self._dirty
+            known = len(dirty)  # connections the flusher already knows of
             delivered = 0
             for subscription in tuple(subscriptions):
                 if subscription.held is not None:
@@ -211,7 +225,8 @@ class MessageServer:
             stats.delivered += delivered
             stats.channel_messages[message.channel] += 1
             self._flush_times.append(message.time)
-            self._wakeup.set()
+            if len(dirty) > known:  # else each is written when its window ends
+                self._wakeup.set()
         waiters = self._waiters.get(message.channel)
         if waiters:
             for event in waiters:
@@ -230,26 +245,63 @@ class MessageServer:
         self._wakeup.set()
 
     def _flusher(self) -> None:
+        wakeup = self._wakeup
+        timeout: float | None = None
         while True:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            self.flush_pending()
+            wakeup.wait(timeout)
+            wakeup.clear()
+            timeout = self.flush_pending()
 
-    def flush_pending(self) -> None:
-        """Write every dirty connection's queue, each in one non-blocking write."""
+    def flush_pending(self) -> float | None:
+        """Write every dirty connection's queue that is due, each in one non-blocking write;
+        return the seconds until the first of those left waiting is due (None: none waits).
+
+        A connection is due when its last write is at least ``write_delay`` ago
+        (:func:`~wsrelay.pacing.write_at`); the others stay in the list, and
+        what reaches them meanwhile joins the same write. Every connection this
+        pass writes counts as written at its start, so they are all due again
+        together: a thousand sockets written one after another over a few
+        milliseconds would otherwise fall due one after another, and the next
+        window would take a pass for each few of them.
+        """
+        now = time.monotonic()
+        delay = self.write_delay
         dirty, self._dirty = self._dirty, []
+        waiting = self._dirty
+        first_due = math.inf
         for connection in dirty:
+            due = write_at(connection.written, now, delay)
+            if due > now:
+                waiting.append(connection)
+                if due < first_due:
+                    first_due = due
+                continue
             connection.dirty = False
+            written = connection.written
             try:
                 connection.flush()
+                if connection.written != written:  # it wrote: its window starts with this
+                    connection.written = now  # pass, like everyone's written in it
             except Exception:  # a bug in one connection must not stop the others
                 log.exception("flush failed; dropping connection %s", connection.id)
                 connection.abort()
         if self._flush_times:
-            times, self._flush_times = self._flush_times, []
-            now = time.time()
-            for published in times:
-                self.stats.record_latency(now - published)
+            self._record_latencies(delay if waiting else 0.0)
+        return first_due - now if waiting else None
+
+    def _record_latencies(self, age: float) -> None:
+        """Record the latency of the messages published at least ``age`` seconds ago: with
+        connections still waiting, only those older than the window are surely written
+        (each connection waits at most that long). A time ahead of this host's clock (another
+        host's) is recorded at once, so nothing is kept for longer than the window."""
+        times, self._flush_times = self._flush_times, []
+        wall = time.time()
+        record = self.stats.record_latency
+        for published in times:
+            if 0 <= wall - published < age:
+                self._flush_times.append(published)
+            else:
+                record(wall - published)
 
     # -- subscriptions --------------------------------------------------------------
 

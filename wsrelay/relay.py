@@ -69,6 +69,7 @@ class Relay:
             broker_from_config(config),
             ping_interval=config["WSRELAY_PING_INTERVAL"],
             ping_timeout=config["WSRELAY_PING_TIMEOUT"],
+            write_delay=config["WSRELAY_WRITE_DELAY"],
         )
         self.hub.start()
         self.metrics = MetricsSync(self.hub)  # /metrics, /dashboard

@@ -22,6 +22,9 @@ class Stats:
     published: int = 0
     delivered: int = 0
     bytes_sent: int = 0
+    #: Writes to WebSockets (``send`` calls): ``delivered / writes`` is how many messages
+    #: one write carries on average (see ``WSRELAY_WRITE_DELAY``).
+    writes: int = 0
     slow_consumer_closes: int = 0
     #: Close codes of ended WebSockets (1006 when no close frame was exchanged).
     closes: Counter[int] = field(default_factory=Counter)
@@ -52,6 +55,7 @@ class Stats:
             "published": self.published,
             "delivered": self.delivered,
             "bytes_sent": self.bytes_sent,
+            "writes": self.writes,
             "slow_consumer_closes": self.slow_consumer_closes,
             "closes": {str(code): n for code, n in sorted(self.closes.items())},
             "connections": dict(self.connections),

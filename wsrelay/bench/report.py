@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from ..pacing import WRITE_DELAY
 from .scenarios import BY_NAME, TITLES
 
 if TYPE_CHECKING:
@@ -101,6 +102,15 @@ def targets(rows: list[Row]) -> list[dict]:
         check("burst", ">= 5x less CPU per delivery than the seed loop",
               lambda r: seed["cpu_us_per_delivery"] >= 5 * r["cpu_us_per_delivery"])
     check("steady", "nothing lost, p99 <= 50 ms", lambda r: r["lost"] == 0 and r["p99_ms"] <= 50)
+    check("moderate", "nothing lost, p99 <= 30 ms, server CPU per delivery <= 2.5 µs",
+          lambda r: r["lost"] == 0 and r["p99_ms"] <= 30 and r["cpu_us_per_delivery"] <= 2.5)
+    nchan_moderate = _find(rows, "moderate", "nchan")
+    if nchan_moderate is not None:
+        check("moderate", "<= a third of Nchan's server CPU per delivery",
+              lambda r: 3 * r["cpu_us_per_delivery"] <= nchan_moderate["cpu_us_per_delivery"])
+    check("moderate-light", f"nothing lost, p99 <= the write window + 5 ms "
+          f"({WRITE_DELAY * 1000 + 5:g} ms)",
+          lambda r: r["lost"] == 0 and r["p99_ms"] <= WRITE_DELAY * 1000 + 5)
     check("idle", "<= 16 KiB of server memory per connection",
           lambda r: r["kib_per_connection"] <= 16)
     check("inbound", "<= 2 ms of server CPU per 1 MiB message",
@@ -149,9 +159,11 @@ def save_json(path: Path, rows: list[Row], meta: dict) -> None:
 
 # -- plots ---------------------------------------------------------------------------------
 
-SHORT = {"wsrelay": "wsrelay", "wsrelay-redis": "wsrelay\non Redis", "seed-loop": "seed loop",
+SHORT = {"wsrelay": "wsrelay", "wsrelay-redis": "wsrelay\non Redis",
+         "wsrelay-nodelay": "wsrelay\nno delay", "seed-loop": "seed loop",
          "flask-socketio": "Flask-\nSocketIO", "nchan": "Nchan"}
-COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "seed-loop": "tab:orange",
+COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "wsrelay-nodelay": "tab:cyan",
+           "seed-loop": "tab:orange",
            "flask-socketio": "tab:green", "nchan": "tab:red"}
 
 

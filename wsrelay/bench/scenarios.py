@@ -14,6 +14,7 @@ SYSTEMS = ("wsrelay", "seed-loop", "flask-socketio", "nchan")
 
 TITLES = {
     "wsrelay": "wsrelay",
+    "wsrelay-nodelay": "wsrelay, WSRELAY_WRITE_DELAY=0",
     "wsrelay-redis": "wsrelay on Redis",
     "seed-loop": "seed 002 observer loop",
     "flask-socketio": "Flask-SocketIO 5 (gevent)",
@@ -39,6 +40,9 @@ class Scenario:
         """The title with this run's sizes filled in."""
         return self.title.format(**self.params(quick))
 
+
+#: The moderate scenarios compare wsrelay's write window (its default) with none.
+MODERATE_SYSTEMS = ("wsrelay", "wsrelay-nodelay", *SYSTEMS[1:])
 
 NO_HTTP = {
     "seed-loop": "no HTTP transport",
@@ -76,6 +80,7 @@ SCENARIOS: tuple[Scenario, ...] = (
               "drain": 10},
         quick={"subscribers": 20, "rate": 20, "duration": 0.5, "senders": 1, "size": 200,
                "drain": 5},
+        systems=MODERATE_SYSTEMS,
     ),
     Scenario(
         "moderate-light", "stream",
@@ -85,6 +90,7 @@ SCENARIOS: tuple[Scenario, ...] = (
               "drain": 10},
         quick={"subscribers": 10, "rate": 10, "duration": 0.5, "senders": 1, "size": 200,
                "drain": 5},
+        systems=MODERATE_SYSTEMS,
     ),
     Scenario(
         "idle", "idle",

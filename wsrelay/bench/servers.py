@@ -80,13 +80,15 @@ WSRELAY_ENV = {
     "WSRELAY_MAX_CONNECTIONS_PER_IP": "1000000",
     "WSRELAY_MAX_STREAMS": "1000000",
 }
+#: What a variant of wsrelay changes of those defaults.
+VARIANTS = {"wsrelay-nodelay": {"WSRELAY_WRITE_DELAY": "0"}}
 
 
 def _command(system: str, port: int, directory: Path) -> list[str]:
     if system == "nchan":
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         return nchan.command(port, directory, hard)
-    if system in ("wsrelay", "wsrelay-redis"):
+    if system.startswith("wsrelay"):
         return [sys.executable, str(ROOT / "manage.py"), "serve", "--port", str(port),
                 "--no-access-log"]
     module = {"seed-loop": "seed_loop", "flask-socketio": "socketio_app"}[system]
@@ -132,7 +134,7 @@ def server(system: str, env: dict[str, str] | None = None) -> Iterator[tuple[int
     with tempfile.TemporaryDirectory(prefix="wsrelay-bench-") as directory:
         log = Path(directory) / "server.log"
         if system.startswith("wsrelay"):
-            env = {**WSRELAY_ENV, **(env or {})}
+            env = {**WSRELAY_ENV, **VARIANTS.get(system, {}), **(env or {})}
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 _command(system, port, Path(directory)), cwd=ROOT,

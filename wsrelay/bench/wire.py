@@ -134,6 +134,7 @@ class SocketIOClient(RawClient):
 WEBSOCKET = {
     "wsrelay": (f"/ws/{CHANNEL}", RawClient),
     "wsrelay-redis": (f"/ws/{CHANNEL}", RawClient),
+    "wsrelay-nodelay": (f"/ws/{CHANNEL}", RawClient),
     "seed-loop": ("/message/", RawClient),
     "flask-socketio": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
     "nchan": (f"/pubsub/{CHANNEL}", RawClient),

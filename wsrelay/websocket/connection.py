@@ -103,6 +103,7 @@ class WebSocketConnection:
         "subscribed",
         "subscriptions",
         "writer",
+        "written",
     )
 
     def __init__(
@@ -124,6 +125,7 @@ class WebSocketConnection:
         #: Channels subscribed to over the connection's life (for its close log line).
         self.subscribed = 0
         self.dirty = False
+        self.written = 0.0  # when bytes last went out (the hub paces its writes by it)
         self.last_seen = time.monotonic()
         self.session = WebSocketSession(
             max_message_size=max_message_size, control_rate=control_rate
@@ -314,7 +316,11 @@ class WebSocketConnection:
             except (BlockingIOError, InterruptedError):
                 written = 0
             outbox.consume(written)
-            self.hub.stats.bytes_sent += written
+            if written:
+                self.written = time.monotonic()
+            stats = self.hub.stats
+            stats.writes += 1
+            stats.bytes_sent += written
             if written < len(data):
                 return False
         return True
