@@ -7,8 +7,9 @@ stream its pending events in one non-blocking write; a socket that takes less
 gets the rest from a libev write watcher, not a greenlet. The request's
 greenlet sleeps until the stream ends: no greenlet is woken per message. A
 stream whose queue passes ``WSRELAY_SUBSCRIBER_BUFFER`` is cut; its client
-resumes from ``Last-Event-ID``. Keep-alive comments and the token's expiry are
-libev timers.
+resumes from ``Last-Event-ID``. A replay larger than that ends the stream
+once it is out, and the client resumes after it: a page per reconnection.
+Keep-alive comments and the token's expiry are libev timers.
 
 The stream writes to the request's socket behind pywsgi's back, so its bytes
 carry pywsgi's framing: ``Transfer-Encoding: chunked`` unless the request is
@@ -145,6 +146,9 @@ class EventStream:
         if state is not OPEN and state is not OPENING:
             return
         if not self.outbox.push(frame):
+            if state is OPENING:  # a replay larger than the queue: it goes out, then the
+                self.state = CLOSING  # stream ends, and the client resumes after it
+                return
             self.hub.stats.slow_consumer_closes += 1
             self.abort()
         elif self.outbox.size >= WRITE_SIZE and self._writable is None:
