@@ -289,8 +289,10 @@ def test_unsubscribed_and_unwatched_channels_cost_nothing(make_hub):
     subscription = Subscription(connection, "c", RAW)
     hub.attach(connection)
     hub.subscribe(subscription, None)
-    with hub.watch("c"):
-        assert hub.counts() == {"connections": 1, "channels": 1, "subscribers": 1, "waiters": 1}
+    stream = FakeConnection("sse")
+    hub.hold(stream)
+    assert hub.counts() == {"connections": 1, "channels": 1, "subscribers": 1, "waiters": 1}
+    hub.let_go(stream)
     hub.unsubscribe(subscription)
     hub.unsubscribe(subscription)  # twice is harmless
     hub.detach(connection)
@@ -307,8 +309,9 @@ def test_channels_everyone_left_leave_nothing_in_the_hub_or_broker(make_hub):
         subscription = Subscription(connection, f"c{n}", ENVELOPE)
         hub.subscribe(subscription, None)
         hub.unsubscribe(subscription)
-        with hub.watch(f"w{n}"):
-            hub.broker.history(f"w{n}", None)
+        uncounted = Subscription(connection, f"w{n}", ENVELOPE, counted=False)
+        hub.subscribe(uncounted, None)
+        hub.unsubscribe(uncounted)
     assert hub.counts() == {"connections": 1, "channels": 0, "subscribers": 0, "waiters": 0}
     assert hub._presence_changed == set()
     assert hub.broker.status()["channels"] == hub.broker.status()["watched"] == 0
@@ -323,12 +326,34 @@ def test_presence_counts_local_subscriptions(make_hub):
     assert hub.presence("nobody") == 0
 
 
-def test_watch_event_is_set_by_a_message(make_hub):
+def test_presence_leaves_out_uncounted_subscriptions(make_hub):
+    """SSE streams and long-polls are subscriptions too, but presence counts WebSockets."""
     hub = make_hub()
-    with hub.watch("c") as arrived:
-        assert not arrived.is_set()
-        hub.publish("c", "x")
-        assert arrived.is_set()
+    join(hub, "a")
+    stream = FakeConnection("sse")
+    subscription = Subscription(stream, "c", ENVELOPE, counted=False)
+    hub.subscribe(subscription, None)
+    assert hub.presence("c") == 1
+    assert hub.counts()["subscribers"] == 2
+    hub.unsubscribe(subscription)
+    assert hub.presence("c") == 1 and hub._uncounted == {}
+
+
+def test_drain_closes_held_streams_and_waits_for_them(make_hub):
+    hub = make_hub()
+    stream = FakeConnection("sse")
+    hub.hold(stream)
+    original = stream.close
+
+    def close(code, reason):
+        original(code, reason)
+        hub.let_go(stream)
+
+    stream.close = close
+    started = time.monotonic()
+    hub.drain(5.0)
+    assert stream.aborted and hub.counts()["waiters"] == 0
+    assert time.monotonic() - started < 1  # it left when closed: no wait for the deadline
 
 
 def test_heartbeat_pings_each_connection_once_and_drops_silent_ones(make_hub):

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsrelay.pacing import WRITE_DELAY, WriteWindow, write_at
+from wsrelay.pacing import write_at
 
 times = st.floats(min_value=0, max_value=1e6)
 delays = st.floats(min_value=0, max_value=10)
@@ -35,10 +35,10 @@ def test_no_write_waits_longer_than_the_window_nor_comes_within_it(last_write, e
     assert at == now or at == last_write + delay  # the socket was idle for a whole window
 
 
-def test_a_writer_of_its_own_gathers_a_steady_stream_into_one_write_per_window():
+def test_a_steady_stream_is_gathered_a_steady_stream_into_one_write_per_window():
     """Messages every 10 ms through a 30 ms window: a write for the first at once, then one
     per window for the messages queued meanwhile, none more than 30 ms late."""
-    window = WriteWindow(0.03)
+    delay, last_write = 0.03, -math.inf
     queued: list[float] = []
     writes: list[tuple[float, list[float]]] = []  # (when, the queue times it carried)
     due = math.inf
@@ -46,21 +46,12 @@ def test_a_writer_of_its_own_gathers_a_steady_stream_into_one_write_per_window()
         now = tick / 1000
         if tick % 10 == 0:
             queued.append(now)
-            due = min(due, now + window.wait(now))
+            due = min(due, write_at(last_write, now, delay))
         if queued and now >= due - 1e-9:
             writes.append((now, queued))
             queued, due = [], math.inf
-            window.wrote(now)
+            last_write = now
     assert sum(len(batch) for _, batch in writes) + len(queued) == 30
     assert writes[0] == (0.01, [0.01]), "the first message waits for nothing"
     assert len(writes) <= 12, "about three messages per write, not one"
     assert all(when - queued_at <= 0.03 + 1e-9 for when, batch in writes for queued_at in batch)
-
-
-def test_a_new_window_writes_its_first_message_at_once():
-    window = WriteWindow()
-    assert window.delay == WRITE_DELAY
-    assert window.wait(5.0) == 0.0
-    window.wrote(5.0)
-    assert math.isclose(window.wait(5.01), WRITE_DELAY - 0.01)
-    assert window.wait(5.0 + WRITE_DELAY) == 0.0

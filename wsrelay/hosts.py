@@ -14,10 +14,12 @@ Pure: the request's parts are parameters.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
 
+@functools.lru_cache(maxsize=1024)  # asked twice per request, of a few distinct addresses
 def is_loopback_address(address: str) -> bool:
     """True for an IP address of the loopback interface (IPv4-mapped IPv6 included)."""
     try:

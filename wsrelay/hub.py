@@ -1,4 +1,4 @@
-"""The hub: channels, fan-out, the flusher, heartbeats, waiters and presence.
+"""The hub: channels, fan-out, the flusher, heartbeats and presence.
 
 :class:`MessageServer` is the hub (the name is the seed's, kept for the code
 written against it). It knows no transport: each :class:`Subscription`
@@ -13,17 +13,19 @@ window ends, gathering what arrives meanwhile into the same write (see
 cannot keep up only grows its own bounded queue and is closed when the queue
 is full; nobody else waits for it. Keeping
 connections alive is the connection's business too: the heartbeat asks each
-one to :meth:`~Connection.ping`.
+one to :meth:`~Connection.ping`. SSE streams and long-polls are connections
+of the hub too (:mod:`wsrelay.transports.event_stream`, :mod:`wsrelay.transports.poll_waiter`):
+they are :meth:`~MessageServer.hold`-en instead of attached, pinged by nobody and left out
+of presence.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections import Counter
 from typing import Protocol
 
 import gevent
@@ -84,21 +86,24 @@ class Encoder(Protocol):
 class Subscription:
     """One connection's interest in one channel, and how it wants messages encoded."""
 
-    __slots__ = ("channel", "connection", "echo", "encoder", "held")
+    __slots__ = ("channel", "connection", "counted", "echo", "encoder", "held")
 
     def __init__(
-        self, connection: Connection, channel: str, encoder: Encoder, *, echo: bool = True
+        self, connection: Connection, channel: str, encoder: Encoder, *, echo: bool = True,
+        counted: bool = True,
     ) -> None:
         self.connection = connection
         self.channel = channel
         self.encoder = encoder
         self.echo = echo
+        #: Counted in the channel's presence (a WebSocket's; not an SSE stream or long-poll).
+        self.counted = counted
         #: While not None, history is being replayed and live messages wait here.
         self.held: list[Message] | None = None
 
 
 class MessageServer:
-    """Channel -> subscriptions, fan-out through a flusher, heartbeats, waiters for HTTP."""
+    """Channel -> subscriptions, fan-out through a flusher, heartbeats, presence."""
 
     def __init__(
         self, broker: Broker, *, ping_interval: float = 20.0, ping_timeout: float = 20.0,
@@ -111,8 +116,11 @@ class MessageServer:
         self.ping_timeout = ping_timeout
         self.write_delay = write_delay
         self.connections: set[Connection] = set()
+        #: SSE streams and long-polls being served: not pinged, ended when the hub drains.
+        self.streams: set[Connection] = set()
         self._channels: dict[str, set[Subscription]] = {}
-        self._waiters: dict[str, set[Event]] = {}
+        #: Per channel, the subscriptions presence does not count.
+        self._uncounted: Counter[str] = Counter()
         #: Channels whose local count changed since the last presence report (only kept
         #: where a shared broker reads the reports).
         self._presence_changed: set[str] = set()
@@ -142,29 +150,26 @@ class MessageServer:
     def drain(self, timeout: float) -> None:
         """Send every client away, letting queued messages out first, within ``timeout``.
 
-        Held long-polls answer with what they have and SSE streams end (both
-        are woken through their events); each WebSocket gets its queue, then
-        a close frame 1001. It returns once all of them have left (the broker
+        Held long-polls answer with what they have and SSE streams end after
+        their queue (both are closed like a connection); each WebSocket gets
+        its queue, then a close frame 1001. It returns once all of them have left (the broker
         may be closed then: nobody reads from it any more); whatever is still
         open at the deadline is cut.
         """
         self.draining = True
-        for events in list(self._waiters.values()):
-            for event in events:
-                event.set()
-        for connection in list(self.connections):
+        for connection in [*self.streams, *self.connections]:
             connection.close(1001, "server shutting down")
         deadline = time.monotonic() + timeout
         while self._serving() and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        for connection in list(self.connections):
+        for connection in [*self.streams, *self.connections]:
             connection.abort()
 
     def _serving(self) -> bool:
         """Clients still being served: WebSockets, long-polls and SSE streams (counted by
         their transports from before their first read of the broker to after their last)."""
         counts = self.stats.connections
-        return bool(self.connections or counts["poll"] or counts["sse"])
+        return bool(self.connections or self.streams or counts["poll"] or counts["sse"])
 
     def attach(self, connection: Connection) -> None:
         """A connection opened: it is pinged until :meth:`detach`."""
@@ -175,6 +180,14 @@ class MessageServer:
         if connection in self.connections:
             self.connections.discard(connection)
             self.stats.connections["websocket"] -= 1
+
+    def hold(self, connection: Connection) -> None:
+        """An SSE stream or long-poll is served until :meth:`let_go`: not pinged (its
+        transport keeps it alive), closed when the hub drains."""
+        self.streams.add(connection)
+
+    def let_go(self, connection: Connection) -> None:
+        self.streams.discard(connection)
 
     # -- publishing and delivery ----------------------------------------------------
 
@@ -227,10 +240,6 @@ class MessageServer:
             self._flush_times.append(message.time)
             if len(dirty) > known:  # else each is written when its window ends
                 self._wakeup.set()
-        waiters = self._waiters.get(message.channel)
-        if waiters:
-            for event in waiters:
-                event.set()
 
     def send(self, connection: Connection, frame: bytes) -> None:
         """Queue a frame of a connection's own (an ack, an error); the flusher writes it."""
@@ -320,8 +329,7 @@ class MessageServer:
         """
         channel = subscription.channel
         subscription.held = []
-        self._add_interest(channel, self._channels, subscription)
-        self._presence_may_change(channel)
+        self._add_interest(channel, subscription)
         try:
             page = self.broker.history(channel, since)
         except BaseException:
@@ -345,38 +353,38 @@ class MessageServer:
         return page
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        if self._remove_interest(subscription.channel, self._channels, subscription):
-            self._presence_may_change(subscription.channel)
-
-    @contextlib.contextmanager
-    def watch(self, channel: str) -> Iterator[Event]:
-        """An event set whenever a message of ``channel`` arrives (long-poll and SSE)."""
-        event = Event()
-        self._add_interest(channel, self._waiters, event)
-        try:
-            yield event
-        finally:
-            self._remove_interest(channel, self._waiters, event)
-
-    def _add_interest(self, channel: str, table: dict, member: object) -> None:
-        if not self._channels.get(channel) and not self._waiters.get(channel):
-            self.broker.watch(channel)
-        table.setdefault(channel, set()).add(member)
-
-    def _remove_interest(self, channel: str, table: dict, member: object) -> bool:
-        members = table.get(channel)
-        if members is None or member not in members:
-            return False
-        members.discard(member)
+        channel = subscription.channel
+        members = self._channels.get(channel)
+        if members is None or subscription not in members:
+            return
+        members.discard(subscription)
         if not members:
-            del table[channel]
-        if not self._channels.get(channel) and not self._waiters.get(channel):
+            del self._channels[channel]
             self.broker.unwatch(channel)
-        return True
+        if subscription.counted:
+            self._presence_may_change(channel)
+        else:
+            self._uncounted[channel] -= 1
+            if not self._uncounted[channel]:
+                del self._uncounted[channel]
+
+    def _add_interest(self, channel: str, subscription: Subscription) -> None:
+        members = self._channels.get(channel)
+        if members is None:
+            self.broker.watch(channel)
+            members = self._channels[channel] = set()
+        members.add(subscription)
+        if subscription.counted:
+            self._presence_may_change(channel)
+        else:
+            self._uncounted[channel] += 1
+
+    def _local_presence(self, channel: str) -> int:
+        return len(self._channels.get(channel, ())) - self._uncounted[channel]
 
     def presence(self, channel: str) -> int:
         """WebSocket subscribers of ``channel`` on every worker sharing the broker."""
-        return self.broker.presence(channel, len(self._channels.get(channel, ())))
+        return self.broker.presence(channel, self._local_presence(channel))
 
     def _presence_may_change(self, channel: str) -> None:
         if self.broker.shared:
@@ -395,7 +403,7 @@ class MessageServer:
             if tick % PRESENCE_REFRESH == 0:
                 changed |= set(self._channels)
             if changed:
-                counts = {name: len(self._channels.get(name, ())) for name in changed}
+                counts = {name: self._local_presence(name) for name in changed}
                 try:
                     self.broker.report_presence(counts)
                 except Exception:
@@ -408,7 +416,7 @@ class MessageServer:
             "connections": len(self.connections),
             "channels": len(self._channels),
             "subscribers": sum(len(members) for members in self._channels.values()),
-            "waiters": sum(len(members) for members in self._waiters.values()),
+            "waiters": len(self.streams),
         }
 
     # -- heartbeats -----------------------------------------------------------------

@@ -268,6 +268,60 @@ def test_a_poll_loop_misses_nothing_while_messages_stream_in(server, channel):
     assert requests_made > 1  # the loop really crossed request boundaries
 
 
+def test_many_poll_loops_and_a_slow_one_each_get_everything_once(server, channel):
+    """Twenty clients poll in a loop while messages stream in; one comes back only every
+    half second. Everyone gets every message once, in order; the slow one's answers carry
+    all that arrived while it was away, one answer each time."""
+    count = 150  # within one WebSocket's publish burst (WSRELAY_PUBLISH_BURST)
+    start = publish(server, channel, "start")
+
+    def loop(pause: float) -> tuple[list[dict], int]:
+        cursor, got, largest = start, [], 0
+        deadline = time.monotonic() + 30
+        while len(got) < count and time.monotonic() < deadline:
+            body = poll_json(server, channel, since=cursor, timeout=10)
+            assert "reset" not in body
+            got.extend(body["messages"])
+            largest = max(largest, len(body["messages"]))
+            cursor = body["cursor"]
+            gevent.sleep(pause)
+        return got, largest
+
+    clients = [gevent.spawn(loop, 0.0) for _ in range(20)]
+    slow = gevent.spawn(loop, 0.5)
+    gevent.sleep(0.2)
+    producer = publish_stream(server, channel, count)
+    gevent.joinall([*clients, slow], timeout=40, raise_error=True)
+    producer.get(timeout=5)
+    expected = [f"n{i}" for i in range(count)]
+    for client in [*clients, slow]:
+        got, _largest = client.value
+        assert [m["data"] for m in got] == expected
+        assert [m["id"] for m in got] == sorted({m["id"] for m in got})
+    assert slow.value[1] > 10, "the slow client's answers carried what had piled up"
+
+
+def test_an_answer_holds_at_most_a_buffer_and_the_cursor_leads_on(make_server, channel):
+    """A cursor far behind is answered a buffer's worth at a time (what history holds after
+    it stays there for the next poll), never a body of unbounded size."""
+    server = make_server(env={"WSRELAY_MAX_MESSAGE_SIZE": "65536",
+                              "WSRELAY_SUBSCRIBER_BUFFER": "131072"})
+    start = publish(server, channel, "start")
+    texts = [f"{i:02d}" + "z" * 20_000 for i in range(30)]  # 600 KB
+    for text in texts:
+        publish(server, channel, text)
+    cursor, got, answers = start, [], 0
+    while len(got) < len(texts):
+        response = poll(server, channel, since=cursor, timeout=0)
+        assert len(response.content) < 131072 + 30_000
+        body = response.json()
+        got.extend(m["data"] for m in body["messages"])
+        cursor = body["cursor"]
+        answers += 1
+        assert answers <= 10
+    assert got == texts and answers > 1
+
+
 def test_long_poll_across_processes_on_redis(make_server, redis_server, channel):
     env = {"WSRELAY_BROKER_URL": redis_server.url}
     a, b = make_server(env=env), make_server(env=env)

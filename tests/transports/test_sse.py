@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 
+import gevent
 import pytest
 import requests
 
@@ -280,3 +282,110 @@ def test_format_json_sends_every_message_as_an_item_with_its_time(server, channe
     item = json.loads(event.data)
     assert untimed([item]) == [{"id": new, "data": "plain text"}]
     assert before - 5 <= item["time"] <= after + 5
+
+
+# -- fan-out, and a slow stream among many ------------------------------------------------
+
+def events_of_chunked_body(body: bytes) -> list[tuple[str, str]]:
+    """The complete ``(id, data)`` message events of a chunked SSE body cut at any point."""
+    text = b""
+    while body:
+        size_line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line, 16)
+        text += rest[:size]
+        body = rest[size + 2:]
+    events = []
+    for block in text.split(b"\n\n")[:-1]:  # the last block is incomplete (or empty)
+        fields = dict(line.split(b": ", 1) for line in block.split(b"\n")
+                      if line and not line.startswith(b":") and b": " in line)
+        if b"data" in fields:
+            events.append((fields[b"id"].decode(), fields[b"data"].decode()))
+    return events
+
+
+def test_a_stream_too_slow_for_its_buffer_is_cut_and_resumes_without_loss(make_server, channel):
+    """Many streams read a flood; one never reads. The others get every message in order;
+    the slow one is cut once its queue passes WSRELAY_SUBSCRIBER_BUFFER, and resuming
+    from the last event it got loses nothing and repeats nothing."""
+    server = make_server(env={
+        "WSRELAY_MAX_MESSAGE_SIZE": "65536", "WSRELAY_SUBSCRIBER_BUFFER": "1048576",
+        "WSRELAY_PUBLISH_RATE": "100000", "WSRELAY_PUBLISH_BURST": "100000",
+        "WSRELAY_HISTORY_SIZE": "2000",
+    })
+    count, size = 600, 32 * 1024  # 19 MiB: past any socket buffers of the slow stream
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: no scaling
+    slow.connect(("127.0.0.1", server.port))
+    slow.sendall(f"GET /sse/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += slow.recv(1)
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    readers = [open_stream(server, channel) for _ in range(5)]
+    for reader in readers:
+        reader.wait_connected()
+    got: list[list[Event]] = [[] for _ in readers]
+
+    def read(stream: EventStream, into: list[Event]) -> None:
+        while len(into) < count:
+            into.append(stream.next_event(timeout=30))
+
+    reading = [gevent.spawn(read, reader, into)
+               for reader, into in zip(readers, got, strict=True)]
+    texts = [f"{i:04d}" + "x" * (size - 4) for i in range(count)]
+    with server.ws(f"/ws/{channel}?echo=0") as publisher:
+        for n, text in enumerate(texts, 1):
+            publisher.send(text)
+            if n % 8 == 0:  # the readers keep pace (they share this process with the sender)
+                wait_until(lambda n=n: all(len(into) >= n for into in got), timeout=30)
+    gevent.joinall(reading, timeout=60, raise_error=True)
+    for reader, events in zip(readers, got, strict=True):
+        reader.close()
+        assert [event.data for event in events] == texts
+    body = b""
+    slow.settimeout(30)
+    while chunk := slow.recv(1 << 16):  # the server ended it: end of file, not a timeout
+        body += chunk
+    slow.close()
+    received = events_of_chunked_body(body)
+    assert 0 < len(received) < count, "the slow stream was cut before the end"
+    assert [data for _id, data in received] == texts[: len(received)]
+    rest = resume(server, channel, received[-1][0], count - len(received))
+    assert [event.data for event in rest] == texts[len(received):]
+
+
+def resume(server, channel: str, last_event_id: str, count: int) -> list[Event]:
+    """Reconnect as EventSource does, from the last event, until ``count`` events came."""
+    events: list[Event] = []
+    for _ in range(100):
+        with open_stream(server, channel, **{"Last-Event-ID": last_event_id}) as stream:
+            try:
+                while len(events) < count:
+                    events.append(stream.next_event(timeout=10))
+                return events
+            except (StopIteration, requests.exceptions.ChunkedEncodingError):
+                last_event_id = stream.last_event_id  # the server ended the stream
+    raise AssertionError(f"{len(events)} of {count} events after 100 reconnections")
+
+
+def test_a_replay_larger_than_the_buffer_comes_in_pages(make_server, channel):
+    """Resuming from far back: each stream carries what its queue holds, then ends; the
+    client's reconnections from Last-Event-ID get the rest, in order, nothing twice."""
+    server = make_server(env={
+        "WSRELAY_MAX_MESSAGE_SIZE": "65536", "WSRELAY_SUBSCRIBER_BUFFER": "131072",
+        "WSRELAY_PUBLISH_RATE": "100000", "WSRELAY_PUBLISH_BURST": "100000",
+    })
+    start = publish(server, channel, "start")
+    texts = [f"{i:03d}" + "y" * 16_000 for i in range(40)]  # 640 KB: five queues' worth
+    for text in texts:
+        publish(server, channel, text)
+    with open_stream(server, channel, **{"Last-Event-ID": start}) as stream:
+        first = []
+        with pytest.raises((StopIteration, requests.exceptions.ChunkedEncodingError)):
+            while True:
+                first.append(stream.next_event(timeout=10))
+    assert 0 < len(first) < 40, "the first stream carried one queue's worth, then ended"
+    rest = resume(server, channel, first[-1].id, 40 - len(first))
+    assert [event.data for event in first + rest] == texts

@@ -1,10 +1,13 @@
-"""``GET /poll/<channel>``: Comet long-poll, a cursor over the channel's history."""
+"""``GET /poll/<channel>``: Comet long-poll, a cursor over the channel's history.
+
+The poll subscribes from its cursor and collects its answer from the hub
+(:mod:`wsrelay.transports.poll_waiter`): no history is read again when it is
+woken, and no message is encoded per poll.
+"""
 
 from __future__ import annotations
 
-import time
-
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, request
 
 from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable
@@ -12,6 +15,7 @@ from ..errors import ApiError
 from ..server.handler import SOCKET_KEY
 from .checks import admit, checked_since, occupy, relay
 from .hangup import watch_hangup
+from .poll_waiter import ITEMS, PollWaiter, answer
 
 MAX_POLL_TIMEOUT = 60.0
 
@@ -34,33 +38,25 @@ def poll(channel: str) -> Response:
     timeout passes, the server stops or the client leaves."""
     name = admit(channel, SUBSCRIBE).channel
     since = checked_since(request.args.get("since"))
-    deadline = time.monotonic() + _timeout()
+    timeout = _timeout()
     hub = relay().hub
     release = occupy(stream=True)
+    waiter = PollWaiter(name, current_app.config["WSRELAY_SUBSCRIBER_BUFFER"])
     hub.stats.connections["poll"] += 1
     try:
-        with hub.watch(name) as arrived, watch_hangup(
-            request.environ.get(SOCKET_KEY), arrived
-        ) as hangup:
-            page = hub.broker.history(name, since)
-            while not page.messages and not page.reset and not hub.draining:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not arrived.wait(remaining) or hangup.gone:
-                    break
-                arrived.clear()
-                page = hub.broker.history(name, page.cursor)
+        page = hub.subscribe(waiter.subscription, since)  # queues what history holds
+        if not (page.reset or waiter.items or hub.draining) and timeout > 0:
+            hub.hold(waiter)
+            with watch_hangup(request.environ.get(SOCKET_KEY), waiter.ready):
+                waiter.ready.wait(timeout)
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
     finally:
+        hub.unsubscribe(waiter.subscription)
+        hub.let_go(waiter)
         hub.stats.connections["poll"] -= 1
         release()
-    body: dict[str, object] = {
-        "channel": name,
-        "cursor": str(page.cursor),
-        "messages": [message.to_json() for message in page.messages],
-    }
-    if page.reset:
-        body["reset"] = True
-    response = jsonify(body)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    # a gap is answered from the history page: the hub made no subscription then
+    items = [ITEMS.message(message) for message in page.messages] if page.reset else waiter.items
+    return Response(answer(name, page.cursor, items, page.reset), mimetype="application/json",
+                    headers={"Cache-Control": "no-store"})

@@ -1,10 +1,12 @@
-"""``GET /sse/<channel>``: Server-Sent Events, a cursor over the channel's history."""
+"""``GET /sse/<channel>``: Server-Sent Events, a cursor over the channel's history, then live.
+
+The view makes its checks, then its response: the head and a first comment go
+out through the server, after which the stream is the hub's to write
+(:mod:`wsrelay.transports.event_stream`) until it ends.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,64 +18,45 @@ from ..hub import MessageServer
 from ..ids import MessageId
 from ..server.handler import SOCKET_KEY
 from .checks import admit, checked_since, occupy, relay
+from .event_stream import BROKER_UNAVAILABLE, CONNECTED, OPEN, EventStream
 from .hangup import watch_hangup
 
 
-def _reset_event(cursor: MessageId) -> bytes:
-    """A gap notice; its ``id:`` moves the browser's Last-Event-ID to the cursor, so its own
-    reconnect resumes from there instead of reporting the same gap again."""
-    data = json.dumps({"cursor": str(cursor), "message": "messages were missed"})
-    return f"id: {cursor}\nevent: reset\ndata: {data}\n\n".encode()
-
-
-def _left(expires: float | None) -> float:
-    """Seconds until the token the stream rests on expires (infinite without one)."""
-    return math.inf if expires is None else expires - time.time()
-
-
-def _events(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float, expires: float | None, sock: Any | None,
-            as_json: bool) -> Iterator[bytes]:
+def _events(hub: MessageServer, stream: EventStream, since: MessageId | None,
+            keepalive: float, expires: float | None) -> Iterator[bytes]:
     hub.stats.connections["sse"] += 1
     try:
-        yield from _stream(hub, channel, since, keepalive, expires, sock, as_json)
+        try:
+            hub.subscribe(stream.subscription, since)  # queues the reset and the replay
+        except BrokerUnavailable:
+            yield BROKER_UNAVAILABLE
+            return
+        hub.hold(stream)
+        with watch_hangup(stream.sock, stream.ended) as hangup:
+            yield CONNECTED  # through the server, with the response head
+            stream.open(keepalive, expires)
+            if hub.draining:  # the server stops: end cleanly, the browser reconnects elsewhere
+                stream.end()
+            if stream.sock is None:
+                yield from _yielded(stream)
+            else:
+                stream.ended.wait()
+                if hangup.gone:
+                    stream.abort()
     finally:
+        stream.release()
         hub.stats.connections["sse"] -= 1
 
 
-def _stream(hub: MessageServer, channel: str, since: MessageId | None,
-            keepalive: float, expires: float | None, sock: Any | None,
-            as_json: bool) -> Iterator[bytes]:
-    with hub.watch(channel) as arrived, watch_hangup(sock, arrived) as hangup:
-        try:
-            page = hub.broker.history(channel, since)
-        except BrokerUnavailable:
-            yield b"event: error\ndata: broker unavailable\n\n"
+def _yielded(stream: EventStream) -> Iterator[bytes]:
+    """The stream's bytes handed to a server that writes the response itself."""
+    while True:
+        stream.ready.wait()
+        data = stream.take()
+        if data:
+            yield data
+        if stream.state is not OPEN:  # ending (its last bytes were taken) or cut
             return
-        yield b"retry: 2000\n: connected\n\n"
-        while True:
-            if _left(expires) <= 0:  # the browser reconnects with it, and gets a 401
-                yield b"event: error\ndata: token expired\n\n"
-                return
-            if page.reset:
-                yield _reset_event(page.cursor)
-            if page.messages:
-                yield b"".join(message.to_sse(as_json=as_json) for message in page.messages)
-            if hub.draining:  # the server stops: end cleanly, the browser reconnects elsewhere
-                return
-            cursor = page.cursor
-            while not arrived.wait(min(keepalive, max(_left(expires), 0.0))):
-                if _left(expires) <= 0:
-                    break
-                yield b": keep-alive\n\n"
-            if hangup.gone:  # nobody to write to: give the stream's place back now
-                return
-            arrived.clear()
-            try:
-                page = hub.broker.history(channel, cursor)
-            except BrokerUnavailable:
-                yield b"event: error\ndata: broker unavailable\n\n"
-                return
 
 
 def sse(channel: str) -> Response:
@@ -84,11 +67,17 @@ def sse(channel: str) -> Response:
     access = admit(channel, SUBSCRIBE)
     as_json = request.args.get("format") == "json"
     since = checked_since(request.headers.get("Last-Event-ID") or request.args.get("since"))
-    keepalive = current_app.config["WSRELAY_SSE_KEEPALIVE"]
+    config = current_app.config
     release = occupy(stream=True)
+    sock: Any | None = request.environ.get(SOCKET_KEY)
+    hub = relay().hub
+    stream = EventStream(
+        hub, access.channel, sock, as_json=as_json,
+        chunked=request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
+        buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
+    )
     response = Response(
-        _events(relay().hub, access.channel, since, keepalive, access.expires,
-                request.environ.get(SOCKET_KEY), as_json),
+        _events(hub, stream, since, config["WSRELAY_SSE_KEEPALIVE"], access.expires),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
