@@ -27,7 +27,9 @@ from .ops.metrics import MetricsSync
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint
 from .websocket.connection import WebSocketConnection
+from .websocket.deflate import deflater
 from .websocket.envelopes import max_request_size
+from .websocket.handshake import Deflate
 from .websocket.modes import RawMode
 from .websocket.upgrade import take_socket
 
@@ -107,10 +109,12 @@ class Relay:
         return hook
 
     def open_connection(
-        self, sock: Any, *, expires: float | None = None, json: bool = False
+        self, sock: Any, *, expires: float | None = None, json: bool = False,
+        deflate: Deflate | None = None,
     ) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
-        (``json``) request frame may exceed a message by its base64 and envelope."""
+        (``json``) request frame may exceed a message by its base64 and envelope.
+        ``deflate``: permessage-deflate as negotiated in its handshake, if it was."""
         app, hub = self._started()
         config = app.config
         limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
@@ -123,6 +127,10 @@ class Relay:
             control_rate=TokenBucket(
                 config["WSRELAY_CONTROL_FRAME_RATE"], config["WSRELAY_CONTROL_FRAME_BURST"],
                 time.monotonic(),
+            ),
+            deflate=deflate,
+            deflater=None if deflate is None else deflater(
+                deflate.server_max_window_bits, config["WSRELAY_COMPRESSION_MIN_SIZE"]
             ),
         )
 
