@@ -57,11 +57,17 @@ def test_each_compressed_message_inflates_alone_with_a_fresh_stream():
     assert payloads[0] == payloads[3]  # the same message, the same bytes
 
 
-def test_small_or_incompressible_messages_are_sent_as_they_are():
+def test_small_messages_are_sent_as_they_are():
     d = Deflater(15, 256)
     assert d.compress(JSON[:255]) is None
-    assert d.compress(os.urandom(4096)) is None
-    assert d.compress(JSON[:256]) is not None
+    assert inflate(d.compress(JSON[:256])) == JSON[:256]
+
+
+def test_incompressible_data_grows_by_a_few_bytes():
+    data = os.urandom(16384)
+    payload = Deflater(15, 0).compress(data)
+    assert len(data) < len(payload) < len(data) + 16
+    assert inflate(payload) == data
 
 
 def test_a_smaller_window_is_honoured():
