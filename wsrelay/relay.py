@@ -26,6 +26,7 @@ from .ops.logs import configure as configure_logs
 from .ops.metrics import MetricsSync
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint
+from .transports.websocket import negotiate_compression
 from .websocket.connection import WebSocketConnection
 from .websocket.deflate import deflater
 from .websocket.envelopes import max_request_size
@@ -145,9 +146,10 @@ class Relay:
         serves it in its request, since the route's code may follow the call.
         """
         check_channel(channel)
-        taken = take_socket(ws)
+        compression = negotiate_compression(ws)
+        taken = take_socket(ws, extensions=compression and compression[0])
         mode = RawMode(channel, since, may_publish=True, rate=None, echo=echo)
-        connection = self.open_connection(taken.sock)
+        connection = self.open_connection(taken.sock, deflate=compression and compression[1])
         taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending))
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:

@@ -66,7 +66,7 @@ def upgrade(channel: str | None = None) -> Response:
             echo = request.args.get("echo", "1") != "0"
             mode = RawMode(access.channel, since, may_publish=_may_publish(access.channel),
                            rate=rate, echo=echo)
-        compression = _compression(ws)
+        compression = negotiate_compression(ws)
         leave = occupy(stream=False)
         try:
             taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True,
@@ -98,10 +98,11 @@ def _serve(connection: WebSocketConnection, mode: Mode, handshake: Callable[[], 
         leave()
 
 
-def _compression(ws: object) -> tuple[str, Deflate] | None:
-    """permessage-deflate as agreed with the client: the ``Sec-WebSocket-Extensions`` to
-    answer and the parameters; None when declined, turned off (``WSRELAY_COMPRESSION``),
-    or the 101 is out already (gevent-websocket's stock handler)."""
+def negotiate_compression(ws: object) -> tuple[str, Deflate] | None:
+    """permessage-deflate as agreed with the request's client: the
+    ``Sec-WebSocket-Extensions`` to answer and the parameters; None when declined, turned
+    off (``WSRELAY_COMPRESSION``), or the 101 is out already (gevent-websocket's stock
+    handler). ApiError 400 for a malformed offer."""
     if not current_app.config["WSRELAY_COMPRESSION"] or not isinstance(ws, DeferredWebSocket):
         return None
     return negotiate_deflate(request.headers.get("Sec-WebSocket-Extensions", ""))
