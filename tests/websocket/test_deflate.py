@@ -1,13 +1,16 @@
 """permessage-deflate: one compressed payload per message out, bounded inflation in."""
 
+import itertools
 import os
 import tracemalloc
 import zlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.frames import Close, Opcode
 
-from tests.support import client_frame
+from tests.support import client_frame, examples
 from wsrelay.websocket.deflate import Deflater, deflater
 from wsrelay.websocket.handshake import Deflate
 from wsrelay.websocket.protocol import CloseCode, InboundMessage, WebSocketSession
@@ -215,3 +218,91 @@ def test_the_limit_counts_inflated_bytes_across_fragments():
     assert close_code(s) == CloseCode.MESSAGE_TOO_BIG
     s = session(limit=3000)
     assert s.receive_data(wire) == [InboundMessage(b"a" * 3000, False)]
+
+
+# -- property: any mix of compressed and plain messages, fragmented, split anywhere -----
+
+LIMIT = 3000
+FUZZ = settings(max_examples=examples(200), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+#: Last frames that must fail the connection, and the code they fail it with.
+SPOILS = {
+    "rsv1 on a continuation": ([
+        client_frame(Opcode.TEXT, compress(JSON)[:5], fin=False, rsv=4),
+        client_frame(Opcode.CONT, compress(JSON)[5:], rsv=4)], CloseCode.PROTOCOL_ERROR),
+    "rsv1 on a ping": ([client_frame(Opcode.PING, b"p", rsv=4)],
+                       CloseCode.PROTOCOL_ERROR),
+    "rsv1 on a plain continuation": ([
+        client_frame(Opcode.BINARY, b"ab", fin=False),
+        client_frame(Opcode.CONT, b"cd", rsv=4)], CloseCode.PROTOCOL_ERROR),
+    "not deflate": ([client_frame(Opcode.BINARY, b"\xff" * 20, rsv=4)],
+                    CloseCode.PROTOCOL_ERROR),
+    "inflates past the limit": ([
+        client_frame(Opcode.BINARY, compress(b"z" * (LIMIT + 1)), rsv=4)],
+        CloseCode.MESSAGE_TOO_BIG),
+    "invalid UTF-8 once inflated": ([
+        client_frame(Opcode.TEXT, compress(b"valid, then \xc0\xaf"), rsv=4)],
+        CloseCode.INVALID_DATA),
+}
+
+message_specs = st.lists(st.tuples(
+    st.booleans(),                                                   # binary
+    st.one_of(st.text(max_size=40).map(str.encode),                  # data
+              st.text(min_size=200, max_size=2000).map(str.encode),
+              st.binary(max_size=2000)),
+    st.booleans(),                                                   # compressed
+    st.integers(1, 4),                                               # fragments
+    st.booleans(),                                                   # a ping between them
+), max_size=6)
+
+
+def client_wire(specs, takeover: bool) -> tuple[bytes, list[InboundMessage], int]:
+    """The frames a client sends for these messages (text that is not UTF-8 sent as
+    binary), the messages the server must relay, and the pongs it must send."""
+    stream = zlib.compressobj(6, zlib.DEFLATED, -15)
+    wire, expected, pings = b"", [], 0
+    for binary, data, compressed, fragments, ping in specs:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            binary = True
+        payload = data
+        if compressed:
+            payload = compress(data, stream if takeover else None)
+        step = max(1, -(-len(payload) // fragments))
+        pieces = [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
+        for index, piece in enumerate(pieces):
+            opcode = (Opcode.BINARY if binary else Opcode.TEXT) if index == 0 else Opcode.CONT
+            rsv = 4 if compressed and index == 0 else 0
+            wire += client_frame(opcode, piece, fin=index == len(pieces) - 1, rsv=rsv)
+            if ping and index < len(pieces) - 1:
+                wire += client_frame(Opcode.PING, b"between")
+                pings += 1
+        expected.append(InboundMessage(data, binary))
+    return wire, expected, pings
+
+
+@FUZZ
+@given(message_specs, st.booleans(), st.sampled_from([None, *SPOILS]),
+       st.lists(st.integers(0, 10**6), max_size=8))
+def test_any_mix_of_compressed_and_plain_messages_split_anywhere(specs, takeover, spoil, cuts):
+    """Whatever the mix (compressed or not, with or without context takeover, fragmented,
+    pings between fragments) and wherever reads split it, every message arrives as sent;
+    a spoiled frame after them fails the connection with its code, and only then."""
+    wire, expected, pings = client_wire(specs, takeover)
+    code = None
+    if spoil is not None:
+        frames, code = SPOILS[spoil]
+        wire += b"".join(frames)
+    s = session(TAKEOVER if takeover else NO_TAKEOVER, limit=LIMIT)
+    points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    received: list[InboundMessage] = []
+    pongs = 0
+    for a, b in itertools.pairwise(points):
+        for message in s.receive_data(wire[a:b]):
+            pongs += message.replies.count(b"between")
+            received.append(message._replace(replies=b""))
+        pongs += s.take_output().pongs.count(b"between")
+    assert received == expected
+    assert pongs == pings
+    assert s.close_code == code
