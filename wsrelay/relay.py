@@ -26,8 +26,11 @@ from .ops.logs import configure as configure_logs
 from .ops.metrics import MetricsSync
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint
+from .transports.websocket import negotiate_compression
 from .websocket.connection import WebSocketConnection
+from .websocket.deflate import deflater
 from .websocket.envelopes import max_request_size
+from .websocket.handshake import Deflate
 from .websocket.modes import RawMode
 from .websocket.upgrade import take_socket
 
@@ -108,10 +111,12 @@ class Relay:
         return hook
 
     def open_connection(
-        self, sock: Any, *, expires: float | None = None, json: bool = False
+        self, sock: Any, *, expires: float | None = None, json: bool = False,
+        deflate: Deflate | None = None,
     ) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
-        (``json``) request frame may exceed a message by its base64 and envelope."""
+        (``json``) request frame may exceed a message by its base64 and envelope.
+        ``deflate``: permessage-deflate as negotiated in its handshake, if it was."""
         app, hub = self._started()
         config = app.config
         limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
@@ -124,6 +129,10 @@ class Relay:
             control_rate=TokenBucket(
                 config["WSRELAY_CONTROL_FRAME_RATE"], config["WSRELAY_CONTROL_FRAME_BURST"],
                 time.monotonic(),
+            ),
+            deflate=deflate,
+            deflater=None if deflate is None else deflater(
+                deflate.server_max_window_bits, config["WSRELAY_COMPRESSION_MIN_SIZE"]
             ),
         )
 
@@ -138,9 +147,10 @@ class Relay:
         serves it in its request, since the route's code may follow the call.
         """
         check_channel(channel)
-        taken = take_socket(ws)
+        compression = negotiate_compression(ws)
+        taken = take_socket(ws, extensions=compression and compression[0])
         mode = RawMode(channel, since, may_publish=True, rate=None, echo=echo)
-        connection = self.open_connection(taken.sock)
+        connection = self.open_connection(taken.sock, deflate=compression and compression[1])
         taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending))
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:

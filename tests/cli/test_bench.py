@@ -70,6 +70,9 @@ def check_quick_run(done: subprocess.CompletedProcess, out: Path, systems: set[s
                 assert row["cpu_us_per_request"] > 0
             assert row["closed_by_server"] == 0
         assert scenario.heading(quick=True) in done.stdout
+    if "wsrelay" in systems:  # permessage-deflate: the same JSON in well under half the bytes
+        plain, deflated = rows["json", "wsrelay"], rows["deflate", "wsrelay"]
+        assert deflated["wire_bytes_per_delivery"] < plain["wire_bytes_per_delivery"] / 2
     for system in systems:
         assert f"| {TITLES[system]} |" in done.stdout
     assert (out / "results.md").read_text() in done.stdout

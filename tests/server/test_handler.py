@@ -306,3 +306,19 @@ def test_the_handler_tells_the_app_the_address_a_request_arrived_on(address):
         assert answer.text == address
     finally:
         server.stop()
+
+
+def test_an_own_route_compresses_as_ws_does(own_route_server):
+    """Under wsrelay's handler an own route negotiates permessage-deflate like ``/ws``; the
+    stock handler answered the handshake before the app ran, so it goes uncompressed."""
+    from tests.transports.test_websocket_deflate import ANSWER, CHAT, DeflateClient
+
+    handler, url = own_route_server
+    compressing = handler is RelayHandler
+    client = DeflateClient(int(url.rsplit(":", 1)[1]), "/chat/zip")
+    try:
+        assert client.extensions == (ANSWER if compressing else None)
+        client.send(CHAT, compress=compressing)
+        assert client.recv() == (1, compressing, CHAT)
+    finally:
+        client.close()

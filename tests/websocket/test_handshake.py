@@ -3,7 +3,13 @@ import base64
 import pytest
 
 from wsrelay.errors import ApiError
-from wsrelay.websocket.handshake import accept_key, is_upgrade_request, switching_protocols
+from wsrelay.websocket.handshake import (
+    Deflate,
+    accept_key,
+    is_upgrade_request,
+    negotiate_deflate,
+    switching_protocols,
+)
 
 
 def environ(**overrides):
@@ -52,3 +58,79 @@ def test_switching_protocols_response():
     assert b"Sec-WebSocket-Accept: abc=\r\n" in response
     assert b"Sec-WebSocket-Protocol: wsrelay.v1\r\n" in response
     assert response.endswith(b"\r\n\r\n")
+
+
+def test_switching_protocols_names_the_accepted_extension():
+    response = switching_protocols(
+        "abc", "wsrelay.v1", "permessage-deflate; server_no_context_takeover"
+    )
+    assert response.endswith(
+        b"Sec-WebSocket-Protocol: wsrelay.v1\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+    )
+
+
+def deflate(server=15, client=15, client_no_context_takeover=False):
+    return Deflate(server, client, client_no_context_takeover)
+
+
+# RFC 7692's own examples (section 7.1.x and 5), browsers' offers, and Autobahn's 13.x offers.
+@pytest.mark.parametrize(("offer", "response", "agreed"), [
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover", deflate()),
+    # Chromium and Firefox
+    ("permessage-deflate; client_max_window_bits",
+     "permessage-deflate; server_no_context_takeover", deflate()),
+    # RFC 7692 7.1.1: asking for server_no_context_takeover is what wsrelay does anyway
+    ("permessage-deflate; server_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover", deflate()),
+    ("permessage-deflate; client_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+     deflate(client_no_context_takeover=True)),
+    # RFC 7692 7.1.2.1: the server honours a smaller window
+    ("permessage-deflate; server_max_window_bits=10",
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=10", deflate(10)),
+    ('permessage-deflate; server_max_window_bits="10"',  # a quoted value (RFC 7692 7.1)
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=10", deflate(10)),
+    # RFC 7692 7.1.2.2: the client limits its own window
+    ("permessage-deflate; client_max_window_bits=9",
+     "permessage-deflate; server_no_context_takeover; client_max_window_bits=9",
+     deflate(client=9)),
+    # RFC 7692 5.2's example: the first offer zlib cannot honour (a 256-byte window), the
+    # second taken
+    ("permessage-deflate; client_max_window_bits; server_max_window_bits=8, "
+     "permessage-deflate; client_max_window_bits",
+     "permessage-deflate; server_no_context_takeover", deflate()),
+    # Autobahn 13.7's offers: the first acceptable one is taken
+    ("permessage-deflate; server_no_context_takeover; server_max_window_bits=9; "
+     "client_max_window_bits, permessage-deflate; server_no_context_takeover, "
+     "permessage-deflate",
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=9", deflate(9)),
+    # other extensions are not wsrelay's: ignored
+    ("x-webkit-deflate-frame, permessage-deflate",
+     "permessage-deflate; server_no_context_takeover", deflate()),
+])
+def test_deflate_offers_are_answered_as_rfc_7692_says(offer, response, agreed):
+    assert negotiate_deflate(offer) == (response, agreed)
+
+
+@pytest.mark.parametrize("offer", [
+    "",
+    "x-webkit-deflate-frame",
+    "permessage-deflate; unknown_parameter",                       # RFC 7692 7.1: decline
+    "permessage-deflate; server_no_context_takeover=1",            # a value where none goes
+    "permessage-deflate; server_max_window_bits",                  # a value is required
+    "permessage-deflate; server_max_window_bits=16",
+    "permessage-deflate; server_max_window_bits=08",
+    "permessage-deflate; client_max_window_bits=7",
+    "permessage-deflate; client_no_context_takeover; client_no_context_takeover",  # repeated
+    "permessage-deflate; server_max_window_bits=8",                # zlib cannot do 256 bytes
+])
+def test_unacceptable_deflate_offers_are_declined(offer):
+    assert negotiate_deflate(offer) is None
+
+
+@pytest.mark.parametrize("header", ["permessage-deflate;;", "permessage-deflate; a=\"b", ",;"])
+def test_a_malformed_extensions_header_fails_the_handshake(header):
+    with pytest.raises(ApiError) as caught:
+        negotiate_deflate(header)
+    assert caught.value.status == 400

@@ -27,6 +27,7 @@ from .wire import (
     SYNC,
     RawClient,
     Tally,
+    chat_payload,
     connect_http,
     connect_publisher,
     connect_websocket,
@@ -134,10 +135,14 @@ def latency_figures(tally: Tally) -> dict:
 # -- scenarios -------------------------------------------------------------------------
 
 async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
-    """All subscribers connected; one of them publishes ``messages`` at once, ``rounds`` times."""
+    """All subscribers connected; one of them publishes ``messages`` at once, ``rounds`` times.
+    With ``wire`` (the compression scenarios), chat-like JSON messages, and the bytes on
+    the wire counted."""
     p = spec["params"]
+    wire = p.get("wire")
     clients = await connect_all(
-        p["subscribers"], 100, lambda: connect_websocket(spec["system"], spec["port"], tally),
+        p["subscribers"], 100,
+        lambda: connect_websocket(spec["system"], spec["port"], tally, wire=wire),
         "subscribers")
     await sync(clients[0], clients, tally)
     n, per_round = len(clients), p["messages"] * len(clients)
@@ -147,8 +152,8 @@ async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
         emit("progress", f"round {round_ + 1}/{p['rounds']}")
         goal = tally.received + per_round
         meter.start()
-        for _ in range(p["messages"]):
-            clients[0].publish(payload(p["size"]))
+        for n in range(p["messages"]):
+            clients[0].publish(chat_payload(p["size"], n) if wire else payload(p["size"]))
         await until(received(tally, goal), 60, 0.0005)
         figures = meter.read()
         cpu += figures["server_cpu_s"]
@@ -162,6 +167,8 @@ async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
         "server_cpu_s": cpu, "cpu_us_per_delivery": cpu / max(tally.received, 1) * 1e6,
         "deliveries_per_s": tally.received / wall, "closed_by_server": tally.closed_by_server,
         **{key: value / wall for key, value in busy.items()}, **latency_figures(tally),
+        **({"wire_bytes_per_delivery": tally.wire_bytes / max(tally.received, 1)}
+           if wire else {}),
     }
 
 

@@ -48,12 +48,15 @@ HTTP: list[Column] = [
     ("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
     ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
 ]
+BURST: list[Column] = [
+    ("deliveries", "deliveries", _int), ("lost", "lost", _int),
+    ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(3)),
+    ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms), *NOISE,
+]
 COLUMNS: dict[str, list[Column]] = {
-    "burst": [
-        ("deliveries", "deliveries", _int), ("lost", "lost", _int),
-        ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(3)),
-        ("delivered/s", "deliveries_per_s", _int), ("p99 ms", "p99_ms", _ms), *NOISE,
-    ],
+    "burst": BURST,
+    "json": [*BURST, ("wire B/delivery", "wire_bytes_per_delivery", _int)],
+    "deflate": [*BURST, ("wire B/delivery", "wire_bytes_per_delivery", _int)],
     "steady": STREAM,
     "chat": STREAM,
     "moderate": STREAM,

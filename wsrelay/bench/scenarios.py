@@ -57,6 +57,23 @@ SCENARIOS: tuple[Scenario, ...] = (
         quick={"subscribers": 20, "messages": 20, "rounds": 1, "size": 64},
     ),
     Scenario(
+        "json", "burst",
+        "JSON, uncompressed: {subscribers} subscribers, {messages} chat-like JSON messages of "
+        "{size} B at once, {rounds} times",
+        full={"subscribers": 1000, "messages": 200, "rounds": 5, "size": 1024, "wire": "plain"},
+        quick={"subscribers": 20, "messages": 20, "rounds": 1, "size": 1024, "wire": "plain"},
+        systems=("wsrelay",),
+    ),
+    Scenario(
+        "deflate", "burst",
+        "JSON, permessage-deflate: {subscribers} subscribers offering compression, {messages} "
+        "chat-like JSON messages of {size} B at once, {rounds} times",
+        full={"subscribers": 1000, "messages": 200, "rounds": 5, "size": 1024,
+              "wire": "deflate"},
+        quick={"subscribers": 20, "messages": 20, "rounds": 1, "size": 1024, "wire": "deflate"},
+        systems=("wsrelay",),
+    ),
+    Scenario(
         "steady", "stream",
         "steady: {subscribers} subscribers, {rate} messages/s of {size} B for {duration} s",
         full={"subscribers": 1000, "rate": 400, "duration": 10, "senders": 1, "size": 64,

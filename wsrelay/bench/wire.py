@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
+import zlib
 from array import array
 from time import monotonic_ns
 from typing import cast
@@ -32,11 +34,39 @@ def payload(size: int, stamp: bytes | None = None) -> bytes:
     return head + b"." * (size - STAMP)
 
 
+_WORDS = ("the", "deploy", "is", "done", "see", "you", "at", "standup", "tomorrow", "build",
+          "failed", "again", "on", "main", "who", "broke", "it", "lunch", "anyone", "merged",
+          "thanks", "review", "please", "ok", "looks", "good", "to", "me", "ship", "coffee")
+
+
+def _chat_bodies(count: int) -> list[bytes]:
+    """Chat messages as JSON, each of different words (a fixed seed: every run the same)."""
+    rng = random.Random(16)
+    bodies = []
+    for n in range(count):
+        text = " ".join(rng.choice(_WORDS) for _ in range(400))
+        body = {"type": "message", "room": "general", "user": f"user{rng.randrange(1000)}",
+                "id": n, "text": text}
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+_CHAT = _chat_bodies(64)
+
+
+def chat_payload(size: int, n: int) -> bytes:
+    """The ``n``-th chat-like JSON message of ``size`` bytes, stamped now: compresses as chat
+    traffic does (by 2-3 times), where :func:`payload`'s dots would shrink 100 times."""
+    return b"%019d" % time.monotonic_ns() + _CHAT[n % len(_CHAT)][: size - STAMP]
+
+
 class Tally:
     """What every client of one run received: a latency sample (ns) per delivery."""
 
     def __init__(self) -> None:
         self.latencies = array("q")
+        #: bytes of the frames received (headers included), counted by :class:`WireClient`
+        self.wire_bytes = 0
         self.closed_by_server = 0
         self.synced = 0
         #: long-poll answers received
@@ -97,6 +127,32 @@ class RawClient(WSListener):
         self.transport.send(WSMsgType.TEXT, message)
 
 
+class WireClient(RawClient):
+    """A raw-mode subscriber that counts the bytes of the frames it receives and inflates
+    compressed ones (permessage-deflate, the server's window of 15 bits, no context taken
+    over), for the compression scenarios."""
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        size = frame.payload_size
+        self.tally.wire_bytes += size + (2 if size < 126 else 4 if size < 1 << 16 else 10)
+        data = frame.get_payload_as_bytes()
+        if frame.rsv1:
+            data = zlib.decompressobj(wbits=-15).decompress(data + b"\x00\x00\xff\xff")
+        try:
+            stamp = int(data[:STAMP])
+        except ValueError:
+            self.control(transport, frame)
+            return
+        if stamp:
+            self.record(monotonic_ns() - stamp)
+        else:
+            self.sync()
+
+
+#: What a client offers to compress (Chromium's offer).
+DEFLATE_OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+
+
 class SocketIOClient(RawClient):
     """A Socket.IO 5 client (Engine.IO 4 over WebSocket) in the baseline's one room.
 
@@ -150,14 +206,16 @@ PUBLISHER = {
 
 
 async def connect_websocket(system: str, port: int, tally: Tally,
-                            path: str | None = None) -> RawClient:
+                            path: str | None = None, wire: str | None = None) -> RawClient:
     """One WebSocket client of ``system`` (on its endpoint, or on ``path``), ready to
-    publish and to receive."""
+    publish and to receive. ``wire``: a :class:`WireClient` instead, offering compression
+    (``"deflate"``) or not (``"plain"``)."""
     endpoint, client_class = WEBSOCKET[system]
-    client = client_class(tally)
+    client = (WireClient if wire else client_class)(tally)
     await ws_connect(
         lambda: client, f"ws://127.0.0.1:{port}{path or endpoint}",
         websocket_handshake_timeout=60, max_frame_size=64 << 20, read_buffer_init_size=4096,
+        extra_headers=DEFLATE_OFFER if wire == "deflate" else None,
     )
     await asyncio.wait_for(client.ready, 60)
     return client

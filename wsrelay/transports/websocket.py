@@ -22,6 +22,7 @@ from ..auth import PUBLISH, SUBSCRIBE
 from ..errors import ApiError
 from ..websocket.connection import Mode, WebSocketConnection
 from ..websocket.envelopes import SUBPROTOCOL
+from ..websocket.handshake import Deflate, negotiate_deflate
 from ..websocket.modes import JsonMode, Policy, RawMode
 from ..websocket.protocol import CloseCode, close_frame
 from ..websocket.upgrade import DeferredWebSocket, take_socket
@@ -65,10 +66,15 @@ def upgrade(channel: str | None = None) -> Response:
             echo = request.args.get("echo", "1") != "0"
             mode = RawMode(access.channel, since, may_publish=_may_publish(access.channel),
                            rate=rate, echo=echo)
+        compression = negotiate_compression(ws)
         leave = occupy(stream=False)
         try:
-            taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True)
-            connection = relay().open_connection(taken.sock, expires=access.expires, json=json)
+            taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True,
+                                extensions=compression and compression[0])
+            connection = relay().open_connection(
+                taken.sock, expires=access.expires, json=json,
+                deflate=compression and compression[1],
+            )
         except BaseException:
             leave()
             raise
@@ -90,6 +96,16 @@ def _serve(connection: WebSocketConnection, mode: Mode, handshake: Callable[[], 
         connection.run(mode, handshake, pending)
     finally:
         leave()
+
+
+def negotiate_compression(ws: object) -> tuple[str, Deflate] | None:
+    """permessage-deflate as agreed with the request's client: the
+    ``Sec-WebSocket-Extensions`` to answer and the parameters; None when declined, turned
+    off (``WSRELAY_COMPRESSION``), or the 101 is out already (gevent-websocket's stock
+    handler). ApiError 400 for a malformed offer."""
+    if not current_app.config["WSRELAY_COMPRESSION"] or not isinstance(ws, DeferredWebSocket):
+        return None
+    return negotiate_deflate(request.headers.get("Sec-WebSocket-Extensions", ""))
 
 
 def _may_publish(channel: str) -> bool:

@@ -32,6 +32,7 @@ from ..broker import BrokerUnavailable, History
 from ..fairness import let_others_run
 from ..hub import Encoder, Subscription
 from ..ids import MessageId
+from .encoders import compressed
 from .outbox import WRITE_SIZE, Outbox
 from .protocol import PING_FRAME, CloseCode, InboundMessage, WebSocketSession
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
     from ..hub import MessageServer
     from ..limits import TokenBucket
+    from .deflate import Deflater
+    from .handshake import Deflate
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class WebSocketConnection:
         "_expiry",
         "_pending_close",
         "close_timeout",
+        "deflater",
         "dirty",
         "expires",
         "hub",
@@ -110,10 +114,13 @@ class WebSocketConnection:
         self, sock: socket.socket, hub: MessageServer, *,
         max_message_size: int, buffer_limit: int, close_timeout: float,
         expires: float | None = None, control_rate: TokenBucket | None = None,
+        deflate: Deflate | None = None, deflater: Deflater | None = None,
     ) -> None:
         """``expires``: the Unix time the client's token expires, when the connection is
         closed with 1008; ``control_rate``: the client's pings, pongs and small fragments
-        (see :class:`~wsrelay.websocket.protocol.WebSocketSession`)."""
+        (see :class:`~wsrelay.websocket.protocol.WebSocketSession`); ``deflate``:
+        permessage-deflate as negotiated, ``deflater`` what compresses the messages of its
+        subscriptions (None: they go uncompressed)."""
         self.sock = sock
         self.hub = hub
         self.id = f"{_PREFIX}-{next(_ids)}"
@@ -128,8 +135,9 @@ class WebSocketConnection:
         self.written = 0.0  # when bytes last went out (the hub paces its writes by it)
         self.last_seen = time.monotonic()
         self.session = WebSocketSession(
-            max_message_size=max_message_size, control_rate=control_rate
+            max_message_size=max_message_size, control_rate=control_rate, deflate=deflate
         )
+        self.deflater = deflater
         self.outbox = Outbox(buffer_limit)
         self.writer: gevent.Greenlet | None = None
         self.state: State = OPEN
@@ -247,10 +255,11 @@ class WebSocketConnection:
         self, channel: str, since: MessageId | None, encoder: Encoder, *, echo: bool = True
     ) -> History:
         """Subscribe to ``channel`` (again, from ``since``, if already subscribed), its
-        messages framed by ``encoder`` (see :mod:`wsrelay.websocket.encoders`)."""
+        messages framed by ``encoder`` (see :mod:`wsrelay.websocket.encoders`), compressed
+        if this connection negotiated it."""
         if not self.unsubscribe(channel):
             self.subscribed += 1
-        subscription = Subscription(self, channel, encoder, echo=echo)
+        subscription = Subscription(self, channel, compressed(encoder, self.deflater), echo=echo)
         self.subscriptions[channel] = subscription
         try:
             return self.hub.subscribe(subscription, since)

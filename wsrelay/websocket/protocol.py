@@ -29,13 +29,18 @@ from __future__ import annotations
 import codecs
 import time
 from enum import IntEnum
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
+from websockets.extensions.base import Extension
 from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import SERVER, Protocol, State
-from websockets.typing import BytesLike
+from websockets.typing import BytesLike, ExtensionName
 
 from ..limits import TokenBucket
+from .deflate import Inflater
+
+if TYPE_CHECKING:
+    from .handshake import Deflate
 
 
 class CloseCode(IntEnum):
@@ -77,10 +82,23 @@ class Output(NamedTuple):
     eof: bool
 
 
-def encode_frame(data: bytes, *, binary: bool) -> bytes:
-    """One unmasked server frame; built once per message and shared by every subscriber."""
+class _Compressed(Extension):
+    """Sets RSV1 on a frame whose payload is compressed already (permessage-deflate)."""
+
+    name = ExtensionName("permessage-deflate")
+
+    def encode(self, frame: Frame) -> Frame:
+        return Frame(frame.opcode, frame.data, frame.fin, rsv1=True)
+
+
+_COMPRESSED = [_Compressed()]
+
+
+def encode_frame(data: bytes, *, binary: bool, compressed: bool = False) -> bytes:
+    """One unmasked server frame; built once per message and shared by every subscriber.
+    ``compressed``: ``data`` is a permessage-deflate payload (RSV1 set)."""
     return Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(
-        mask=False, extensions=[]
+        mask=False, extensions=_COMPRESSED if compressed else []
     )
 
 
@@ -104,9 +122,15 @@ class _ServerProtocol(Protocol):
     checks the whole against a model written from the RFC.
     """
 
-    def __init__(self, max_message_size: int, control_rate: TokenBucket | None) -> None:
+    def __init__(
+        self, max_message_size: int, control_rate: TokenBucket | None, deflate: Deflate | None
+    ) -> None:
         super().__init__(SERVER, state=State.OPEN, max_size=max_message_size)
         self.control_rate = control_rate
+        #: permessage-deflate's inbound side, when negotiated.
+        self.inflater = Inflater(deflate) if deflate is not None else None
+        if self.inflater is not None:
+            self.extensions = [self.inflater]
         #: The UTF-8 decoder of the text message being received, None between messages.
         self.decoder: codecs.IncrementalDecoder | None = None
         self._received = 0  # bytes received so far
@@ -217,13 +241,16 @@ class _ServerProtocol(Protocol):
         if header is None:
             return
         first, length, mask, size = header
-        error = _header_error(first, length)
+        inflater = self.inflater
+        error = _header_error(first, length, inflater)
         if error is not None:
             self.fail(CloseCode.PROTOCOL_ERROR, error)
             return
         buffer = self.reader.buffer
         if not buffer or len(buffer) != self._received - self._frame_start - size:
             return
+        if inflater is not None and (first & 0x40 or inflater.in_message):
+            return  # compressed: its text is validated once inflated, when the frame is whole
         if self._peek is None:
             decoder = self._text_decoder(first & 0x0F)
             if decoder is None:
@@ -255,9 +282,16 @@ def _parse_header(head: bytes | bytearray) -> tuple[int, int, bytes, int] | None
     return head[0], length, bytes(head[size - 4 : size]), size
 
 
-def _header_error(first: int, length: int) -> str | None:
-    """What RFC 6455 5.2 and 5.5 forbid in a header (without a negotiated extension)."""
-    if first & 0x70:
+def _header_error(first: int, length: int, inflater: Inflater | None = None) -> str | None:
+    """What RFC 6455 5.2 and 5.5 forbid in a header; with permessage-deflate, RSV1 on the
+    first frame of a message (RFC 7692 6), nowhere else."""
+    if first & 0x40 and inflater is not None:
+        opcode = first & 0x0F
+        if opcode != Opcode.TEXT and opcode != Opcode.BINARY:
+            return "RSV1 set on a control or continuation frame"
+        if first & 0x30:
+            return "reserved bits must be 0"
+    elif first & 0x70:
         return "reserved bits must be 0"
     if first & 0x08:  # a control frame
         if length > 125:
@@ -275,13 +309,15 @@ class WebSocketSession:
     ``eof`` is true, the connection is over and the socket should close.
     ``control_rate`` bounds the pings, pongs and small fragments that do not
     end their message (None: unbounded); one too many fails the connection
-    with 1008.
+    with 1008. ``deflate``: permessage-deflate as negotiated (None: not), whose
+    compressed messages it inflates.
     """
 
     def __init__(
-        self, *, max_message_size: int, control_rate: TokenBucket | None = None
+        self, *, max_message_size: int, control_rate: TokenBucket | None = None,
+        deflate: Deflate | None = None,
     ) -> None:
-        self._protocol = _ServerProtocol(max_message_size, control_rate)
+        self._protocol = _ServerProtocol(max_message_size, control_rate, deflate)
         self._fragments: list[BytesLike] = []
         self._binary = False
         self._pongs: list[bytes] = []  # pongs after the last message returned

@@ -50,17 +50,24 @@ class DeferredWebSocket:
             raise RuntimeError("this WebSocket's socket was taken already")
         return sock
 
-    def prepare(self, subprotocol: str | None = None) -> Callable[[], None]:
+    def prepare(
+        self, subprotocol: str | None = None, extensions: str | None = None
+    ) -> Callable[[], None]:
         """Check the handshake now (ApiError if it is invalid) and return what writes the
-        101 later: a relay subscribes first, so a client that sees the 101 misses nothing."""
-        response = switching_protocols(accept_key(self._handler.environ), subprotocol)
+        101 later: a relay subscribes first, so a client that sees the 101 misses nothing.
+        ``extensions``: the accepted ``Sec-WebSocket-Extensions``, if any."""
+        response = switching_protocols(
+            accept_key(self._handler.environ), subprotocol, extensions
+        )
         return functools.partial(self._switch, response)
 
     def _switch(self, response: bytes) -> None:
         self._socket().sendall(response)
         self._mark_upgraded(len(response))
 
-    def detach(self, subprotocol: str | None = None) -> TakenSocket | None:
+    def detach(
+        self, subprotocol: str | None = None, extensions: str | None = None
+    ) -> TakenSocket | None:
         """Take the connection out of its request, which then ends without a response and
         reads no further request; None when the socket cannot be duplicated (TLS).
 
@@ -70,7 +77,9 @@ class DeferredWebSocket:
         the request ends) and runs in a greenlet of its own (:meth:`TakenSocket.serve`).
         """
         handler = self._handler
-        response = switching_protocols(accept_key(handler.environ), subprotocol)  # ApiError
+        response = switching_protocols(  # ApiError
+            accept_key(handler.environ), subprotocol, extensions
+        )
         original = self._socket()
         try:
             sock = original.dup()
@@ -151,20 +160,25 @@ def take_buffered(sock: socket.socket, rfile: Any) -> bytes:
         rfile.close()  # the socket stays open
 
 
-def take_socket(ws: Any, subprotocol: str | None = None, *, detach: bool = False) -> TakenSocket:
+def take_socket(
+    ws: Any, subprotocol: str | None = None, *, detach: bool = False,
+    extensions: str | None = None,
+) -> TakenSocket:
     """The socket behind ``environ['wsgi.websocket']`` and what completes its handshake.
 
     A deferred one has its handshake checked now (ApiError if invalid) and the
     101 written once subscribed; with ``detach`` it leaves its request
     (:meth:`DeferredWebSocket.detach`). gevent-websocket's own WebSocket was
     upgraded already and stays in its request: the stock handler closes the
-    socket when the view returns, so the view serves it until it ends.
+    socket when the view returns, so the view serves it until it ends (and
+    ``extensions``, the accepted ``Sec-WebSocket-Extensions``, only go in a
+    deferred one's 101).
     """
     if isinstance(ws, DeferredWebSocket):
-        taken = ws.detach(subprotocol) if detach else None
+        taken = ws.detach(subprotocol, extensions) if detach else None
         if taken is not None:
             return taken
-        handshake = ws.prepare(subprotocol)
+        handshake = ws.prepare(subprotocol, extensions)
         sock = ws._socket()
         return TakenSocket(sock, take_buffered(sock, ws._handler.rfile), handshake, _serve_here)
     handler = ws.handler
