@@ -294,7 +294,8 @@ async def inbound(spec: dict, tally: Tally, meter: Meter) -> dict:
 async def redis(spec: dict, tally: Tally, meter: Meter) -> dict:
     """A flood, then the steady stream. The flood: one client publishes as fast as the
     server takes it (at most ``window`` messages not yet delivered) to ``flood_subscribers``
-    readers; its clients leave before the stream starts."""
+    readers, ``flood`` messages or for ``flood_s`` seconds; its clients leave before the
+    stream starts."""
     p = spec["params"]
     flooded = Tally()
     readers = await connect_all(
@@ -303,24 +304,26 @@ async def redis(spec: dict, tally: Tally, meter: Meter) -> dict:
     publisher = await connect_publisher(spec["system"], spec["port"])
     await sync(publisher, readers, flooded)
     total, window, count = p["flood"], p["window"], len(readers)
-    emit("progress", f"flood: {total:,} messages")
+    emit("progress", f"flood: {total:,} messages, {p['flood_s']} s at most")
     meter.start()
     sent = 0
-    while sent < total:
+    deadline = time.monotonic() + p["flood_s"]
+    while sent < total and time.monotonic() < deadline:
         room = max(0, min(total, flooded.received // count + window) - sent)
         for _ in range(room):
             publisher.publish(payload(p["size"]))
         sent += room
         await asyncio.sleep(0.0005)
-    await until(lambda: flooded.received >= total * count, p["drain"])
+    await until(lambda: flooded.received >= sent * count, p["drain"])
     figures = meter.read()
     for client in (*readers, publisher):
         client.transport.disconnect()
     await asyncio.sleep(0.5)
     per_reader = flooded.received / count
     flood = {
+        "flood_messages": sent,
         "flood_messages_per_s": per_reader / figures["wall_s"],
-        "flood_lost": total * count - flooded.received,
+        "flood_lost": sent * count - flooded.received,
         "flood_reordered": flooded.reordered,
         "flood_server_cpu_us_per_message": figures["server_cpu_s"] / max(per_reader, 1) * 1e6,
         "flood_others_cpu_share": figures["others_cpu_share"],

@@ -117,12 +117,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "redis", "redis",
         "Redis: {subscribers} subscribers, {rate} messages/s of {size} B for {duration} s; "
-        "then one client floods {flood} messages ({window} unanswered at most); the memory "
-        "broker (one process) as the ceiling",
+        "then one client floods {flood} messages or for {flood_s} s to {flood_subscribers} "
+        "readers ({window} undelivered at most); the memory broker (one process) as the ceiling",
         full={"subscribers": 100, "rate": 1000, "duration": 10, "senders": 1, "size": 64,
-              "drain": 10, "flood": 50_000, "window": 2000, "flood_subscribers": 2},
+              "drain": 10, "flood": 100_000, "flood_s": 10, "window": 2000,
+              "flood_subscribers": 2},
         quick={"subscribers": 10, "rate": 50, "duration": 0.5, "senders": 1, "size": 64,
-               "drain": 5, "flood": 500, "window": 100, "flood_subscribers": 2},
+               "drain": 5, "flood": 500, "flood_s": 2, "window": 100, "flood_subscribers": 2},
         systems=("wsrelay", "wsrelay-redis", "flask-socketio-redis"),
     ),
 )
