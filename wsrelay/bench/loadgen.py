@@ -328,7 +328,11 @@ async def redis(spec: dict, tally: Tally, meter: Meter) -> dict:
         "flood_server_cpu_us_per_message": figures["server_cpu_s"] / max(per_reader, 1) * 1e6,
         "flood_others_cpu_share": figures["others_cpu_share"],
     }
-    return {**await stream(spec, tally, meter), **flood}
+    try:
+        steady = await stream(spec, tally, meter)
+    except RuntimeError as exc:  # a baseline that cannot keep up still has its flood figures
+        steady = {"steady_error": str(exc), "lost": None, "closed_by_server": 0}
+    return {**steady, **flood}
 
 
 KINDS = {"burst": burst, "redis": redis, "stream": stream, "idle": idle, "inbound": inbound,

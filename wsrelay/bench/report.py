@@ -137,7 +137,10 @@ def table(rows: list[Row], quick: bool) -> str:
             if row["scenario"] != name:
                 continue
             if row["status"] == "ok":
-                cells = [fmt(row[key]) if key in row else "" for _, key, fmt in columns]
+                cells = [fmt(row[key]) if row.get(key) is not None else ""
+                         for _, key, fmt in columns]
+                if row.get("steady_error"):
+                    cells[0] = f"failed: {row['steady_error']}"
             else:
                 cells = [f"{row['status']}: {row.get('reason', '')}"] + [""] * (len(columns) - 1)
             lines.append(f"| {TITLES[row['system']]} | " + " | ".join(cells) + " |")

@@ -52,8 +52,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ...ids import MessageId
 from ...message import Message
@@ -62,6 +60,7 @@ from .codec import decode
 from .commands import AutoPipeline, wait
 from .listener import Listener
 from .pipeline import Arg, Reply
+from .urls import connection_pool
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +112,26 @@ class RedisBroker(Broker):
         self.timeout = timeout
         # The pool only turns the URL into connection settings: each connection is made
         # by the one that owns it (the command pipeline, the listener).
-        pool = redis.ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        pool.connection_kwargs["decode_responses"] = False
+        pool = connection_pool(url, timeout)
         self._pool = pool
         self._scripts = {name: _script(f"{name}.lua") for name in ("publish", "read")}
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest()
                       for name, source in self._scripts.items()}
         self._ttl_ms = max(1, round(history_ttl * 1000))
-        #: When this Redis's data began (see the read script): the one key not of a channel.
+        #: When this Redis's data began (see the read script): a key of no channel.
         self._origin_key = f"{prefix}:origin"
+        #: The replication id of the master the workers write to, set by each command
+        #: connection as it starts: a channel whose position was written under another
+        #: master (before a failover, which may have lost the last writes) starts a new
+        #: epoch at its next message, so no id is handed out twice.
+        self._master_key = f"{prefix}:master"
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
         worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._commands = AutoPipeline(
             pool, name=f"{prefix}-commands-{worker}", timeout=timeout, max_pending=max_pending,
-            on_connect=self._load_scripts, on_error=self._failed,
+            on_connect=self._start_connection, on_error=self._failed,
         )
         self._listener = Listener(
             pool, name=f"{prefix}-listener-{worker}",
@@ -158,7 +158,7 @@ class RedisBroker(Broker):
         """Queue the publish script in the worker's pipeline; resolved when Redis answered."""
         data = bytes(data)
         state, log_key, topic = self._keys(channel)
-        reply = self._run_script("publish", [state, log_key], [
+        reply = self._run_script("publish", [state, log_key, self._master_key], [
             self.history_size, int(binary), sender or "", data, topic,
         ])
         publishing = Publishing()
@@ -270,8 +270,18 @@ class RedisBroker(Broker):
         base = f"{self.prefix}:{{{channel}}}"
         return f"{base}:state", f"{base}:log", base
 
+    def _start_connection(self, conn: redis.connection.AbstractConnection) -> list[tuple[Arg, ...]]:
+        """What starts each command connection: check that Redis is the master, mark the data
+        with the master's replication id (see :attr:`_master_key`), load the scripts."""
+        conn.send_command("INFO", "replication")
+        info = dict(line.split(":", 1) for line in _text(conn.read_response()).splitlines()
+                    if ":" in line)
+        if info.get("role") != "master":
+            raise redis.ConnectionError("Redis is a replica, not the master")
+        return [("SET", self._master_key, info.get("master_replid", "")), *self._load_scripts()]
+
     def _load_scripts(self) -> list[tuple[Arg, ...]]:
-        """What starts each command connection: the scripts, so that EVALSHA finds them."""
+        """The scripts, so that EVALSHA finds them."""
         return [("SCRIPT", "LOAD", source) for source in self._scripts.values()]
 
     def _run_script(self, name: str, keys: list[str], args: list[Arg]) -> Reply:

@@ -16,8 +16,11 @@ buffering without limit.
 Faults: a connection that fails, or stays silent for ``timeout`` with
 replies owed, fails every command in flight and queued with
 :class:`BrokerUnavailable` (none is retried: a publish retried could be
-stored twice); the next command connects again. The connection is made by
-redis-py (URL, TLS, AUTH, SELECT, client name), the bytes are this module's.
+stored twice); the next command connects again. An answer saying Redis no
+longer takes writes (``READONLY``: a master turned replica in a failover)
+drops the connection too, so the next one finds the new master. The
+connection is made by redis-py (URL, TLS, AUTH, SELECT, client name, the
+master's address from Sentinel), the bytes are this module's.
 """
 
 from __future__ import annotations
@@ -42,14 +45,17 @@ READ_SIZE = 256 * 1024
 class AutoPipeline:
     """Commands of every caller of a worker, sent together while the previous batch is out.
 
-    ``on_connect`` gives the commands that start every connection (loading
-    the scripts); their replies are not awaited by anyone, an error among
-    them shows in the commands that follow. ``on_error`` is told each failure.
+    ``on_connect(connection)`` may talk to a new connection (through
+    redis-py, before anything is pipelined) and returns the commands that
+    start it (loading the scripts); their replies are not awaited by anyone,
+    an error among them shows in the commands that follow. ``on_error`` is
+    told each failure.
     """
 
     def __init__(
         self, pool: redis.ConnectionPool, *, name: str, timeout: float, max_pending: int,
-        on_connect: Callable[[], list[tuple[Arg, ...]]], on_error: Callable[[Exception], None],
+        on_connect: Callable[[redis.connection.AbstractConnection], list[tuple[Arg, ...]]],
+        on_error: Callable[[Exception], None],
     ) -> None:
         self._pool = pool
         self.name = name
@@ -120,7 +126,7 @@ class AutoPipeline:
         })
         conn.connect()
         self._conn = conn
-        self._pipeline.put_first([tuple(command) for command in self._on_connect()])
+        self._pipeline.put_first(self._on_connect(conn))
         return conn
 
     def _exchange(self, sock: Any) -> None:
@@ -138,6 +144,8 @@ class AutoPipeline:
                 self.commands += pipeline.receive(chunk)
                 if len(pipeline) < self.max_pending:
                     self._room.set()
+                if pipeline.stale:
+                    raise redis.ConnectionError("Redis is no longer the master")
 
     def _lost(self, exc: Exception) -> None:
         """Drop the connection; everything waiting gets :class:`BrokerUnavailable`."""

@@ -25,6 +25,8 @@ import hiredis
 
 log = logging.getLogger(__name__)
 
+#: Errors that mean the connection is to a server that no longer is the master.
+NOT_MASTER = ("READONLY", "MASTERDOWN")
 #: A command's words: bytes, str, int or float, as hiredis packs them.
 Arg = bytes | str | int | float
 
@@ -70,6 +72,9 @@ class CommandPipeline:
         self._queued: list[tuple[bytes, Reply]] = []
         self._awaiting: deque[Reply] = deque()
         self._reader = hiredis.Reader(replyError=ReplyError)
+        #: True once Redis answered that it no longer takes writes (a master turned replica
+        #: in a failover): the connection should be dropped and made again.
+        self.stale = False
 
     def __len__(self) -> int:
         """Commands not yet answered: queued plus in flight."""
@@ -117,6 +122,8 @@ class CommandPipeline:
                 raise ProtocolError(f"a reply nobody asked for: {answer!r}")
             reply = self._awaiting.popleft()
             if isinstance(answer, ReplyError):
+                if str(answer).startswith(NOT_MASTER):
+                    self.stale = True
                 reply.resolve(None, answer)
             else:
                 reply.resolve(answer, None)
@@ -132,6 +139,7 @@ class CommandPipeline:
         self._awaiting.clear()
         self._queued = []
         self._reader = hiredis.Reader(replyError=ReplyError)
+        self.stale = False
         for reply in failed:
             reply.resolve(None, error)
         return len(failed)

@@ -1,4 +1,4 @@
--- KEYS: state, log (and, to read, the origin). ARGV[1]: the lowest epoch a new state may take,
+-- KEYS: state, log (and, to read, the origin; to publish, the master's replication id). ARGV[1]: the lowest epoch a new state may take,
 -- ARGV[2]: TTL in ms.
 local state, log = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[2])
