@@ -70,8 +70,13 @@ def test_keys_of_a_channel_share_one_hash_tag_and_expire(make_broker, client, ch
     first = broker.publish(channel, b"x")
     base = f"{make_broker.prefix}:{{{channel}}}"
     state, log = f"{base}:state", f"{base}:log"
-    assert sorted(client.keys(f"{make_broker.prefix}:*")) == sorted([state.encode(), log.encode()])
-    assert client.hgetall(state) == {b"epoch": str(first.id.epoch).encode(), b"seq": b"1"}
+    master = f"{make_broker.prefix}:master"  # a key of no channel: the master's replication id
+    assert sorted(client.keys(f"{make_broker.prefix}:*")) == sorted(
+        [state.encode(), log.encode(), master.encode()])
+    replid = client.info("replication")["master_replid"].encode()
+    assert client.get(master) == replid
+    assert client.hgetall(state) == {b"epoch": str(first.id.epoch).encode(), b"seq": b"1",
+                                     b"master": replid}
     assert client.xrange(log)[0][0] == f"{first.id.epoch}-1".encode()
     assert 0 < client.pttl(state) <= 500 and 0 < client.pttl(log) <= 500
     wait_until(lambda: not client.exists(state, log), 5)
