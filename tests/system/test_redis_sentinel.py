@@ -119,29 +119,46 @@ class PollClient:
 
 
 class SSEClient:
-    """An SSE client collecting (id, data) of messages and counting resets."""
+    """An SSE client collecting (id, data) of messages and counting resets; like a browser's
+    EventSource it reconnects with ``Last-Event-ID`` when the stream ends (an open stream
+    ends with ``event: error`` when it cannot read the broker)."""
 
     def __init__(self, server: ServerProcess, channel: str, since: str) -> None:
         self.items: list[tuple[str, str]] = []
         self.resets: list[int] = []
-        self.stream = EventStream(f"{server.url}/sse/{channel}", {"Last-Event-ID": since})
+        self.url = f"{server.url}/sse/{channel}"
+        self.last_id = since
+        self.stream: EventStream | None = None
         self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
         while True:
-            event = self.stream.next(timeout=120)
+            try:
+                self.stream = EventStream(self.url, {"Last-Event-ID": self.last_id})
+                self._read(self.stream)
+            except (StopIteration, requests.RequestException):
+                pass
+            gevent.sleep(0.5)
+
+    def _read(self, stream: EventStream) -> None:
+        while True:
+            event = stream.next(timeout=120)
             kind = getattr(event, "type", None)
             if kind == "reset":
                 self.resets.append(len(self.items))
             elif kind in ("message", ""):
                 self.items.append((event.id, event.data))
+                self.last_id = event.id
+            elif kind == "error":
+                return
 
     def failure(self) -> str:
         return repr(self._greenlet.exception) if self._greenlet.dead else ""
 
     def stop(self) -> None:
         self._greenlet.kill()
-        self.stream.close()
+        if self.stream is not None:
+            self.stream.close()
 
 
 def collect_ws(ws: WSClient, into: list[str]) -> None:
