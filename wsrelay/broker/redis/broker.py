@@ -21,6 +21,10 @@ Why it is built this way:
   (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
   ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
   one key belongs to no channel: ``<prefix>:origin``, when the data began.
+* **One command connection per worker, auto-pipelined** (:mod:`.commands`,
+  :mod:`.pipeline`): every publish, history read and presence command of the
+  worker shares round trips, each with its own answer; :meth:`RedisBroker.publish_async`
+  lets a connection go on reading while its publishes are in flight.
 * **One pub/sub connection per broker (per worker)**, read by one listener
   greenlet that hands messages to the hub in id order (:mod:`.listener`). A
   subscription counts as active once Redis acknowledged it:
