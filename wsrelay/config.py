@@ -108,8 +108,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("WSRELAY_BROKER_URL", "memory://", str,
-           "`memory://` (one process) or `redis://host:port/db`, `rediss://…`, `unix:///path` "
-           "(many processes and hosts)"),
+           "`memory://` (one process) or `redis://host:port/db`, `rediss://…`, `unix:///path`, "
+           "`redis+sentinel://host:port[,host:port…]/master[/db]` (many processes and hosts)"),
     Option("WSRELAY_REDIS_PREFIX", "wsrelay", _key_prefix,
            "prefix of every Redis key and pub/sub channel (several relays can share one Redis)"),
     Option("WSRELAY_HISTORY_SIZE", 1000, _positive_int,
@@ -217,9 +217,10 @@ def validate(config: Mapping[str, Any]) -> None:
             "(a subscriber must be able to hold one whole message and the next)"
         )
     scheme = str(config["WSRELAY_BROKER_URL"]).split(":", 1)[0]
-    if scheme not in {"memory", "redis", "rediss", "unix"}:
+    if scheme not in {"memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"}:
         raise ConfigError(
-            f"WSRELAY_BROKER_URL: unknown scheme {scheme!r} (memory://, redis://, rediss://, unix://)"
+            f"WSRELAY_BROKER_URL: unknown scheme {scheme!r} (memory://, redis://, rediss://, "
+            "unix://, redis+sentinel://)"
         )
     secret = config["WSRELAY_SECRET_KEY"]
     if config["WSRELAY_ENV"] == "production" and len(secret) < MIN_SECRET_LENGTH:

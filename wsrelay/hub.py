@@ -31,7 +31,7 @@ from typing import Protocol
 import gevent
 from gevent.event import Event
 
-from .broker import Broker, History
+from .broker import Broker, History, Publishing
 from .ids import MessageId
 from .message import Message
 from .pacing import WRITE_DELAY, write_at
@@ -196,13 +196,25 @@ class MessageServer:
         sender: str | None = None,
     ) -> Message:
         """Publish to a channel; ``str`` is text, ``bytes`` binary unless ``binary=False``."""
-        if isinstance(data, str):
-            payload, is_binary = data.encode("utf-8"), False if binary is None else binary
-        else:
-            payload, is_binary = bytes(data), True if binary is None else binary
+        payload, is_binary = _payload(data, binary)
         message = self.broker.publish(channel, payload, binary=is_binary, sender=sender)
         self.stats.published += 1
         return message
+
+    def publish_async(
+        self, channel: str, data: bytes | str, *, binary: bool | None = None,
+        sender: str | None = None,
+    ) -> Publishing:
+        """:meth:`publish` without waiting for the broker's answer (see
+        :meth:`Broker.publish_async <wsrelay.broker.base.Broker.publish_async>`)."""
+        payload, is_binary = _payload(data, binary)
+        publishing = self.broker.publish_async(channel, payload, binary=is_binary, sender=sender)
+        publishing.then(self._count_published)
+        return publishing
+
+    def _count_published(self, publishing: Publishing) -> None:
+        if publishing.error is None:
+            self.stats.published += 1
 
     def deliver(self, message: Message) -> None:
         """Called by the broker, in order, for every message of a watched channel."""
@@ -439,3 +451,10 @@ class MessageServer:
                 connection.abort()
             else:
                 connection.ping()
+
+
+def _payload(data: bytes | str, binary: bool | None) -> tuple[bytes, bool]:
+    """A message's bytes and kind: ``str`` is text, ``bytes`` binary unless ``binary=False``."""
+    if isinstance(data, str):
+        return data.encode("utf-8"), False if binary is None else binary
+    return bytes(data), True if binary is None else binary

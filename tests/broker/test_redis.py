@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.broker.test_broker import Recorder, ids
-from tests.support import free_port, wait_until
+from tests.support import RedisServer, free_port, wait_until
 from wsrelay.broker import BrokerUnavailable
 from wsrelay.broker.redis import RedisBroker, redact
 from wsrelay.ids import MessageId
@@ -70,8 +70,13 @@ def test_keys_of_a_channel_share_one_hash_tag_and_expire(make_broker, client, ch
     first = broker.publish(channel, b"x")
     base = f"{make_broker.prefix}:{{{channel}}}"
     state, log = f"{base}:state", f"{base}:log"
-    assert sorted(client.keys(f"{make_broker.prefix}:*")) == sorted([state.encode(), log.encode()])
-    assert client.hgetall(state) == {b"epoch": str(first.id.epoch).encode(), b"seq": b"1"}
+    master = f"{make_broker.prefix}:master"  # a key of no channel: the master's replication id
+    assert sorted(client.keys(f"{make_broker.prefix}:*")) == sorted(
+        [state.encode(), log.encode(), master.encode()])
+    replid = client.info("replication")["master_replid"].encode()
+    assert client.get(master) == replid
+    assert client.hgetall(state) == {b"epoch": str(first.id.epoch).encode(), b"seq": b"1",
+                                     b"master": replid}
     assert client.xrange(log)[0][0] == f"{first.id.epoch}-1".encode()
     assert 0 < client.pttl(state) <= 500 and 0 < client.pttl(log) <= 500
     wait_until(lambda: not client.exists(state, log), 5)
@@ -214,7 +219,7 @@ def test_history_returns_only_once_what_it_read_was_delivered_live(make_broker, 
 
 
 def test_many_greenlets_publishing_at_once_get_distinct_gapless_ids(make_broker, channel):
-    broker = make_broker(max_connections=4)
+    broker = make_broker(max_pending=16)  # most of them wait for room
 
     def publish_some(n: int) -> list[MessageId]:
         return [broker.publish(channel, b"%d" % n).id for _ in range(5)]
@@ -275,3 +280,48 @@ def test_unix_socket_url(tmp_path, channel):
             broker.close()
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.e2e  # starts a master and a replica of its own
+def test_after_a_failover_that_lost_writes_no_id_is_handed_out_twice(channel):
+    """The new master lacks the old one's last writes: its next message starts a new epoch
+    instead of taking their ids again, and a cursor among them reads as a gap."""
+    master, replica = RedisServer.start(), RedisServer.start()
+    brokers: list[RedisBroker] = []
+
+    def broker(url: str) -> RedisBroker:
+        brokers.append(RedisBroker(url, history_size=100, history_ttl=60.0, timeout=2.0))
+        return brokers[-1]
+
+    try:
+        promoted = redis.Redis(port=replica.port)
+        promoted.replicaof("127.0.0.1", master.port)
+        wait_until(lambda: promoted.info("replication").get("master_link_status") == "up", 10)
+        old = broker(master.url)
+        kept = [old.publish(channel, b"kept %d" % n) for n in range(5)]
+        assert redis.Redis(port=master.port).wait(1, 5000) == 1  # the replica has them
+        promoted.replicaof("NO", "ONE")  # promoted: what the old master takes next is lost
+        lost = [old.publish(channel, b"lost %d" % n) for n in range(3)]
+        master.stop()
+
+        new = broker(replica.url)  # the workers follow the failover to the promoted replica
+        gap = new.history(channel, lost[-1].id)
+        assert gap.reset is True  # a cursor past what the new master holds is a gap
+        after = new.publish(channel, b"after")
+        assert after.id.epoch > kept[0].id.epoch  # never one of the lost ids again
+        assert after.id not in {m.id for m in (*kept, *lost)}
+        page = new.history(channel, kept[-1].id)
+        assert page.reset is True and ids(page.messages) == [after.id]
+        assert new.publish(channel, b"next").id == MessageId(after.id.epoch, 2)
+    finally:
+        for made in brokers:
+            made.close()
+        master.stop()
+        replica.stop()
+
+
+def test_reconnecting_to_the_same_master_keeps_the_epoch(make_broker, channel):
+    first = make_broker()
+    before = first.publish(channel, b"a")
+    first.close()
+    assert make_broker().publish(channel, b"b").id == MessageId(before.id.epoch, 2)

@@ -49,20 +49,22 @@ def emit(kind: str, value: object) -> None:
 class Meter:
     """Server (and Redis) CPU, load-generator CPU and wall time over one measured stretch."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid}
+    def __init__(self, pids: dict[str, int | list[int]]) -> None:
+        """``pids``: the process of each part, or its processes (gunicorn's workers)."""
+        self.pids = {name: pid if isinstance(pid, list) else [pid]
+                     for name, pid in pids.items() if pid}
         self.start()
 
     def start(self) -> None:
-        self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.cpu = {name: _cpu(pids) for name, pids in self.pids.items()}
         self.own = time.process_time()
         self.machine = machine_busy_seconds()
         self.wall = time.monotonic()
 
     def read(self) -> dict[str, float]:
         wall = time.monotonic() - self.wall
-        figures = {f"{name}_cpu_s": cpu_seconds(pid) - self.cpu[name]
-                   for name, pid in self.pids.items()}
+        figures = {f"{name}_cpu_s": _cpu(pids) - self.cpu[name]
+                   for name, pids in self.pids.items()}
         own = time.process_time() - self.own
         others = machine_busy_seconds() - self.machine - own - sum(figures.values())
         figures["wall_s"] = wall
@@ -70,6 +72,10 @@ class Meter:
         #: cores' worth of CPU that other processes took meanwhile (10 ms resolution)
         figures["others_cpu_share"] = max(0.0, others / wall) if wall else 0.0
         return figures
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def received(tally: Tally, count: int) -> Callable[[], bool]:
@@ -292,7 +298,51 @@ async def inbound(spec: dict, tally: Tally, meter: Meter) -> dict:
     }
 
 
-KINDS = {"burst": burst, "stream": stream, "idle": idle, "inbound": inbound,
+async def redis(spec: dict, tally: Tally, meter: Meter) -> dict:
+    """A flood, then the steady stream. The flood: one client publishes as fast as the
+    server takes it (at most ``window`` messages not yet delivered) to ``flood_subscribers``
+    readers, ``flood`` messages or for ``flood_s`` seconds; its clients leave before the
+    stream starts."""
+    p = spec["params"]
+    flooded = Tally()
+    readers = await connect_all(
+        p["flood_subscribers"], 10,
+        lambda: connect_websocket(spec["system"], spec["port"], flooded), "flood readers")
+    publisher = await connect_publisher(spec["system"], spec["port"])
+    await sync(publisher, readers, flooded)
+    total, window, count = p["flood"], p["window"], len(readers)
+    emit("progress", f"flood: {total:,} messages, {p['flood_s']} s at most")
+    meter.start()
+    sent = 0
+    deadline = time.monotonic() + p["flood_s"]
+    while sent < total and time.monotonic() < deadline:
+        room = max(0, min(total, flooded.received // count + window) - sent)
+        for _ in range(room):
+            publisher.publish(payload(p["size"]))
+        sent += room
+        await asyncio.sleep(0.0005)
+    await until(lambda: flooded.received >= sent * count, p["drain"])
+    figures = meter.read()
+    for client in (*readers, publisher):
+        client.transport.disconnect()
+    await asyncio.sleep(0.5)
+    per_reader = flooded.received / count
+    flood = {
+        "flood_messages": sent,
+        "flood_messages_per_s": per_reader / figures["wall_s"],
+        "flood_lost": sent * count - flooded.received,
+        "flood_reordered": flooded.reordered,
+        "flood_server_cpu_us_per_message": figures["server_cpu_s"] / max(per_reader, 1) * 1e6,
+        "flood_others_cpu_share": figures["others_cpu_share"],
+    }
+    try:
+        steady = await stream(spec, tally, meter)
+    except RuntimeError as exc:  # a baseline that cannot keep up still has its flood figures
+        steady = {"steady_error": str(exc), "lost": None, "closed_by_server": 0}
+    return {**steady, **flood}
+
+
+KINDS = {"burst": burst, "redis": redis, "stream": stream, "idle": idle, "inbound": inbound,
          "poll": http_stream, "sse": http_stream}
 
 

@@ -76,9 +76,13 @@ COLUMNS: dict[str, list[Column]] = {
              ("server CPU", "server_cpu_share", _percent), *NOISE],
     "sse": [*HTTP, ("server CPU", "server_cpu_share", _percent), *NOISE],
     "redis": [("delivered/s", "deliveries_per_s", _int), ("undelivered", "lost", _int), *LATENCY,
-              ("server CPU µs/message", "cpu_us_per_message", _fixed(1)),
+              ("server CPU µs/delivery", "cpu_us_per_delivery", _fixed(2)),
               ("redis-server CPU µs/message", "redis_cpu_us_per_message", _fixed(1)),
-              ("server CPU", "server_cpu_share", _percent), *NOISE],
+              ("flood messages/s", "flood_messages_per_s", _int),
+              ("flood undelivered", "flood_lost", _int),
+              ("flood out of order", "flood_reordered", _int),
+              ("flood server CPU µs/message", "flood_server_cpu_us_per_message", _fixed(1)),
+              *NOISE],
 }
 
 
@@ -118,6 +122,19 @@ def targets(rows: list[Row]) -> list[dict]:
           lambda r: r["kib_per_connection"] <= 16)
     check("inbound", "<= 2 ms of server CPU per 1 MiB message",
           lambda r: r["cpu_ms_per_message"] <= 2 and r["lost"] == 0)
+    memory, shared = _find(rows, "redis", "wsrelay"), _find(rows, "redis", "wsrelay-redis")
+    if memory is not None and shared is not None:
+        flood = shared["flood_messages_per_s"] / memory["flood_messages_per_s"]
+        cost = shared["cpu_us_per_delivery"] / memory["cpu_us_per_delivery"]
+        checks += [
+            {"scenario": "redis", "met": flood >= 0.25 and shared["flood_lost"] == 0
+             and shared["flood_reordered"] == 0,
+             "target": f"a flood on Redis (gunicorn -w 2) at >= 1/4 of the memory broker's "
+                       f"rate, nothing lost or reordered: {flood:.2f}x"},
+            {"scenario": "redis", "met": cost <= 1.5,
+             "target": f"server CPU per delivery on Redis <= 1.5x the memory broker's: "
+                       f"{cost:.2f}x"},
+        ]
     return checks
 
 
@@ -133,7 +150,10 @@ def table(rows: list[Row], quick: bool) -> str:
             if row["scenario"] != name:
                 continue
             if row["status"] == "ok":
-                cells = [fmt(row[key]) if key in row else "" for _, key, fmt in columns]
+                cells = [fmt(row[key]) if row.get(key) is not None else ""
+                         for _, key, fmt in columns]
+                if row.get("steady_error"):
+                    cells[0] = f"failed: {row['steady_error']}"
             else:
                 cells = [f"{row['status']}: {row.get('reason', '')}"] + [""] * (len(columns) - 1)
             lines.append(f"| {TITLES[row['system']]} | " + " | ".join(cells) + " |")
@@ -164,10 +184,11 @@ def save_json(path: Path, rows: list[Row], meta: dict) -> None:
 
 SHORT = {"wsrelay": "wsrelay", "wsrelay-redis": "wsrelay\non Redis",
          "wsrelay-nodelay": "wsrelay\nno delay", "seed-loop": "seed loop",
-         "flask-socketio": "Flask-\nSocketIO", "nchan": "Nchan"}
+         "flask-socketio": "Flask-\nSocketIO", "flask-socketio-redis": "Flask-SocketIO\non Redis",
+         "nchan": "Nchan"}
 COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "wsrelay-nodelay": "tab:cyan",
-           "seed-loop": "tab:orange",
-           "flask-socketio": "tab:green", "nchan": "tab:red"}
+           "seed-loop": "tab:orange", "flask-socketio": "tab:green",
+           "flask-socketio-redis": "tab:olive", "nchan": "tab:red"}
 
 
 #: the scenarios that stream messages: their latency distributions and delivery rates are plotted

@@ -15,7 +15,8 @@ SYSTEMS = ("wsrelay", "seed-loop", "flask-socketio", "nchan")
 TITLES = {
     "wsrelay": "wsrelay",
     "wsrelay-nodelay": "wsrelay, WSRELAY_WRITE_DELAY=0",
-    "wsrelay-redis": "wsrelay on Redis",
+    "wsrelay-redis": "wsrelay on Redis (gunicorn -w 2)",
+    "flask-socketio-redis": "Flask-SocketIO 5 on Redis (gunicorn -w 2)",
     "seed-loop": "seed 002 observer loop",
     "flask-socketio": "Flask-SocketIO 5 (gevent)",
     "nchan": "Nchan (nginx, C)",
@@ -137,14 +138,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         not_supported=NO_HTTP,
     ),
     Scenario(
-        "redis", "stream",
-        "Redis: {subscribers} subscribers, {rate} messages/s of {size} B for {duration} s, "
-        "memory broker vs Redis",
+        "redis", "redis",
+        "Redis: {subscribers} subscribers, {rate} messages/s of {size} B for {duration} s; "
+        "then one client floods {flood} messages or for {flood_s} s to {flood_subscribers} "
+        "readers ({window} undelivered at most); the memory broker (one process) as the ceiling",
         full={"subscribers": 100, "rate": 1000, "duration": 10, "senders": 1, "size": 64,
-              "drain": 10},
+              "drain": 10, "flood": 100_000, "flood_s": 10, "window": 2000,
+              "flood_subscribers": 2},
         quick={"subscribers": 10, "rate": 50, "duration": 0.5, "senders": 1, "size": 64,
-               "drain": 5},
-        systems=("wsrelay", "wsrelay-redis"),
+               "drain": 5, "flood": 500, "flood_s": 2, "window": 100, "flood_subscribers": 2},
+        systems=("wsrelay", "wsrelay-redis", "flask-socketio-redis"),
     ),
 )
 

@@ -84,13 +84,28 @@ WSRELAY_ENV = {
 VARIANTS = {"wsrelay-nodelay": {"WSRELAY_WRITE_DELAY": "0"}}
 
 
+#: Workers of the systems that share Redis (``gunicorn -w``).
+WORKERS = 2
+#: Systems served by gunicorn workers: their figures are the workers'.
+GUNICORN = ("wsrelay-redis", "flask-socketio-redis")
+
+
 def _command(system: str, port: int, directory: Path) -> list[str]:
     if system == "nchan":
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         return nchan.command(port, directory, hard)
+    if system == "wsrelay-redis":
+        return [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                "-w", str(WORKERS), "-b", f"127.0.0.1:{port}"]
     if system.startswith("wsrelay"):
         return [sys.executable, str(ROOT / "manage.py"), "serve", "--port", str(port),
                 "--no-access-log"]
+    if system == "flask-socketio-redis":
+        # -c /dev/null: not the gunicorn.conf.py of the working directory, wsrelay's
+        return [sys.executable, "-m", "gunicorn", "-c", os.devnull, "-w", str(WORKERS),
+                "-b", f"127.0.0.1:{port}",
+                "-k", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+                "wsrelay.bench.baselines.socketio_app:app"]
     module = {"seed-loop": "seed_loop", "flask-socketio": "socketio_app"}[system]
     return [sys.executable, "-m", f"wsrelay.bench.baselines.{module}", str(port)]
 
@@ -107,14 +122,15 @@ def _wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float
         time.sleep(0.05)
 
 
-def _worker(proc: subprocess.Popen, timeout: float = 10) -> int:
-    """nginx's one worker process, the one that serves (its master only starts it)."""
+def _workers(proc: subprocess.Popen, count: int, timeout: float = 30) -> list[int]:
+    """The worker processes that serve, once ``count`` of them run (nginx's one worker,
+    gunicorn's: their master only starts them)."""
     deadline = time.monotonic() + timeout
-    while not (workers := children(proc.pid)):
+    while len(workers := children(proc.pid)) < count:
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("nginx started no worker process")
+            raise RuntimeError(f"{len(workers)} of {count} worker processes started")
         time.sleep(0.05)
-    return workers[0]
+    return workers
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -127,9 +143,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def server(system: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, int]]:
+def server(
+    system: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, int | list[int]]]:
     """Run ``system`` on a free port pinned to core 0; yield (port, pid of the process that
-    serves: the server's, or nginx's worker's)."""
+    serves: the server's, nginx's worker's, or the list of gunicorn's workers)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="wsrelay-bench-") as directory:
         log = Path(directory) / "server.log"
@@ -144,7 +162,12 @@ def server(system: str, env: dict[str, str] | None = None) -> Iterator[tuple[int
             )
         try:
             _wait_listening(proc, port, log)
-            yield port, _worker(proc) if system == "nchan" else proc.pid
+            if system == "nchan":
+                yield port, _workers(proc, 1)[0]
+            elif system in GUNICORN:
+                yield port, _workers(proc, WORKERS)
+            else:
+                yield port, proc.pid
         finally:
             _stop(proc)
 

@@ -71,6 +71,8 @@ class Tally:
         self.synced = 0
         #: long-poll answers received
         self.requests = 0
+        #: deliveries stamped earlier than the one a client got before (order broken)
+        self.reordered = 0
 
     @property
     def received(self) -> int:
@@ -87,6 +89,7 @@ class RawClient(WSListener):
         self.tally = tally
         self.record = tally.latencies.append
         self.synced = False
+        self.last = 0  # the last stamp received
         #: Set once connected, before ``ready``.
         self.transport: WSTransport
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -104,9 +107,15 @@ class RawClient(WSListener):
             self.control(transport, frame)
             return
         if stamp:
-            self.record(monotonic_ns() - stamp)
+            self.stamped(stamp)
         else:
             self.sync()
+
+    def stamped(self, stamp: int) -> None:
+        self.record(monotonic_ns() - stamp)
+        if stamp < self.last:
+            self.tally.reordered += 1
+        self.last = stamp
 
     def control(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:
@@ -170,7 +179,7 @@ class SocketIOClient(RawClient):
         if data.startswith(b"42"):
             stamp = int(data[14 : 14 + STAMP])
             if stamp:
-                self.record(monotonic_ns() - stamp)
+                self.stamped(stamp)
             else:
                 self.sync()
         elif data == b"2":
@@ -193,6 +202,7 @@ WEBSOCKET = {
     "wsrelay-nodelay": (f"/ws/{CHANNEL}", RawClient),
     "seed-loop": ("/message/", RawClient),
     "flask-socketio": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
+    "flask-socketio-redis": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
     "nchan": (f"/pubsub/{CHANNEL}", RawClient),
 }
 
@@ -201,6 +211,7 @@ WEBSOCKET = {
 #: client ignores (not a stamped message).
 PUBLISHER = {
     "wsrelay": f"/ws/{CHANNEL}?echo=0",
+    "wsrelay-redis": f"/ws/{CHANNEL}?echo=0",
     "nchan": f"/pub/{CHANNEL}",
 }
 
@@ -222,8 +233,9 @@ async def connect_websocket(system: str, port: int, tally: Tally,
 
 
 async def connect_publisher(system: str, port: int) -> RawClient:
-    """A WebSocket client of ``system`` that publishes and receives nothing it counts."""
-    return await connect_websocket(system, port, Tally(), PUBLISHER[system])
+    """A WebSocket client of ``system`` that publishes and receives nothing it counts
+    (where the system cannot leave the sender out, what it receives is counted apart)."""
+    return await connect_websocket(system, port, Tally(), PUBLISHER.get(system))
 
 
 # -- HTTP clients (long-poll and SSE) ------------------------------------------------------

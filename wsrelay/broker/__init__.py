@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Broker, BrokerUnavailable, History
+from .base import Broker, BrokerUnavailable, History, Publishing
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "BrokerUnavailable", "History", "MemoryBroker", "broker_from_config"]
+__all__ = ["Broker", "BrokerUnavailable", "History", "MemoryBroker", "Publishing",
+           "broker_from_config"]
 
 
 def broker_from_config(config: dict[str, Any]) -> Broker:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gevent.event import Event
+
 from ..ids import MessageId
 from ..message import Message
 
@@ -21,6 +23,52 @@ Deliver = Callable[[Message], None]
 
 class BrokerUnavailable(RuntimeError):
     """The broker cannot accept or read messages right now (answered 503 / 1013)."""
+
+
+class Publishing:
+    """A publish on its way: resolved once, with its :class:`Message` or the
+    :class:`BrokerUnavailable` that says it was not accepted.
+
+    What lets a connection go on reading while its publishes are in flight
+    (:meth:`Broker.publish_async`): callbacks given to :meth:`then` run in
+    the order the publishes were made, for one broker.
+    """
+
+    __slots__ = ("_callbacks", "_event", "done", "error", "message")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.message: Message | None = None
+        self.error: BrokerUnavailable | None = None
+        self._callbacks: list[Callable[[Publishing], None]] = []
+        self._event: Event | None = None
+
+    def resolve(self, message: Message | None, error: BrokerUnavailable | None = None) -> None:
+        self.message, self.error, self.done = message, error, True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+        if self._event is not None:
+            self._event.set()
+
+    def then(self, callback: Callable[[Publishing], None]) -> None:
+        """Call ``callback`` with this publish once it is resolved (now, if it is)."""
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def result(self, timeout: float | None = None) -> Message:
+        """Wait for the answer: the message, or raise :class:`BrokerUnavailable`."""
+        if not self.done:
+            if self._event is None:
+                self._event = Event()
+            if not self._event.wait(timeout):
+                raise BrokerUnavailable("the message broker is unavailable (no answer)")
+        if self.error is not None:
+            raise self.error
+        assert self.message is not None
+        return self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +147,20 @@ class Broker(ABC):
 
         Raise :class:`BrokerUnavailable` when it cannot be accepted.
         """
+
+    def publish_async(
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+    ) -> Publishing:
+        """:meth:`publish` without waiting for the answer, where the broker can do that (a
+        remote one pipelines); here it is the synchronous publish, already resolved."""
+        publishing = Publishing()
+        try:
+            message = self.publish(channel, data, binary=binary, sender=sender)
+        except BrokerUnavailable as exc:
+            publishing.resolve(None, exc)
+        else:
+            publishing.resolve(message)
+        return publishing
 
     @abstractmethod
     def history(self, channel: str, since: MessageId | None) -> History:

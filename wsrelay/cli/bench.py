@@ -75,8 +75,8 @@ def _drive(spec: dict, limit: float, progress: Progress, label: str) -> dict:
 def _run(scenario: Scenario, system: str, quick: bool, redis: tuple[str, int] | None,
          progress: Progress, label: str) -> dict:
     params = scenario.params(quick)
-    shared = redis if system == "wsrelay-redis" else None
-    env = {"WSRELAY_BROKER_URL": shared[0]} if shared else {}
+    shared = redis if system in servers.GUNICORN else None
+    env = {"WSRELAY_BROKER_URL": shared[0], "SOCKETIO_MESSAGE_QUEUE": shared[0]} if shared else {}
     progress.show(f"{label}: starting {TITLES[system]}")
     with servers.server(system, env) as (port, pid):
         pids = {"server": pid, "redis": shared[1] if shared else None}
@@ -139,7 +139,7 @@ def bench(quick: bool, only: tuple[str, ...], systems: tuple[str, ...], out: Pat
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         redis = None
-        if any(system == "wsrelay-redis" for _, system in plan):
+        if any(system in servers.GUNICORN for _, system in plan):
             redis = stack.enter_context(servers.redis_server())
         for number, (scenario, system) in enumerate(plan, 1):
             label = f"[{number}/{len(plan)}] {scenario.name} · {system}"

@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gevent.event import Event
+
 from ..auth import PUBLISH, SUBSCRIBE
-from ..broker import BrokerUnavailable, History
+from ..broker import BrokerUnavailable, History, Publishing
 from ..errors import ApiError
 from ..ids import MessageId
 from . import envelopes
@@ -66,6 +68,49 @@ def within_rate(rate: Publisher | None) -> bool:
     return rate is None or rate.take(time.monotonic())
 
 
+#: Publishes of one connection that may await the broker's answers at once: meanwhile the
+#: connection goes on reading; past it, it waits for an answer (a flooding client is slowed,
+#: not buffered). A remote broker answers in order, so answers leave in order too.
+MAX_IN_FLIGHT = 128
+
+
+class InFlight:
+    """A connection's publishes awaiting the broker's answers, at most ``limit`` of them."""
+
+    __slots__ = ("_room", "count", "limit", "timeout")
+
+    def __init__(self, limit: int = MAX_IN_FLIGHT, timeout: float = 30.0) -> None:
+        self.count = 0
+        self.limit = limit
+        self.timeout = timeout
+        self._room: Event | None = None
+
+    def wait_for_room(self) -> None:
+        """Return once another publish may go out; raise :class:`BrokerUnavailable` if the
+        broker answers none within ``timeout``."""
+        while self.count >= self.limit:
+            if self._room is None:
+                self._room = Event()
+            self._room.clear()
+            if not self._room.wait(self.timeout):
+                raise BrokerUnavailable("the message broker is unavailable (no answers)")
+
+    def track(self, publishing: Publishing, answer: Callable[[Publishing], None]) -> None:
+        """Call ``answer`` once ``publishing`` is resolved; count it until then."""
+        if publishing.done:
+            answer(publishing)
+            return
+        self.count += 1
+
+        def answered(publishing: Publishing) -> None:
+            self.count -= 1
+            if self._room is not None:
+                self._room.set()
+            answer(publishing)
+
+        publishing.then(answered)
+
+
 class RawMode:
     """``/ws/<channel>``: every message the client sends is published to its channel.
 
@@ -73,7 +118,7 @@ class RawMode:
     ``rate`` its publish rate (None: unlimited).
     """
 
-    __slots__ = ("channel", "echo", "may_publish", "rate", "since")
+    __slots__ = ("channel", "echo", "in_flight", "may_publish", "rate", "since")
 
     def __init__(self, channel: str, since: MessageId | None, *, may_publish: bool,
                  rate: Publisher | None, echo: bool = True) -> None:
@@ -82,6 +127,7 @@ class RawMode:
         self.may_publish = may_publish
         self.rate = rate
         self.echo = echo
+        self.in_flight = InFlight()
 
     def start(self, connection: WebSocketConnection) -> None:
         """Subscribe, replaying what followed ``since``; if history no longer holds all of
@@ -97,11 +143,24 @@ class RawMode:
             connection.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         else:
             try:
-                connection.hub.publish(
-                    self.channel, message.data, binary=message.binary, sender=connection.id
-                )
+                self.in_flight.wait_for_room()
             except BrokerUnavailable:
-                connection.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
+                _not_accepted(connection)
+                return
+            publishing = connection.hub.publish_async(
+                self.channel, message.data, binary=message.binary, sender=connection.id
+            )
+            self.in_flight.track(publishing, lambda answer: _refused(connection, answer))
+
+
+def _refused(connection: WebSocketConnection, publishing: Publishing) -> None:
+    """A raw publish has no answer of its own: one not accepted closes the connection."""
+    if publishing.error is not None:
+        _not_accepted(connection)
+
+
+def _not_accepted(connection: WebSocketConnection) -> None:
+    connection.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
 
 
 def gap_reason(page: History) -> str:
@@ -129,6 +188,7 @@ class JsonMode:
         self.policy = policy
         self.first = first
         self.max_data = max_data
+        self.in_flight = InFlight()
 
     def start(self, connection: WebSocketConnection) -> None:
         if self.first is not None:
@@ -156,15 +216,22 @@ class JsonMode:
         except ApiError as exc:
             return envelopes.error(exc.code, exc.message, request_echo(request))
         except BrokerUnavailable:
-            return envelopes.error(
-                "broker_unavailable", "the message broker is unavailable: retry later",
-                request_echo(request),
-            )
-        if request.ack is not None:
-            return envelopes.ack(request.ack, **result)
-        if request.type == "presence":
-            return envelopes.presence(request.channel, result["count"])
-        return None
+            return _unavailable(request)
+        if isinstance(result, Publishing):  # answered when the broker answers
+            self.in_flight.track(result, lambda answer: self._published(connection, request,
+                                                                        answer))
+            return None
+        return _reply(request, result)
+
+    @staticmethod
+    def _published(
+        connection: WebSocketConnection, request: Request, publishing: Publishing
+    ) -> None:
+        message = publishing.message
+        reply = _unavailable(request) if message is None else _reply(request, {
+            "id": str(message.id)})
+        if reply is not None:
+            connection.send(encode_frame(reply, binary=False))
 
     def _subscribe(self, connection: WebSocketConnection, request: Request) -> dict:
         self.policy.check(request.channel, SUBSCRIBE)
@@ -181,15 +248,31 @@ class JsonMode:
         connection.unsubscribe(request.channel)
         return {}
 
-    def _publish(self, connection: WebSocketConnection, request: Request) -> dict:
+    def _publish(self, connection: WebSocketConnection, request: Request) -> Publishing:
         self.policy.check(request.channel, PUBLISH)
         if not self.policy.take():
             raise ApiError(429, "rate_limited", "too many messages: slow down")
-        message = connection.hub.publish(
+        self.in_flight.wait_for_room()
+        return connection.hub.publish_async(
             request.channel, request.data, binary=request.binary, sender=connection.id
         )
-        return {"id": str(message.id)}
 
     def _presence(self, connection: WebSocketConnection, request: Request) -> dict:
         self.policy.check(request.channel, SUBSCRIBE)
         return {"count": connection.hub.presence(request.channel)}
+
+
+def _reply(request: Request, result: dict) -> bytes | None:
+    """The envelope answering a request that succeeded, if it asks for one."""
+    if request.ack is not None:
+        return envelopes.ack(request.ack, **result)
+    if request.type == "presence":
+        return envelopes.presence(request.channel, result["count"])
+    return None
+
+
+def _unavailable(request: Request) -> bytes:
+    return envelopes.error(
+        "broker_unavailable", "the message broker is unavailable: retry later",
+        request_echo(request),
+    )

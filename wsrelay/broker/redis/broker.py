@@ -21,6 +21,10 @@ Why it is built this way:
   (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
   ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
   one key belongs to no channel: ``<prefix>:origin``, when the data began.
+* **One command connection per worker, auto-pipelined** (:mod:`.commands`,
+  :mod:`.pipeline`): every publish, history read and presence command of the
+  worker shares round trips, each with its own answer; :meth:`RedisBroker.publish_async`
+  lets a connection go on reading while its publishes are in flight.
 * **One pub/sub connection per broker (per worker)**, read by one listener
   greenlet that hands messages to the hub in id order (:mod:`.listener`). A
   subscription counts as active once Redis acknowledged it:
@@ -41,6 +45,8 @@ encoding of a message in Redis is :mod:`.codec`'s.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -50,21 +56,24 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.commands.core import Script
-from redis.retry import Retry
 
 from ...ids import MessageId
 from ...message import Message
-from ..base import Broker, BrokerUnavailable, Deliver, History, read_after
+from ..base import Broker, BrokerUnavailable, Deliver, History, Publishing, read_after
 from .codec import decode
+from .commands import AutoPipeline, wait
 from .listener import Listener
+from .pipeline import Arg, Reply
+from .urls import connection_pool
 
 log = logging.getLogger(__name__)
 
 #: Seconds after which a worker's presence report no longer counts (the hub refreshes
 #: its reports every few seconds, so only a crashed or cut-off worker's go stale).
 PRESENCE_STALE = 30.0
+#: Commands of a worker that may wait for Redis at once (queued and in flight); past it a
+#: caller waits for room, so a flood is slowed rather than buffered.
+MAX_PENDING = 8192
 
 
 def _text(value: bytes | str) -> str:
@@ -99,28 +108,37 @@ class RedisBroker(Broker):
     def __init__(
         self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
         timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
-        max_connections: int = 64,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
-            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
-        )
-        pool.connection_kwargs["decode_responses"] = False
-        self._redis = redis.Redis(connection_pool=pool)
-        self._publish_script = self._redis.register_script(_script("publish.lua"))
-        self._read_script = self._redis.register_script(_script("read.lua"))
+        # The pool only turns the URL into connection settings: each connection is made
+        # by the one that owns it (the command pipeline, the listener).
+        pool = connection_pool(url, timeout)
+        self._pool = pool
+        self._scripts = {name: _script(f"{name}.lua") for name in ("publish", "read")}
+        self._shas = {name: hashlib.sha1(source.encode()).hexdigest()
+                      for name, source in self._scripts.items()}
         self._ttl_ms = max(1, round(history_ttl * 1000))
-        #: When this Redis's data began (see the read script): the one key not of a channel.
+        #: When this Redis's data began (see the read script): a key of no channel.
         self._origin_key = f"{prefix}:origin"
+        #: The replication id of the master the workers write to, set by each command
+        #: connection as it starts: a channel whose position was written under another
+        #: master (before a failover, which may have lost the last writes) starts a new
+        #: epoch at its next message, so no id is handed out twice.
+        self._master_key = f"{prefix}:master"
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
+        worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._commands = AutoPipeline(
+            pool, name=f"{prefix}-commands-{worker}", timeout=timeout, max_pending=max_pending,
+            on_connect=self._start_connection, on_error=self._failed,
+        )
         self._listener = Listener(
-            pool, name=f"{prefix}-listener-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            pool, name=f"{prefix}-listener-{worker}",
             heartbeat=heartbeat, backoff=backoff, read=self._read,
             on_connected=self._listener_connected, on_error=self._listener_failed,
         )
@@ -135,12 +153,36 @@ class RedisBroker(Broker):
     def publish(
         self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
     ) -> Message:
+        publishing = self.publish_async(channel, data, binary=binary, sender=sender)
+        return publishing.result(3 * self.timeout)  # the connection's timeouts resolve it
+
+    def publish_async(
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+    ) -> Publishing:
+        """Queue the publish script in the worker's pipeline; resolved when Redis answered."""
         data = bytes(data)
         state, log_key, topic = self._keys(channel)
-        epoch, seq, ms = self._call(self._publish_script, [state, log_key], [
+        reply = self._run_script("publish", [state, log_key, self._master_key], [
             self.history_size, int(binary), sender or "", data, topic,
         ])
-        return Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
+        publishing = Publishing()
+
+        def answered(reply: Reply) -> None:
+            try:
+                epoch, seq, ms = self._result(reply)
+            except BrokerUnavailable as exc:
+                publishing.resolve(None, exc)
+            else:
+                self._last_epoch = max(self._last_epoch, epoch)
+                publishing.resolve(
+                    Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
+                )
+
+        if reply.done:
+            answered(reply)
+        else:
+            reply.callback = answered
+        return publishing
 
     def history(self, channel: str, since: MessageId | None) -> History:
         """Read history; for a watched channel, only once its subscription is active, and
@@ -173,34 +215,28 @@ class RedisBroker(Broker):
 
     def presence(self, channel: str, local: int) -> int:
         """This worker's count plus the fresh counts other workers reported for ``channel``."""
-        try:
-            entries = self._redis.hgetall(self._presence_key(channel))
-        except redis.RedisError as exc:
-            self._failed(exc)
-            raise BrokerUnavailable("the message broker is unavailable") from exc
+        entries = self._call("HGETALL", self._presence_key(channel))
         fresh_after = time.time() - PRESENCE_STALE
         total = local
-        for worker, value in entries.items():
+        for worker, value in zip(entries[::2], entries[1::2], strict=True):
             count, _, stamp = _text(value).partition(" ")
             if _text(worker) != self.listener_name and float(stamp or 0) > fresh_after:
                 total += int(count)
         return total
 
     def report_presence(self, counts: dict[str, int]) -> None:
-        """Store this worker's counts, stamped, in one pipeline; a crashed worker's counts
-        go stale after :data:`PRESENCE_STALE` seconds and stop counting."""
+        """Store this worker's counts, stamped; a crashed worker's counts go stale after
+        :data:`PRESENCE_STALE` seconds and stop counting. Nobody waits for the answers."""
         now = time.time()
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for channel, count in counts.items():
-                    key = self._presence_key(channel)
-                    if count:
-                        pipe.hset(key, self.listener_name, f"{count} {now:.3f}")
-                        pipe.expire(key, int(PRESENCE_STALE) * 2)
-                    else:
-                        pipe.hdel(key, self.listener_name)
-                pipe.execute()
-        except redis.RedisError as exc:
+            for channel, count in counts.items():
+                key = self._presence_key(channel)
+                if count:
+                    self._submit("HSET", key, self.listener_name, f"{count} {now:.3f}")
+                    self._submit("EXPIRE", key, int(PRESENCE_STALE) * 2)
+                else:
+                    self._submit("HDEL", key, self.listener_name)
+        except BrokerUnavailable as exc:
             self._failed(exc)
 
     def _presence_key(self, channel: str) -> str:
@@ -208,15 +244,10 @@ class RedisBroker(Broker):
 
     def sweep(self) -> None:
         """Keep the position of watched channels alive, as long as they have subscribers."""
-        states = [self._keys(channel)[0] for channel in self._listener.watches]
-        if not states:
-            return
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for state in states:
-                    pipe.pexpire(state, self._ttl_ms)
-                pipe.execute()
-        except redis.RedisError as exc:
+            for channel in list(self._listener.watches):
+                self._submit("PEXPIRE", self._keys(channel)[0], self._ttl_ms)
+        except BrokerUnavailable as exc:
             self._failed(exc)
 
     def status(self) -> dict[str, object]:
@@ -229,11 +260,13 @@ class RedisBroker(Broker):
             "watched": len(self._listener.watches),
             "reconnects": max(0, self._listener.connections - 1),
             "error": self._error,
+            "round_trips": self._commands.round_trips,
+            "commands": self._commands.commands,
         }
 
     def close(self) -> None:
         self._listener.close(self.timeout)
-        self._redis.connection_pool.disconnect()
+        self._commands.close()
 
     # -- commands -----------------------------------------------------------------------
 
@@ -241,26 +274,73 @@ class RedisBroker(Broker):
         base = f"{self.prefix}:{{{channel}}}"
         return f"{base}:state", f"{base}:log", base
 
-    def _call(self, script: Script, keys: list[str], args: list[Any]) -> list[Any]:
-        try:
-            result = script(keys, [self._last_epoch + 1, self._ttl_ms, *args])
-        except redis.RedisError as exc:
-            self._failed(exc)
-            raise BrokerUnavailable("the message broker is unavailable") from exc
+    def _start_connection(self, conn: redis.connection.AbstractConnection) -> list[tuple[Arg, ...]]:
+        """What starts each command connection: check that Redis is the master, mark the data
+        with the master's replication id (see :attr:`_master_key`), load the scripts."""
+        conn.send_command("INFO", "replication")
+        info = dict(line.split(":", 1) for line in _text(conn.read_response()).splitlines()
+                    if ":" in line)
+        if info.get("role") != "master":
+            raise redis.ConnectionError("Redis is a replica, not the master")
+        return [("SET", self._master_key, info.get("master_replid", "")), *self._load_scripts()]
+
+    def _load_scripts(self) -> list[tuple[Arg, ...]]:
+        """The scripts, so that EVALSHA finds them."""
+        return [("SCRIPT", "LOAD", source) for source in self._scripts.values()]
+
+    def _run_script(self, name: str, keys: list[str], args: list[Arg]) -> Reply:
+        return self._commands.submit(
+            "EVALSHA", self._shas[name], len(keys), *keys, self._last_epoch + 1, self._ttl_ms,
+            *args,
+        )
+
+    def _submit(self, *args: Arg) -> Reply:
+        """A command whose answer nobody waits for; a failure is counted and reported."""
+        reply = self._commands.submit(*args)
+        reply.callback = self._check
+        return reply
+
+    def _check(self, reply: Reply) -> None:
+        with contextlib.suppress(BrokerUnavailable):
+            self._result(reply)
+
+    def _call(self, *args: Arg) -> Any:
+        """A command, waited for: its answer, or :class:`BrokerUnavailable`."""
+        return self._result_of(self._commands.submit(*args))
+
+    def _result(self, reply: Reply) -> Any:
+        """A reply's value; its error counted, reported and raised as BrokerUnavailable."""
+        error = reply.error
+        if not reply.done:
+            error = BrokerUnavailable("the message broker is unavailable (no answer)")
+        if error is not None:
+            if str(error).startswith("NOSCRIPT"):  # flushed: load again, ahead of what follows
+                for command in self._load_scripts():
+                    self._commands.submit_now(*command)
+            if not isinstance(error, BrokerUnavailable):
+                self._failed(error)
+                error = BrokerUnavailable(f"the message broker failed: {error}")
+            raise error
         self._commands_ok = True
-        self._last_epoch = max(self._last_epoch, result[0])
-        return result
+        return reply.value
 
     def _read(self, channel: str, since: MessageId | None) -> History:
         state, log_key, _ = self._keys(channel)
-        cursor = ["", ""] if since is None else [since.epoch, since.seq]
-        epoch, seq, first, after, origin = self._call(
-            self._read_script, [state, log_key, self._origin_key], cursor
+        cursor: list[Arg] = ["", ""] if since is None else [since.epoch, since.seq]
+        epoch, seq, first, after, origin = self._result_of(
+            self._run_script("read", [state, log_key, self._origin_key], cursor)
         )
+        self._last_epoch = max(self._last_epoch, epoch)
         retained = [decode(channel, fields[-1]) for _, fields in after]
         if first and (not after or first[0][0] != after[0][0]):
             retained.insert(0, decode(channel, first[0][1][-1]))
         return read_after(retained, epoch, seq, since, ttl_ms=self._ttl_ms, origin=origin)
+
+    def _result_of(self, reply: Reply) -> Any:
+        """Wait for a reply (the connection's timeouts resolve it) and take its result."""
+        with contextlib.suppress(BrokerUnavailable):
+            wait(reply, self.timeout)
+        return self._result(reply)
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1

@@ -23,16 +23,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gevent
+import hiredis
 import redis
 from gevent.event import Event
 from gevent.lock import Semaphore
 
+from ...fairness import let_others_run
 from ...ids import MessageId
 from ...message import Message
 from ..base import BrokerUnavailable, Deliver, History
 from .codec import decode
 
 log = logging.getLogger(__name__)
+
+#: What one read of the pub/sub connection takes at most: one batch for the hub.
+READ_SIZE = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -195,34 +200,59 @@ class Listener:
         self._on_error(f"{type(exc).__name__}: {exc}")
 
     def _read_replies(self, conn: redis.connection.AbstractConnection) -> None:
+        """Read the connection in blocks: every message a block holds goes to the hub before
+        the next read, so a burst is handed over, and flushed, in batches.
+
+        The replies are parsed by hiredis's ``Reader``, fed the bytes read, instead of one
+        ``read_response`` per message. Silence for ``heartbeat`` seconds is answered with a
+        PING; silence after it ends the connection.
+        """
+        sock = conn._sock
+        if sock is None:
+            raise redis.ConnectionError("not connected")
+        sock.settimeout(self.heartbeat)
+        reader = hiredis.Reader()
         pinged = False
         while True:
             # Never let redis-py reconnect this connection quietly, without subscriptions.
             if self._conn is not conn:
                 raise redis.ConnectionError("sending to Redis failed")
-            if not conn.can_read(timeout=self.heartbeat):
+            try:
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
                 if pinged:
-                    raise redis.TimeoutError("no answer to PING")
+                    raise redis.TimeoutError("no answer to PING") from None
                 with self._send_lock:
                     if self._conn is conn:
                         conn.send_command("PING")
                 pinged = True
                 continue
-            reply = conn.read_response()
+            if not data:
+                raise redis.ConnectionError("Redis closed the pub/sub connection")
             pinged = False
-            if not isinstance(reply, list):  # PONG outside subscribed mode
-                continue
-            kind = reply[0]
-            if kind == b"message":
-                watch = self._by_key.get(reply[1])
-                if watch is not None:
-                    self._hand_over(watch, decode(watch.channel, reply[2]))
-            elif kind in (b"subscribe", b"unsubscribe") and self._acks:
-                key, watch = self._acks.popleft()
-                if key != reply[1]:
-                    raise redis.ConnectionError(f"unexpected {kind!r} {reply[1]!r}")
-                if watch is not None and self.watches.get(watch.channel) is watch:
-                    self._subscribed(watch)
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                self._handle(reply)
+            if len(data) == READ_SIZE:  # more is waiting: let the flusher write this batch
+                let_others_run()
+
+    def _handle(self, reply: object) -> None:
+        """One reply of the pub/sub connection: a message, an acknowledgement, a pong."""
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis.ConnectionError(f"Redis refused: {reply}")
+        if not isinstance(reply, list):
+            return
+        kind = reply[0]
+        if kind == b"message":
+            watch = self._by_key.get(reply[1])
+            if watch is not None:
+                self._hand_over(watch, decode(watch.channel, reply[2]))
+        elif kind in (b"subscribe", b"unsubscribe") and self._acks:
+            key, watch = self._acks.popleft()
+            if key != reply[1]:
+                raise redis.ConnectionError(f"unexpected {kind!r} {reply[1]!r}")
+            if watch is not None and self.watches.get(watch.channel) is watch:
+                self._subscribed(watch)
 
     def _subscribed(self, watch: Watch) -> None:
         """Redis confirmed a subscription: replay what was missed since the last one.

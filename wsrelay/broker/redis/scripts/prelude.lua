@@ -1,4 +1,4 @@
--- KEYS: state, log (and, to read, the origin). ARGV[1]: the lowest epoch a new state may take,
+-- KEYS: state, log (and, to read, the origin; to publish, the master's replication id). ARGV[1]: the lowest epoch a new state may take,
 -- ARGV[2]: TTL in ms.
 local state, log = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[2])
@@ -17,9 +17,12 @@ local function last_logged()
   end
 end
 
--- Drop retained messages older than the TTL (entries are in time order).
+-- Drop retained messages older than the TTL (entries are in time order). Most calls find
+-- the oldest entry young enough: one entry read, not a batch.
 local function trim_age()
   local cutoff = now - ttl
+  local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+  if not oldest or tonumber(oldest[2][2]) >= cutoff then return end
   while true do
     local batch = redis.call('XRANGE', log, '-', '+', 'COUNT', 32)
     local old = {}

@@ -1,0 +1,179 @@
+"""The Redis broker's one command connection per worker: auto-pipelining over a socket.
+
+Every command of the worker (publishes from every connection, view and
+background task, history reads, presence) goes into one
+:class:`~.pipeline.CommandPipeline`. One greenlet owns the connection: it
+sends everything queued as one write, reads until every reply of that round
+trip came back, and meanwhile the next commands queue up, to go out together
+in the next write. A flood of publishes thus costs a round trip per batch,
+not per message; and since one connection carries them in queue order, the
+order of each channel and of each publisher is kept.
+
+Bounded: at most ``max_pending`` commands wait at once; a caller past that
+waits for room (up to ``timeout``), which slows whoever floods instead of
+buffering without limit.
+
+Faults: a connection that fails, or stays silent for ``timeout`` with
+replies owed, fails every command in flight and queued with
+:class:`BrokerUnavailable` (none is retried: a publish retried could be
+stored twice); the next command connects again. An answer saying Redis no
+longer takes writes (``READONLY``: a master turned replica in a failover)
+drops the connection too, so the next one finds the new master. The
+connection is made by redis-py (URL, TLS, AUTH, SELECT, client name, the
+master's address from Sentinel), the bytes are this module's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import redis
+from gevent.event import Event
+
+from ..base import BrokerUnavailable
+from .pipeline import Arg, CommandPipeline, ProtocolError, Reply
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+
+
+class AutoPipeline:
+    """Commands of every caller of a worker, sent together while the previous batch is out.
+
+    ``on_connect(connection)`` may talk to a new connection (through
+    redis-py, before anything is pipelined) and returns the commands that
+    start it (loading the scripts); their replies are not awaited by anyone,
+    an error among them shows in the commands that follow. ``on_error`` is
+    told each failure.
+    """
+
+    def __init__(
+        self, pool: redis.ConnectionPool, *, name: str, timeout: float, max_pending: int,
+        on_connect: Callable[[redis.connection.AbstractConnection], list[tuple[Arg, ...]]],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self._pool = pool
+        self.name = name
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self._on_connect = on_connect
+        self._on_error = on_error
+        self._pipeline = CommandPipeline()
+        self._work = Event()
+        self._room = Event()
+        self._room.set()
+        self._greenlet: gevent.Greenlet | None = None
+        self._conn: redis.connection.AbstractConnection | None = None
+        self._closed = False
+        #: Round trips so far, and commands they carried (the batching, as numbers).
+        self.round_trips = 0
+        self.commands = 0
+
+    def submit(self, *args: Arg) -> Reply:
+        """Queue a command; wait for room first when ``max_pending`` are waiting."""
+        if self._closed:
+            raise BrokerUnavailable("the message broker is closed")
+        while len(self._pipeline) >= self.max_pending:
+            self._room.clear()
+            if not self._room.wait(self.timeout):
+                raise BrokerUnavailable("the message broker is unavailable (too many waiting)")
+        return self.submit_now(*args)
+
+    def submit_now(self, *args: Arg) -> Reply:
+        """Queue a command whatever the bound (for a reply's callback, which must not wait)."""
+        reply = self._pipeline.submit(*args)
+        self._work.set()
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+        return reply
+
+    def call(self, *args: Arg) -> Any:
+        """Send a command and wait for its answer; raise :class:`BrokerUnavailable` on an error."""
+        return wait(self.submit(*args), self.timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=self.timeout)
+            self._greenlet = None
+        self._lost(BrokerUnavailable("the message broker is closed"))
+
+    def _run(self) -> None:
+        pipeline = self._pipeline
+        while not self._closed:
+            self._work.wait()
+            self._work.clear()
+            if not len(pipeline):
+                continue
+            try:
+                conn = self._conn or self._connect()
+                self._exchange(conn._sock)
+            except (OSError, redis.RedisError, ProtocolError) as exc:
+                self._lost(exc)
+            except Exception as exc:  # a bug must not leave callers waiting for good
+                log.exception("redis command connection failed")
+                self._lost(exc)
+
+    def _connect(self) -> redis.connection.AbstractConnection:
+        pool = self._pool
+        conn = pool.connection_class(**{
+            **pool.connection_kwargs, "client_name": self.name, "protocol": 2,
+        })
+        conn.connect()
+        self._conn = conn
+        self._pipeline.put_first(self._on_connect(conn))
+        return conn
+
+    def _exchange(self, sock: Any) -> None:
+        """Round trips until nothing is left: send all that queued, read all it is owed."""
+        pipeline = self._pipeline
+        while len(pipeline):
+            data = pipeline.outgoing()
+            if data:
+                sock.sendall(data)
+                self.round_trips += 1
+            while pipeline.in_flight:
+                chunk = sock.recv(READ_SIZE)  # the socket's timeout: redis-py's socket_timeout
+                if not chunk:
+                    raise redis.ConnectionError("Redis closed the connection")
+                self.commands += pipeline.receive(chunk)
+                if len(pipeline) < self.max_pending:
+                    self._room.set()
+                if pipeline.stale:
+                    raise redis.ConnectionError("Redis is no longer the master")
+
+    def _lost(self, exc: Exception) -> None:
+        """Drop the connection; everything waiting gets :class:`BrokerUnavailable`."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+        error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(
+            f"the message broker is unavailable ({type(exc).__name__}: {exc})"
+        )
+        if self._pipeline.fail(error) and not isinstance(exc, BrokerUnavailable):
+            self._on_error(exc)
+        self._room.set()
+
+
+def wait(reply: Reply, timeout: float) -> Any:
+    """The reply's value once it came; its error (or none in time) as BrokerUnavailable.
+
+    The connection's own timeout resolves every reply; ``timeout`` here is a
+    last resort beyond it (connecting, then the round trip).
+    """
+    if not reply.done:
+        arrived = Event()
+        reply.callback = lambda _: arrived.set()
+        if not arrived.wait(3 * timeout) and not reply.done:
+            raise BrokerUnavailable("the message broker is unavailable (no answer)")
+    if reply.error is not None:
+        if isinstance(reply.error, BrokerUnavailable):
+            raise reply.error
+        raise BrokerUnavailable(f"the message broker failed: {reply.error}") from reply.error
+    return reply.value
