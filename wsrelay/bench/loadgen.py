@@ -336,6 +336,8 @@ async def redis(spec: dict, tally: Tally, meter: Meter) -> dict:
         "flood_others_cpu_share": figures["others_cpu_share"],
     }
     try:
+        if flood["flood_lost"]:  # its backlog would reach the stream's subscribers too
+            raise RuntimeError(f"the flood was not delivered within {p['drain']} s")
         steady = await stream(spec, tally, meter)
     except RuntimeError as exc:  # a baseline that cannot keep up still has its flood figures
         steady = {"steady_error": str(exc), "lost": None, "closed_by_server": 0}
