@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 from ..auth import PUBLISH
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from .checks import admit, check_publish_rate, relay
+from .checks import Publication, admit, ask_hooks, check_publish_rate, relay
 
 
 def publish(channel: str) -> Response:
@@ -31,6 +31,11 @@ def publish(channel: str) -> Response:
                 400, "invalid_utf8",
                 "a text message must be UTF-8; send binary as application/octet-stream",
             ) from None
+    hooks = relay().relay.publish_hooks
+    if hooks:  # the application's say: refuse it, or stamp it (the real sender)
+        shown = data if binary else data.decode("utf-8")
+        data = ask_hooks(hooks, Publication(name, shown, binary, g.get("wsrelay_identity"),
+                                            "http")) or data
     try:
         message = relay().hub.publish(name, data, binary=binary)
     except BrokerUnavailable as exc:

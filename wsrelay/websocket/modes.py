@@ -9,6 +9,7 @@ so it passes exactly the checks the URL's channel passed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from . import envelopes
 from .encoders import ENVELOPE, RAW
 from .envelopes import BadRequest, Request, request_echo
 from .protocol import CloseCode, InboundMessage, encode_frame
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..limits import Publisher
@@ -102,6 +105,9 @@ class RawMode:
                 )
             except BrokerUnavailable:
                 connection.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable: not accepted")
+            except ApiError as exc:  # a publish hook refused it: raw mode has no reply
+                log.info("websocket %s: message to %s refused: %s", connection.id,
+                         self.channel, exc.message)
 
 
 def gap_reason(page: History) -> str:
