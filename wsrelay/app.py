@@ -14,7 +14,7 @@ from .relay import Relay
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """A Flask app serving the relay, with the demo page at ``/`` and wsrelay's log lines
     (WSRELAY_LOG_FORMAT); ``config`` overrides ``WSRELAY_*`` from the environment."""
-    app = Flask("wsrelay")
+    app = Flask("wsrelay", static_folder=None)  # its files are the blueprint's
     app.config["WSRELAY_DEMO_PAGE"] = True
     app.config.from_mapping(config or {})
     Relay(app)
