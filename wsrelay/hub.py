@@ -167,14 +167,17 @@ class MessageServer:
 
     def publish(
         self, channel: str, data: bytes | str, *, binary: bool | None = None,
-        sender: str | None = None,
+        sender: str | None = None, author: str | None = None,
     ) -> Message:
-        """Publish to a channel; ``str`` is text, ``bytes`` binary unless ``binary=False``."""
+        """Publish to a channel; ``str`` is text, ``bytes`` binary unless ``binary=False``.
+        ``sender``: the publishing connection (for ``echo=0``); ``author``: who the
+        application says published it (see :class:`~wsrelay.message.Message`)."""
         if isinstance(data, str):
             payload, is_binary = data.encode("utf-8"), False if binary is None else binary
         else:
             payload, is_binary = bytes(data), True if binary is None else binary
-        message = self.broker.publish(channel, payload, binary=is_binary, sender=sender)
+        message = self.broker.publish(channel, payload, binary=is_binary, sender=sender,
+                                      author=author)
         self.stats.published += 1
         return message
 

@@ -191,6 +191,22 @@ class AppRelay:
         check_message(channel, data, self.max_message_size)
         return self.hub.publish(channel, data, binary=binary)
 
+    def publish_from_client(
+        self, channel: str, data: bytes | str, *, binary: bool, identity: Any, transport: str,
+        sender: str | None = None,
+    ) -> Message:
+        """Publish what a client sent, on any transport: through the publish hooks, which may
+        refuse it (:class:`~wsrelay.errors.ApiError` 403 ``refused``) or replace its data,
+        stamped with the client's identity as its ``sender``."""
+        hooks = self.relay.publish_hooks
+        if hooks:
+            shown = data.decode("utf-8") if isinstance(data, bytes) and not binary else data
+            data = ask_hooks(hooks, Publication(channel, shown, binary, identity, transport)) \
+                or data
+        author = None if identity is None else str(identity)
+        return MessageServer.publish(self.hub, channel, data, binary=binary, sender=sender,
+                                     author=author)
+
     def disconnect(self, identity: Any, reason: str = "disconnected by the server") -> int:
         """Close every WebSocket of this process whose identity hook returned ``identity``
         (a user logs out), with 1008 and ``reason``; how many were closed."""
@@ -276,9 +292,10 @@ class AppRelay:
 
 
 class _HookedHub(MessageServer):
-    """The app's hub, which passes what clients publish over a WebSocket through the publish
-    hooks (a connection publishes with its own id as ``sender``; the application's own
-    :meth:`AppRelay.publish` does not), and tells the disconnect hooks of a closed one."""
+    """The app's hub, which passes what clients publish over a WebSocket to
+    :meth:`AppRelay.publish_from_client` (a connection publishes with its own id as
+    ``sender``; the application's own :meth:`AppRelay.publish` does not), and tells the
+    disconnect hooks of a closed one."""
 
     def __init__(self, owner: AppRelay, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -286,15 +303,15 @@ class _HookedHub(MessageServer):
 
     def publish(
         self, channel: str, data: bytes | str, *, binary: bool | None = None,
-        sender: str | None = None,
+        sender: str | None = None, author: str | None = None,
     ) -> Message:
-        if sender is not None and self._owner.relay.publish_hooks:
-            identity = self._owner.identities.get(sender, (None, None))[1]
-            is_binary = bool(binary) if binary is not None else isinstance(data, bytes)
-            shown = data.decode("utf-8") if isinstance(data, bytes) and not is_binary else data
-            data = ask_hooks(self._owner.relay.publish_hooks,
-                             Publication(channel, shown, is_binary, identity, "websocket")) or data
-        return super().publish(channel, data, binary=binary, sender=sender)
+        if sender is None:  # the application's own
+            return super().publish(channel, data, binary=binary, author=author)
+        identity = self._owner.identities.get(sender, (None, None))[1]
+        is_binary = bool(binary) if binary is not None else isinstance(data, bytes)
+        return self._owner.publish_from_client(channel, data, binary=is_binary,
+                                               identity=identity, transport="websocket",
+                                               sender=sender)
 
     def detach(self, connection: Any) -> None:
         super().detach(connection)

@@ -93,9 +93,11 @@ class Broker(ABC):
 
     @abstractmethod
     def publish(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Message:
         """Give the message its id, retain it and deliver it; return it once accepted.
+        ``sender`` and ``author`` travel with it (see :class:`~wsrelay.message.Message`).
 
         Raise :class:`BrokerUnavailable` when it cannot be accepted.
         """

@@ -7,7 +7,7 @@ from flask import Response, current_app, g, jsonify, request
 from ..auth import PUBLISH
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from .checks import Publication, admit, ask_hooks, check_publish_rate, relay
+from .checks import admit, check_publish_rate, relay
 
 
 def publish(channel: str) -> Response:
@@ -31,13 +31,9 @@ def publish(channel: str) -> Response:
                 400, "invalid_utf8",
                 "a text message must be UTF-8; send binary as application/octet-stream",
             ) from None
-    hooks = relay().relay.publish_hooks
-    if hooks:  # the application's say: refuse it, or stamp it (the real sender)
-        shown = data if binary else data.decode("utf-8")
-        data = ask_hooks(hooks, Publication(name, shown, binary, g.get("wsrelay_identity"),
-                                            "http")) or data
-    try:
-        message = relay().hub.publish(name, data, binary=binary)
+    try:  # the publish hooks have their say, and the identity is stamped as the sender
+        message = relay().publish_from_client(name, data, binary=binary, transport="http",
+                                              identity=g.get("wsrelay_identity"))
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
     return jsonify(id=str(message.id))

@@ -133,14 +133,16 @@ class RedisBroker(Broker):
         self._listener.start()
 
     def publish(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Message:
         data = bytes(data)
         state, log_key, topic = self._keys(channel)
         epoch, seq, ms = self._call(self._publish_script, [state, log_key], [
-            self.history_size, int(binary), sender or "", data, topic,
+            self.history_size, int(binary), sender or "", data, topic, author or "",
         ])
-        return Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
+        return Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000,
+                       author)
 
     def history(self, channel: str, since: MessageId | None) -> History:
         """Read history; for a watched channel, only once its subscription is active, and
