@@ -13,7 +13,7 @@ from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIServer
 
-from .config import DEFAULTS, from_environ
+from .config import load
 from .relay import AppRelay
 from .server.handler import RelayHandler
 
@@ -108,9 +108,10 @@ def adopt_stock_worker(worker: object) -> None:
     signal.signal(signal.SIGTERM, handle_exit)
 
 
-def check_workers(workers: int) -> None:
-    """Refuse several workers on the in-memory broker: a broadcast would miss the others."""
-    config = {**DEFAULTS, **from_environ()}
+def check_workers(workers: int, config: dict[str, Any] | None = None) -> None:
+    """Refuse several workers on the in-memory broker: a broadcast would miss the others.
+    ``config``: the options (:func:`wsrelay.config.load` of the environment and file)."""
+    config = load() if config is None else config
     broker = config["WSRELAY_BROKER_URL"]
     if workers > 1 and broker.startswith("memory:") and config["WSRELAY_WORKERS_CHECK"]:
         raise SystemExit(
