@@ -292,3 +292,46 @@ def test_a_bad_option_of_the_host_fails_at_init_with_one_line():
     app.config["WSRELAY_HISTORY_SIZ"] = 10
     with pytest.raises(wsrelay.ConfigError, match="did you mean WSRELAY_HISTORY_SIZE"):
         wsrelay.Relay(app)
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+
+def test_hooks_identify_refuse_replace_and_stamp_the_sender_over_http():
+    from flask import session
+
+    relay = wsrelay.Relay()
+    seen = []
+
+    @relay.identity_hook
+    def who(request, claims):
+        return session.get("user")
+
+    @relay.publish_hook
+    def moderate(publication):
+        seen.append(publication)
+        if "spam" in publication.data:
+            raise wsrelay.Refuse("no spam")
+        return publication.data.upper()
+
+    app = host_factory(relay, before=True)
+    try:
+        web = app.test_client()
+        web.get("/login/ada")
+        assert web.post("/publish/lobby", data="hi").status_code == 200
+        refused = web.post("/publish/lobby", data="spam")
+        assert (refused.status_code, refused.json["error"], refused.json["message"]) == (
+            403, "refused", "no spam")
+        [item] = web.get("/poll/lobby?timeout=0&since=0-0").json["messages"]
+        assert (item["data"], item["sender"]) == ("HI", "ada")
+        assert [(p.channel, p.data, p.identity, p.transport) for p in seen] == [
+            ("lobby", "hi", "ada", "http"), ("lobby", "spam", "ada", "http")]
+        anonymous = app.test_client().post("/publish/lobby", data="who?")
+        assert anonymous.status_code == 200  # no identity: no sender stamped
+        with app.app_context():
+            wsrelay.publish("lobby", "from the server")  # the application's own: no hooks
+        assert len(seen) == 3
+        items = web.get("/poll/lobby?timeout=0&since=0-0").json["messages"]
+        assert [i.get("sender") for i in items] == ["ada", None, None]
+    finally:
+        app.extensions["wsrelay"].close()
