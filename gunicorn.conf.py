@@ -1,54 +1,7 @@
-"""gunicorn settings for wsrelay: ``gunicorn -c gunicorn.conf.py`` serves the app.
+"""gunicorn settings for wsrelay in this checkout: ``gunicorn -c gunicorn.conf.py`` serves the app.
 
-Command-line flags (-b, -w, -k) and GUNICORN_CMD_ARGS override these.
+The settings ship in the package: ``gunicorn -c python:wsrelay.gunicorn_conf`` is the same
+where wsrelay is installed. Command-line flags (-b, -w, -k) and GUNICORN_CMD_ARGS override them.
 """
 
-import os
-import shutil
-import tempfile
-
-# Metrics: each worker writes its own to files in this directory and /metrics adds them up
-# (prometheus-client's multiprocess mode). It must be set before anything imports
-# prometheus_client, so before wsrelay; without one of yours, a fresh one for this run.
-_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsrelay-metrics-")
-
-from prometheus_client.multiprocess import mark_process_dead  # noqa: E402
-
-from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers  # noqa: E402
-from wsrelay.ops.metrics import reset_multiprocess_dir  # noqa: E402
-
-wsgi_app = "wsrelay.app:create_app()"
-worker_class = "wsrelay.gunicorn_worker.RelayWorker"
-bind = [os.environ.get("WSRELAY_BIND", "127.0.0.1:8000")]
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-# Each WebSocket, SSE stream and held long-poll is one greenlet of the pool.
-worker_connections = int(os.environ.get("WSRELAY_WORKER_CONNECTIONS", "10000"))
-# Long-lived connections are normal here; the worker heartbeat is not blocked by them.
-timeout = 30
-graceful_timeout = 10
-keepalive = 5
-
-
-def on_starting(server):
-    try:
-        check_workers(server.cfg.workers)
-    except SystemExit:
-        on_exit(server)  # gunicorn will not call it: it never started
-        raise
-    reset_multiprocess_dir()
-
-
-def child_exit(server, worker):
-    """A worker is gone: its connections no longer count (its totals still do)."""
-    mark_process_dead(worker.pid)
-
-
-def on_exit(server):
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-
-
-def post_worker_init(worker):
-    adopt_stock_worker(worker)
+from wsrelay.gunicorn_conf import *  # noqa: F403

@@ -1,10 +1,7 @@
-"""wsrelay's command line: ``python manage.py serve``, ``python manage.py publish``."""
+"""wsrelay's command line in a checkout: ``python manage.py serve``, ``python manage.py publish``
+(installed: the ``wsrelay`` command, or ``python -m wsrelay``)."""
 
-from gevent import monkey
-
-monkey.patch_all()  # before anything imports socket, ssl or threading
-
-from wsrelay.cli import cli  # noqa: E402
+from wsrelay.__main__ import main  # patches gevent in first
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -220,10 +220,8 @@ def in_process(example: Block, config: dict | None = None) -> tuple[dict, object
     """Run ``example`` in this process (in the app context of a fresh app); its namespace and
     the app. The caller closes the app's relay."""
     from wsrelay import create_app
-    from wsrelay.relay import _apps
 
     app = create_app(config)
-    _apps.remove(app)  # other tests count the apps of the process
     namespace: dict = {}
     with app.app_context():
         exec(compile(example.text, str(example), "exec"), namespace)
@@ -246,13 +244,10 @@ def test_the_publishing_example_publishes_text_and_binary():
 
 
 def test_the_embedding_example_configures_the_relay_and_issues_a_token():
-    from wsrelay.relay import _apps
-
     example = block(ROOT / "docs" / "python-api.md", "python", "relay.tokens.issue(")
     namespace: dict = {}
     exec(compile(example.text, str(example), "exec"), namespace)
     app, relay = namespace["app"], namespace["relay"]
-    _apps.remove(app)
     try:
         assert app.config["WSRELAY_HISTORY_SIZE"] == 100
         claims = relay.tokens.verify(namespace["token"])

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (4, "server", ("server",)),
     (5, "transports", ("transports",)),
     (6, "app", ("relay", "app")),
-    (7, "entry points", ("cli", "gunicorn_worker", "__init__", "__main__")),
+    (7, "entry points", ("cli", "gunicorn_worker", "gunicorn_conf", "__init__", "__main__")),
     (7, "aside", ("bench",)),
 )
 #: Packages that only the named modules may import.

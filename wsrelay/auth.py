@@ -40,10 +40,6 @@ _SALT = "wsrelay.channel-token"
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="wsrelay"'}
 
 
-class Refuse(Exception):
-    """Raised by a connect hook to refuse a client; the message is sent back with the 403."""
-
-
 @dataclass(frozen=True, slots=True)
 class Claims:
     """What a token grants: a channel pattern, the publish right, an expiry (Unix time), and

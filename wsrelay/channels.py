@@ -2,11 +2,11 @@
 
 import re
 
+from .errors import InvalidChannel
+
+__all__ = ["CHANNEL_PATTERN", "InvalidChannel", "check_channel"]
+
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-
-
-class InvalidChannel(ValueError):
-    """A channel name outside the contract (1-128 characters of [A-Za-z0-9_.:-])."""
 
 
 def check_channel(name: str) -> str:

@@ -1,12 +1,44 @@
-"""Errors as the contract shapes them: JSON ``{"error", "message"}`` with the right status."""
+"""wsrelay's exceptions: one tree under :class:`WsrelayError`, so a caller can catch them all.
+
+Each also keeps the builtin base its users caught before the tree existed
+(``ValueError`` for a bad channel, ``RuntimeError`` for an unreachable broker).
+"""
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Response, jsonify
 
 
-class ApiError(Exception):
+class WsrelayError(Exception):
+    """The root of every exception wsrelay raises on purpose."""
+
+
+class ConfigError(WsrelayError, ValueError):
+    """An option with a value wsrelay cannot run with; the message names the option."""
+
+
+class InvalidChannel(WsrelayError, ValueError):
+    """A channel name outside the contract (1-128 characters of [A-Za-z0-9_.:-])."""
+
+
+class MessageTooLarge(WsrelayError, ValueError):
+    """A message above ``WSRELAY_MAX_MESSAGE_SIZE``."""
+
+
+class BrokerUnavailable(WsrelayError, RuntimeError):
+    """The broker (Redis) cannot be reached: nothing was accepted; retry later."""
+
+
+class Refuse(WsrelayError):
+    """Raised by a connect or publish hook to refuse a client or its message; the message
+    is sent back (a 403 ``refused``, an error envelope, a close frame 1008)."""
+
+
+class NoRelay(WsrelayError, RuntimeError):
+    """:func:`wsrelay.publish` found no relay to publish with (see its message)."""
+
+
+class ApiError(WsrelayError):
     """An error answered to an HTTP client (or as a close frame after an early upgrade)."""
 
     def __init__(
@@ -19,29 +51,8 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> Response:
+        """The contract's JSON answer: ``{"error": code, "message": ...}`` with the status."""
         response = jsonify(error=self.code, message=self.message)
         response.status_code = self.status
         response.headers.update(self.headers)
         return response
-
-
-_API_ROOTS = ("/ws", "/client.json", "/poll", "/sse", "/publish", "/healthz", "/readyz", "/static",
-              "/metrics", "/dashboard")
-
-
-def _is_api_path(path: str) -> bool:
-    return any(path == root or path.startswith(root + "/") for root in _API_ROOTS)
-
-
-def _http_error(exc: HTTPException) -> Response | HTTPException:
-    if exc.code == 404 and not _is_api_path(request.path):
-        return exc
-    code = (exc.name or "error").lower().replace(" ", "_")
-    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}  # e.g. Allow
-    return ApiError(exc.code or 500, code, exc.description or exc.name, headers).response()
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Answer API errors as JSON; leave HTML pages of the host application alone."""
-    app.register_error_handler(ApiError, lambda exc: exc.response())
-    app.register_error_handler(HTTPException, _http_error)

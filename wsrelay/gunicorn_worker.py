@@ -13,8 +13,8 @@ from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIServer
 
-from .config import DEFAULTS, from_environ
-from .relay import shutdown_all
+from .config import load
+from .relay import AppRelay
 from .server.handler import RelayHandler
 
 
@@ -50,14 +50,28 @@ def drain_after_exit(worker: GeventWebSocketWorker) -> None:
     if getattr(worker, "wsrelay_draining", False):
         return
     worker.wsrelay_draining = True
-    gevent.spawn(_drain_then_exit, max(0.5, min(worker.cfg.graceful_timeout - 1, 30)))
+    gevent.spawn(_drain_then_exit, relays_of(getattr(worker, "wsgi", None)),
+                 max(0.5, min(worker.cfg.graceful_timeout - 1, 30)))
+
+
+def relays_of(application: Any) -> list[AppRelay]:
+    """The wsrelay of the worker's app: a Flask app's ``extensions["wsrelay"]``, found also
+    under WSGI middleware that keeps the app it wraps as ``.app`` (werkzeug's do)."""
+    for _ in range(10):
+        extensions = getattr(application, "extensions", None)
+        if isinstance(extensions, dict) and isinstance(extensions.get("wsrelay"), AppRelay):
+            return [extensions["wsrelay"]]
+        application = getattr(application, "app", None)
+        if application is None:
+            break
+    return []
 
 
 def _connections() -> int:
     return sum(len(server.pool) for server in _servers if server.pool is not None)
 
 
-def _drain_then_exit(timeout: float) -> None:
+def _drain_then_exit(relays: list[AppRelay], timeout: float) -> None:
     """Stop accepting, send every client away, and end the worker once its last connection
     has ended.
 
@@ -69,7 +83,7 @@ def _drain_then_exit(timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for server in list(_servers):
         server.close()
-    shutdown_all(timeout)
+    gevent.joinall([gevent.spawn(relay.shutdown, timeout) for relay in relays])
     while _connections() and time.monotonic() < deadline:
         gevent.sleep(0.02)
     main = gevent.get_hub().parent  # the main greenlet: gunicorn's loop
@@ -94,9 +108,10 @@ def adopt_stock_worker(worker: object) -> None:
     signal.signal(signal.SIGTERM, handle_exit)
 
 
-def check_workers(workers: int) -> None:
-    """Refuse several workers on the in-memory broker: a broadcast would miss the others."""
-    config = {**DEFAULTS, **from_environ()}
+def check_workers(workers: int, config: dict[str, Any] | None = None) -> None:
+    """Refuse several workers on the in-memory broker: a broadcast would miss the others.
+    ``config``: the options (:func:`wsrelay.config.load` of the environment and file)."""
+    config = load() if config is None else config
     broker = config["WSRELAY_BROKER_URL"]
     if workers > 1 and broker.startswith("memory:") and config["WSRELAY_WORKERS_CHECK"]:
         raise SystemExit(

@@ -193,22 +193,26 @@ class MessageServer:
 
     def publish(
         self, channel: str, data: bytes | str, *, binary: bool | None = None,
-        sender: str | None = None,
+        sender: str | None = None, author: str | None = None,
     ) -> Message:
-        """Publish to a channel; ``str`` is text, ``bytes`` binary unless ``binary=False``."""
+        """Publish to a channel; ``str`` is text, ``bytes`` binary unless ``binary=False``.
+        ``sender``: the publishing connection (for ``echo=0``); ``author``: who the
+        application says published it (see :class:`~wsrelay.message.Message`)."""
         payload, is_binary = _payload(data, binary)
-        message = self.broker.publish(channel, payload, binary=is_binary, sender=sender)
+        message = self.broker.publish(channel, payload, binary=is_binary, sender=sender,
+                                      author=author)
         self.stats.published += 1
         return message
 
     def publish_async(
         self, channel: str, data: bytes | str, *, binary: bool | None = None,
-        sender: str | None = None,
+        sender: str | None = None, author: str | None = None,
     ) -> Publishing:
         """:meth:`publish` without waiting for the broker's answer (see
         :meth:`Broker.publish_async <wsrelay.broker.base.Broker.publish_async>`)."""
         payload, is_binary = _payload(data, binary)
-        publishing = self.broker.publish_async(channel, payload, binary=is_binary, sender=sender)
+        publishing = self.broker.publish_async(channel, payload, binary=is_binary, sender=sender,
+                                               author=author)
         publishing.then(self._count_published)
         return publishing
 

@@ -17,7 +17,9 @@ class Message:
     ``data`` is always bytes (text is kept as its UTF-8 encoding) so the
     WebSocket transport relays the very bytes it received. ``sender`` names
     the connection that published it (for ``echo=0``); it is not part of
-    the public contract.
+    the public contract. ``author`` is who the application says published it
+    (the identity its identity hook gave the client): items and envelopes carry
+    it as ``sender``.
     """
 
     channel: str
@@ -26,6 +28,7 @@ class Message:
     binary: bool = False
     sender: str | None = None
     time: float = field(default=0.0, compare=False)
+    author: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The message as an item of a long-poll answer (and of the JSON transports):
@@ -37,6 +40,8 @@ class Message:
         else:
             item["data"] = self.data.decode("utf-8")
         item["time"] = round(self.time * 1000)
+        if self.author is not None:
+            item["sender"] = self.author
         return item
 
     def to_sse(self, *, as_json: bool = False) -> bytes:

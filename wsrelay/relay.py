@@ -1,75 +1,171 @@
-"""The Flask extension: one broker and one hub per app, and the public ``publish``."""
+"""The Flask extension: ``Relay(app)`` or ``Relay().init_app(app)``, and the public ``publish``.
+
+As Flask's own extensions do, a :class:`Relay` keeps nothing of an app on
+itself: each app it is given gets its own :class:`AppRelay` (broker, hub,
+tokens, limits) in ``app.extensions["wsrelay"]``, so one ``Relay()`` serves
+any number of apps (an app factory, its tests). The application's hooks
+belong to the :class:`Relay` and so to each of its apps.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import gevent
-from flask import Flask, Request, current_app, has_app_context
-from flask_cors import CORS
+from flask import Flask, Request, current_app, g, has_app_context
 
 from .auth import Claims, Tokens
 from .broker import broker_from_config
+from .broker.base import Publishing
 from .channels import check_channel
-from .config import DEFAULTS, from_environ, validate
-from .errors import register_error_handlers
+from .config import load, redact_url
+from .errors import MessageTooLarge, NoRelay
 from .hub import MessageServer
 from .ids import MessageId
 from .limits import Limits, TokenBucket
 from .message import Message
-from .ops.logs import configure as configure_logs
 from .ops.metrics import MetricsSync
 from .server.keep_alive import end_keep_alive
-from .transports import create_blueprint
-from .transports.websocket import negotiate_compression
+from .transports import create_blueprint, routing_errors_in_json
+from .transports.checks import Publication, ask_hooks
+from .transports.websocket import app_protocol, negotiate_compression
 from .websocket.connection import WebSocketConnection
 from .websocket.deflate import deflater
 from .websocket.envelopes import max_request_size
 from .websocket.handshake import Deflate
 from .websocket.modes import RawMode
+from .websocket.protocol import CloseCode
 from .websocket.upgrade import take_socket
 
 log = logging.getLogger(__name__)
 
-_apps: list[Flask] = []
-_apps_lock = threading.Lock()
-
 #: ``hook(request, channel, claims, action)``: False or ``raise Refuse(reason)`` refuses.
 ConnectHook = Callable[[Request, str, Claims | None, str], bool | None]
+#: ``hook(request, claims)``: who the client is (e.g. ``session["user"]``), or None.
+IdentityHook = Callable[[Request, Claims | None], Any]
 
 
-class MessageTooLarge(ValueError):
-    """A message above ``WSRELAY_MAX_MESSAGE_SIZE``."""
+#: ``hook(publication)``: None keeps the message, a ``str``/``bytes`` replaces its data,
+#: False or ``raise Refuse(reason)`` refuses it.
+PublishHook = Callable[[Publication], str | bytes | bool | None]
+#: ``hook(identity)``: a WebSocket of a client with that identity has closed.
+DisconnectHook = Callable[[Any], None]
 
 
 class Relay:
-    """wsrelay attached to a Flask app (``app.extensions['wsrelay']``)."""
+    """wsrelay as a Flask extension: ``Relay(app)``, or ``relay = Relay()`` then
+    ``relay.init_app(app)`` in an app factory. Each app's state is ``app.extensions["wsrelay"]``
+    (an :class:`AppRelay`); the methods here act on the current app's (or the app given to
+    the constructor outside an app context)."""
 
     def __init__(self, app: Flask | None = None) -> None:
-        self.app: Flask | None = None
-        self.hub: MessageServer | None = None
-        self._background: dict[Callable[..., Any], gevent.Greenlet] = {}
+        self.app = app
         self.connect_hooks: list[ConnectHook] = []
+        self.identity_hooks: list[IdentityHook] = []
+        self.publish_hooks: list[PublishHook] = []
+        self.disconnect_hooks: list[DisconnectHook] = []
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask) -> None:
-        environ = from_environ()
-        for name, default in DEFAULTS.items():
-            app.config.setdefault(name, environ.get(name, default))
-        validate(app.config)
+    def init_app(self, app: Flask) -> AppRelay:
+        """Read the app's ``WSRELAY_*`` options (see :func:`wsrelay.config.load`), start its
+        hub and register wsrelay's routes (under ``WSRELAY_URL_PREFIX``)."""
+        if "wsrelay" in app.extensions:
+            raise RuntimeError("wsrelay is already registered on this app")
+        app.config.update(load(app.config))
+        state = AppRelay(app, self)
+        app.extensions["wsrelay"] = state
+        prefix = app.config["WSRELAY_URL_PREFIX"]
+        app.register_blueprint(create_blueprint(app.config))
+        app.before_request(routing_errors_in_json(prefix))
+        _offer_subprotocol(app, prefix)
+        log.info("wsrelay on %s, broker %s", app.name, redact_url(app.config["WSRELAY_BROKER_URL"]))
+        return state
+
+    def state(self) -> AppRelay:
+        """The :class:`AppRelay` of the current app, else of the app given to the constructor."""
+        if has_app_context():
+            found = current_app.extensions.get("wsrelay")
+            if isinstance(found, AppRelay) and found.relay is self:
+                return found
+        if self.app is not None:
+            return self.app.extensions["wsrelay"]
+        raise NoRelay("this Relay has no app here: call it in an app context "
+                      "(with app.app_context(): ...), or use app.extensions['wsrelay']")
+
+    # -- hooks (decorators) ---------------------------------------------------------------
+
+    def connect_hook(self, hook: ConnectHook) -> ConnectHook:
+        """Register ``hook``, called before every client subscribes or publishes (after the
+        origin and token checks, before the upgrade); it refuses with a 403 by returning
+        False or raising :class:`~wsrelay.errors.Refuse`. Usable as a decorator."""
+        self.connect_hooks.append(hook)
+        return hook
+
+    def identity_hook(self, hook: IdentityHook) -> IdentityHook:
+        """Register ``hook``, called once per client request (a WebSocket's upgrade, a
+        publish, a poll, an SSE stream) in its request context: it returns who the client is
+        (``session.get("user")``), which publish and disconnect hooks get, or refuses."""
+        self.identity_hooks.append(hook)
+        return hook
+
+    def publish_hook(self, hook: PublishHook) -> PublishHook:
+        """Register ``hook``, called with a :class:`Publication` for every message a client
+        publishes, on every transport; it may replace the data or refuse the message (the
+        client gets an error; its connection stays open)."""
+        self.publish_hooks.append(hook)
+        return hook
+
+    def disconnect_hook(self, hook: DisconnectHook) -> DisconnectHook:
+        """Register ``hook``, called with the identity of every WebSocket that has closed."""
+        self.disconnect_hooks.append(hook)
+        return hook
+
+    # -- the current app's relay ----------------------------------------------------------
+
+    def publish(self, channel: str, data: str | bytes, *, binary: bool | None = None) -> Message:
+        """Publish to every subscriber of ``channel`` (see :meth:`AppRelay.publish`)."""
+        return self.state().publish(channel, data, binary=binary)
+
+    def disconnect(self, identity: Any, reason: str = "disconnected by the server") -> int:
+        """Close this process's WebSockets of ``identity`` (see :meth:`AppRelay.disconnect`)."""
+        return self.state().disconnect(identity, reason)
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+        return self.state().start_background_task(target, *args)
+
+    @property
+    def tokens(self) -> Tokens:
+        return self.state().tokens
+
+    @property
+    def hub(self) -> MessageServer:
+        return self.state().hub
+
+
+class AppRelay:
+    """wsrelay in one app (``app.extensions["wsrelay"]``): its broker, hub, tokens, limits,
+    the identities of its WebSockets, and the :class:`Relay` whose hooks it runs."""
+
+    def __init__(self, app: Flask, relay: Relay) -> None:
         config = app.config
         self.app = app
-        self.max_message_size = config["WSRELAY_MAX_MESSAGE_SIZE"]
+        self.relay = relay
+        # The hooks are the Relay's: registering one here registers it for all its apps.
+        self.connect_hook = relay.connect_hook
+        self.identity_hook = relay.identity_hook
+        self.publish_hook = relay.publish_hook
+        self.disconnect_hook = relay.disconnect_hook
+        self.max_message_size: int = config["WSRELAY_MAX_MESSAGE_SIZE"]
         self.tokens = Tokens.from_config(config["WSRELAY_SECRET_KEY"])
         self.limits = Limits.from_config(config)
-        self.hub = MessageServer(
-            broker_from_config(config),
+        self.hub = _HookedHub(
+            self, broker_from_config(config),
             ping_interval=config["WSRELAY_PING_INTERVAL"],
             ping_timeout=config["WSRELAY_PING_TIMEOUT"],
             write_delay=config["WSRELAY_WRITE_DELAY"],
@@ -77,38 +173,56 @@ class Relay:
         self.hub.start()
         self.metrics = MetricsSync(self.hub)  # /metrics, /dashboard
         self.metrics.start()
-        configure_logs(config["WSRELAY_LOG_FORMAT"])
-        app.extensions["wsrelay"] = self
-        app.register_blueprint(create_blueprint())
-        register_error_handlers(app)
-        _allow_cross_origin(app, config["WSRELAY_ALLOWED_ORIGINS"])
-        with _apps_lock:
-            _apps.append(app)
+        self._background: dict[Callable[..., Any], gevent.Greenlet] = {}
+        #: The host's views at wsrelay's paths (see :func:`wsrelay.transports.host_routes`).
+        self.host_routes: dict[tuple[str, str], Any] | None = None
+        #: Each open WebSocket that has an identity, and the identity, by connection id.
+        self.identities: dict[str, tuple[WebSocketConnection, Any]] = {}
+
+    @property
+    def connect_hooks(self) -> list[ConnectHook]:
+        return self.relay.connect_hooks
 
     def publish(self, channel: str, data: str | bytes, *, binary: bool | None = None) -> Message:
         """Publish to every subscriber of ``channel`` on every transport (and worker).
 
         ``str`` is sent as text and ``bytes`` as binary unless ``binary`` says
         otherwise. Returns the message with its id once the broker accepted it.
+        Raises :class:`~wsrelay.errors.InvalidChannel`,
+        :class:`~wsrelay.errors.MessageTooLarge` or
+        :class:`~wsrelay.errors.BrokerUnavailable` (all :class:`~wsrelay.errors.WsrelayError`).
         """
-        check_channel(channel)
-        size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-        if size > self.max_message_size:
-            raise MessageTooLarge(f"{size} bytes is over the limit of {self.max_message_size}")
-        return self._started()[1].publish(channel, data, binary=binary)
+        check_message(channel, data, self.max_message_size)
+        return self.hub.publish(channel, data, binary=binary)
 
-    def _started(self) -> tuple[Flask, MessageServer]:
-        """The app and hub that :meth:`init_app` made."""
-        if self.app is None or self.hub is None:
-            raise RuntimeError("this Relay has no app yet: call init_app(app) first")
-        return self.app, self.hub
+    def publish_from_client(
+        self, channel: str, data: bytes | str, *, binary: bool, identity: Any, transport: str,
+    ) -> Message:
+        """Publish what a client sent over HTTP (see :meth:`client_publication`)."""
+        data, author = self.client_publication(channel, data, binary=binary, identity=identity,
+                                               transport=transport)
+        return MessageServer.publish(self.hub, channel, data, binary=binary, author=author)
 
-    def connect_hook(self, hook: ConnectHook) -> ConnectHook:
-        """Register ``hook``, called before every client subscribes or publishes (after the
-        origin and token checks, before the upgrade); it refuses with a 403 by returning
-        False or raising :class:`~wsrelay.auth.Refuse`. Usable as a decorator."""
-        self.connect_hooks.append(hook)
-        return hook
+    def client_publication(
+        self, channel: str, data: bytes | str, *, binary: bool, identity: Any, transport: str,
+    ) -> tuple[bytes | str, str | None]:
+        """What a client publishes, on any transport, after the publish hooks, which may
+        refuse it (:class:`~wsrelay.errors.ApiError` 403 ``refused``) or replace its data;
+        and its ``author``, the client's identity, stamped as the message's ``sender``."""
+        hooks = self.relay.publish_hooks
+        if hooks:
+            shown = data.decode("utf-8") if isinstance(data, bytes) and not binary else data
+            data = ask_hooks(hooks, Publication(channel, shown, binary, identity, transport)) \
+                or data
+        return data, None if identity is None else str(identity)
+
+    def disconnect(self, identity: Any, reason: str = "disconnected by the server") -> int:
+        """Close every WebSocket of this process whose identity hook returned ``identity``
+        (a user logs out), with 1008 and ``reason``; how many were closed."""
+        closing = [conn for conn, who in list(self.identities.values()) if who == identity]
+        for connection in closing:
+            connection.close(CloseCode.POLICY_VIOLATION, reason)
+        return len(closing)
 
     def open_connection(
         self, sock: Any, *, expires: float | None = None, json: bool = False,
@@ -116,12 +230,12 @@ class Relay:
     ) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
         (``json``) request frame may exceed a message by its base64 and envelope.
-        ``deflate``: permessage-deflate as negotiated in its handshake, if it was."""
-        app, hub = self._started()
-        config = app.config
+        ``deflate``: permessage-deflate as negotiated in its handshake, if it was. Called in
+        the client's request: the connection keeps the identity its checks found."""
+        config = self.app.config
         limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
-        return WebSocketConnection(
-            sock, hub,
+        connection = WebSocketConnection(
+            sock, self.hub,
             max_message_size=max_request_size(limit) if json else limit,
             buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
             close_timeout=config["WSRELAY_CLOSE_TIMEOUT"],
@@ -135,6 +249,10 @@ class Relay:
                 deflate.server_max_window_bits, config["WSRELAY_COMPRESSION_MIN_SIZE"]
             ),
         )
+        identity = g.get("wsrelay_identity")
+        if identity is not None:
+            self.identities[connection.id] = (connection, identity)
+        return connection
 
     def serve_websocket(
         self, ws: Any, channel: str, *, since: MessageId | None = None, echo: bool = True
@@ -154,72 +272,130 @@ class Relay:
         taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending))
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:
-        """Run ``target(*args)`` in a greenlet, once per process however often it is asked."""
+        """Run ``target(*args)`` in a greenlet, in an app context of this app (so
+        :func:`wsrelay.publish` and ``current_app`` work there), once per process however
+        often it is asked."""
         greenlet = self._background.get(target)
         if greenlet is None or greenlet.dead:
-            greenlet = self._background[target] = gevent.spawn(target, *args)
+            greenlet = self._background[target] = gevent.spawn(self._in_context, target, *args)
         return greenlet
+
+    def _in_context(self, target: Callable[..., Any], *args: Any) -> Any:
+        with self.app.app_context():
+            return target(*args)
 
     @property
     def draining(self) -> bool:
-        return self.hub is not None and self.hub.draining
+        return self.hub.draining
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop serving clients gracefully (see :meth:`MessageServer.drain`), then stop."""
-        if self.hub is None or self.hub.draining:
+        if self.hub.draining:
             return
-        app, hub = self._started()
         if timeout is None:
-            timeout = app.config["WSRELAY_DRAIN_TIMEOUT"]
-        counts = hub.counts()
+            timeout = self.app.config["WSRELAY_DRAIN_TIMEOUT"]
+        counts = self.hub.counts()
         log.info("draining: sending %d WebSocket clients and %d long-polls and SSE streams away",
                  counts["connections"], counts["waiters"])
-        end_keep_alive(app)  # idle keep-alive connections close now
-        hub.drain(timeout)
+        end_keep_alive(self.app)  # idle keep-alive connections close now
+        self.hub.drain(timeout)
         self.close()
 
     def close(self) -> None:
-        if self.hub is not None:
-            self.hub.stop()
-            self.metrics.stop()
-            self.hub.broker.close()
+        self.hub.stop()
+        self.metrics.stop()
+        self.hub.broker.close()
 
 
-def _allow_cross_origin(app: Flask, allowed: tuple[str, ...]) -> None:
-    """Let the pages of the allowed foreign origins read the HTTP transports (CORS).
+class _HookedHub(MessageServer):
+    """The app's hub, which passes what clients publish over a WebSocket through
+    :meth:`AppRelay.client_publication` (a connection publishes with its own id as
+    ``sender``; the application's own :meth:`AppRelay.publish` does not), and tells the
+    disconnect hooks of a closed one."""
 
-    The origin check admits them already; without these headers their
-    browsers would still hide the answers of SSE, long-poll and publish from
-    them. A WebSocket needs no CORS: the origin check is all it has.
-    """
-    if allowed:
-        CORS(app, resources={r"/(poll|sse|publish)/.*|/client\.json": {
-            "origins": "*" if "*" in allowed else list(allowed),
-            "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
-            "max_age": 600,
-        }})
+    def __init__(self, owner: AppRelay, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = weakref.proxy(owner)
+
+    def publish_async(
+        self, channel: str, data: bytes | str, *, binary: bool | None = None,
+        sender: str | None = None, author: str | None = None,
+    ) -> Publishing:
+        if sender is None:  # the application's own
+            return super().publish_async(channel, data, binary=binary, author=author)
+        identity = self._owner.identities.get(sender, (None, None))[1]
+        is_binary = bool(binary) if binary is not None else isinstance(data, bytes)
+        data, author = self._owner.client_publication(
+            channel, data, binary=is_binary, identity=identity, transport="websocket")
+        return super().publish_async(channel, data, binary=is_binary, sender=sender,
+                                     author=author)
+
+    def detach(self, connection: Any) -> None:
+        super().detach(connection)
+        identity = self._owner.identities.pop(connection.id, (None, None))[1]
+        for hook in self._owner.relay.disconnect_hooks:
+            try:
+                hook(identity)
+            except Exception:
+                log.exception("disconnect hook %r failed", hook)
 
 
-def shutdown_all(timeout: float | None = None) -> None:
-    """Drain every wsrelay app of this process (a stopping server or gunicorn worker)."""
-    with _apps_lock:
-        relays = [app.extensions["wsrelay"] for app in _apps]
-    gevent.joinall([gevent.spawn(relay.shutdown, timeout) for relay in relays])
+def _offer_subprotocol(app: Flask, prefix: str) -> None:
+    """Give the app the ``app_protocol`` gevent-websocket's stock handler asks before its early
+    upgrade, so ``wsrelay.v1`` works under the stock worker (a host's own one is asked for
+    the paths that are not wsrelay's)."""
+    previous = getattr(app, "app_protocol", None)
+
+    def choose(path: str) -> str | None:
+        if path.startswith(prefix + "/"):
+            chosen = app_protocol(path[len(prefix):])
+            if chosen:
+                return chosen
+        return previous(path) if previous is not None else None
+
+    app.app_protocol = choose  # type: ignore[attr-defined]
 
 
-def current_relay() -> Relay:
-    """The relay of the current app context, or of the only app this process created."""
+def check_message(channel: str, data: str | bytes, limit: int) -> None:
+    """Raise :class:`~wsrelay.errors.InvalidChannel` or :class:`~wsrelay.errors.MessageTooLarge`
+    for what the server itself may not publish either."""
+    check_channel(channel)
+    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+    if size > limit:
+        raise MessageTooLarge(f"{size} bytes is over the limit of {limit}")
+
+
+def current_relay() -> AppRelay:
+    """The :class:`AppRelay` of the current app context."""
     if has_app_context() and "wsrelay" in current_app.extensions:
         return current_app.extensions["wsrelay"]
-    with _apps_lock:
-        if len(_apps) == 1:
-            return _apps[0].extensions["wsrelay"]
-    raise RuntimeError(
-        "wsrelay.publish() needs an app context when this process created "
-        f"{len(_apps)} wsrelay apps: use app.extensions['wsrelay'].publish()"
+    raise NoRelay(
+        "wsrelay.publish() needs the app here: call it in a view, in a task started with "
+        "start_background_task, or in 'with app.app_context():'"
     )
 
 
+@functools.cache
+def _shared_hub() -> tuple[MessageServer, int]:
+    """For :func:`publish` outside any app: a hub on the environment's shared broker (Redis),
+    which the relays of every process deliver from; made once per process."""
+    config = load()
+    if not config["WSRELAY_BROKER_URL"].startswith(("redis", "unix")):
+        raise NoRelay(
+            "wsrelay.publish() outside an app needs a shared broker: set "
+            "WSRELAY_BROKER_URL=redis://... (as the server has), or call it in an app context "
+            "('with app.app_context():'); on the in-memory broker only the server's own "
+            "process can publish: 'wsrelay publish CHANNEL MESSAGE' posts to it"
+        )
+    return MessageServer(broker_from_config(config)), config["WSRELAY_MAX_MESSAGE_SIZE"]
+
+
 def publish(channel: str, data: str | bytes, *, binary: bool | None = None) -> Message:
-    """Publish from anywhere: a view, a background greenlet, a CLI command."""
-    return current_relay().publish(channel, data, binary=binary)
+    """Publish from anywhere: a view, a background task, a CLI command, and with Redis from
+    any process (a script, a job queue's worker) with no app at all. Raises
+    :class:`~wsrelay.errors.NoRelay` when there is no app and no shared broker."""
+    if has_app_context() and "wsrelay" in current_app.extensions:
+        return current_app.extensions["wsrelay"].publish(channel, data, binary=binary)
+    hub, limit = _shared_hub()
+    check_message(channel, data, limit)
+    return hub.publish(channel, data, binary=binary)

@@ -102,3 +102,9 @@ def test_unreachable_redis_is_a_clear_error(channel):
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     result = manage("publish", channel, "lost", env={"WSRELAY_BROKER_URL": url})
     assert_clear_failure(result, "unavailable")
+
+
+@pytest.mark.parametrize("name", ["room?x=1", "bad room", "a/b", "x" * 129])
+def test_a_channel_name_the_contract_refuses_is_one_line_before_any_request(name):
+    result = manage("publish", name, "hello", "--url", "http://127.0.0.1:9")  # nothing there
+    assert_clear_failure(result, "channel")

@@ -239,12 +239,12 @@ def test_the_dashboard_is_a_page_fed_by_its_stats(quiet):
     assert page.count("<canvas") == 2
     assert "https://" not in page  # no CDN: it works offline
     # Its code and styles are files of its own, so a strict policy can forbid anything inline.
-    assert re.findall(r'<script src="([^"]+)"', page) == ["/static/dashboard.js"]
+    assert re.findall(r'<script src="([^"]+)"', page) == ["/static/wsrelay/dashboard.js"]
     assert "<script>" not in page and "<style" not in page and " style=" not in page
     policy = response.headers["Content-Security-Policy"]
     assert "script-src 'self';" in policy and "style-src 'self';" in policy
     assert "unsafe-inline" not in policy
-    assert requests.get(quiet.url + "/static/dashboard.js", timeout=5).status_code == 200
+    assert requests.get(quiet.url + "/static/wsrelay/dashboard.js", timeout=5).status_code == 200
 
 
 def test_dashboard_stats_has_totals_this_process_and_its_busiest_channels(quiet, channel):

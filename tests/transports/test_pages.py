@@ -58,7 +58,7 @@ def test_healthz_on_redis(make_server, redis_server):
 
 
 @pytest.mark.parametrize("path", [
-    "/poll/", "/sse/", "/ws/", "/healthz/extra", "/static/nothing-here.js",
+    "/poll/", "/sse/", "/ws/", "/healthz/extra", "/static/wsrelay/nothing-here.js",
 ])
 def test_unknown_api_routes_are_404_json(server, path):
     assert_json_error(get(server, path), 404, "not_found")

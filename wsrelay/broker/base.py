@@ -141,21 +141,24 @@ class Broker(ABC):
 
     @abstractmethod
     def publish(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Message:
         """Give the message its id, retain it and deliver it; return it once accepted.
+        ``sender`` and ``author`` travel with it (see :class:`~wsrelay.message.Message`).
 
         Raise :class:`BrokerUnavailable` when it cannot be accepted.
         """
 
     def publish_async(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Publishing:
         """:meth:`publish` without waiting for the answer, where the broker can do that (a
         remote one pipelines); here it is the synchronous publish, already resolved."""
         publishing = Publishing()
         try:
-            message = self.publish(channel, data, binary=binary, sender=sender)
+            message = self.publish(channel, data, binary=binary, sender=sender, author=author)
         except BrokerUnavailable as exc:
             publishing.resolve(None, exc)
         else:

@@ -105,7 +105,8 @@ class MemoryBroker(Broker):
         self._dropped_in_order = 0
 
     def publish(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Message:
         now = time.time()
         state = self._touch(channel, now)
@@ -114,7 +115,7 @@ class MemoryBroker(Broker):
             state = self._channels[channel] = _Channel(epoch=self._last_epoch, touched=now)
         state.seq += 1
         message = Message(
-            channel, MessageId(state.epoch, state.seq), bytes(data), binary, sender, now
+            channel, MessageId(state.epoch, state.seq), bytes(data), binary, sender, now, author
         )
         state.retained.append(message)
         self._order.append((state, message))

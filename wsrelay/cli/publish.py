@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -11,6 +10,8 @@ import click
 
 from ..app import create_app
 from ..broker import BrokerUnavailable
+from ..channels import check_channel
+from ..errors import ConfigError, InvalidChannel
 
 
 @click.command()
@@ -24,12 +25,19 @@ def publish(channel: str, message: str, url: str) -> None:
     With a shared broker (Redis) the message goes straight into it; with the
     in-memory broker it is posted to the running server at --url.
     """
-    app = create_app()
+    try:  # a name the server would refuse is refused here, before any request
+        check_channel(channel)
+    except InvalidChannel as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     relay = app.extensions["wsrelay"]
     if relay.hub.broker.shared:
         try:
             click.echo(relay.publish(channel, message).id)
-        except (ValueError, BrokerUnavailable) as exc:  # bad channel, too large, no Redis
+        except (ValueError, BrokerUnavailable) as exc:  # too large, no Redis
             raise click.ClickException(str(exc)) from None
         finally:
             relay.close()
@@ -37,9 +45,8 @@ def publish(channel: str, message: str, url: str) -> None:
     relay.close()
     headers = {"Content-Type": "text/plain; charset=utf-8"}
     if app.config["WSRELAY_SECRET_KEY"]:  # the server shares it: private channels work too
-        with contextlib.suppress(ValueError):  # a bad name: the server will say what is wrong
-            token = relay.tokens.issue(channel, publish=True, ttl=60)
-            headers["Authorization"] = f"Bearer {token}"
+        token = relay.tokens.issue(channel, publish=True, ttl=60)
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
         f"{url.rstrip('/')}/publish/{channel}", data=message.encode("utf-8"),
         headers=headers, method="POST",

@@ -11,7 +11,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from ..app import create_app
-from ..config import ConfigError
+from ..config import ConfigError, redact_url
 from ..server.handler import RelayHandler
 from .ticker import ticker as demo_ticker
 
@@ -35,8 +35,9 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
         spawn=Pool(),
     )
     server.start()
-    click.echo(f"wsrelay serving on http://{server.server_host}:{server.server_port}/",
-               err=False)
+    broker = redact_url(app.config["WSRELAY_BROKER_URL"])
+    click.echo(f"wsrelay serving on http://{server.server_host}:{server.server_port}/ "
+               f"(broker {broker}, 1 worker)", err=False)
     sys.stdout.flush()
 
     def stop() -> None:

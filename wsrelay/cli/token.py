@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..auth import DEFAULT_TTL, Tokens, check_subject, check_ttl
-from ..config import DEFAULTS, ConfigError, from_environ
+from ..config import ConfigError, load
 
 
 @click.command()
@@ -27,7 +27,7 @@ def token(pattern: str, publish: bool, ttl: float, subject: str | None) -> None:
     except ValueError as exc:
         raise click.ClickException(f"--ttl {ttl}: {exc}") from None
     try:
-        secret = {**DEFAULTS, **from_environ()}["WSRELAY_SECRET_KEY"]
+        secret = load()["WSRELAY_SECRET_KEY"]
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if not secret:

@@ -33,5 +33,4 @@ def configure(form: str = "plain", level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter(PLAIN))
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
     _configured = True

@@ -23,6 +23,8 @@
   var forced = params.get('transport');
   var options = forced ? { transports: [forced] } : {};
   if (params.get('share') === '1') options.share = true;  // one connection for every tab
+  var relayPath = document.body.getAttribute('data-relay');  // WSRELAY_URL_PREFIX, if any
+  if (relayPath) options.url = location.origin + relayPath;
   var client = wsrelay.connect(options);
   var rooms = new Map();    // name -> {name, entries: [], unread, online, item}
   var current = null;

@@ -86,7 +86,7 @@ def metrics() -> Response:
 
 def dashboard() -> Response:
     check_admin()
-    return _private(Response(render_template("dashboard.html")))
+    return _private(Response(render_template("wsrelay/dashboard.html")))
 
 
 def dashboard_stats() -> Response:

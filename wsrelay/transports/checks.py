@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-from flask import current_app, request
+from flask import current_app, g, request
 
-from ..auth import SUBSCRIBE, Access, Claims, Refuse, authorize
+from ..auth import SUBSCRIBE, Access, Claims, authorize
 from ..channels import InvalidChannel, check_channel
-from ..errors import ApiError
+from ..errors import ApiError, Refuse
 from ..hosts import host_allowed, host_name
 from ..ids import InvalidMessageId, MessageId
 from ..limits import Publisher
@@ -111,14 +113,45 @@ def request_token() -> str | None:
     return request.args.get("token") or None
 
 
-def _ask_connect_hooks(channel: str, claims: Claims | None, action: str) -> None:
-    for hook in relay().connect_hooks:
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A message a client sends, as a publish hook sees it: ``identity`` is what the identity
+    hook returned when the client connected (None without one); ``transport`` is
+    ``websocket`` or ``http``."""
+
+    channel: str
+    data: str | bytes
+    binary: bool
+    identity: Any
+    transport: str
+
+
+def ask_hooks(hooks: Sequence[Callable[..., Any]], *args: Any) -> Any:
+    """Ask the application's hooks of one kind in turn: the one place every transport calls
+    them. False or :class:`~wsrelay.errors.Refuse` refuses (403 ``refused``; an error
+    envelope on a ``wsrelay.v1`` WebSocket). Returns the last answer other than None and
+    True: the identity an identity hook found, or the data publish hooks put in place of a
+    :class:`Publication`'s (each next hook sees the new data); None when there is none."""
+    found = None
+    for hook in hooks:
         try:
-            allowed = hook(request, channel, claims, action)
+            answer = hook(*args)
         except Refuse as exc:
             raise ApiError(403, "refused", str(exc) or "refused by the application") from None
-        if allowed is False:
+        if answer is False:
             raise ApiError(403, "refused", "refused by the application")
+        if answer is not None and answer is not True:
+            found = answer
+            if isinstance(args[0], Publication):
+                args = (replace(args[0], data=answer),)
+    return found
+
+
+def identify(claims: Claims | None) -> Any:
+    """The client's identity, from the identity hooks, asked once per request."""
+    if "wsrelay_identity" not in g:
+        g.wsrelay_identity = ask_hooks(relay().relay.identity_hooks, request, claims)
+    return g.wsrelay_identity
 
 
 def admit(channel: str, action: str) -> Access:
@@ -127,7 +160,9 @@ def admit(channel: str, action: str) -> Access:
     name = checked_channel(channel)
     check_serving()
     check_origin()
-    return admit_channel(name, action)
+    access = admit_channel(name, action)
+    identify(access.claims)
+    return access
 
 
 def admit_channel(channel: str, action: str) -> Access:
@@ -137,7 +172,7 @@ def admit_channel(channel: str, action: str) -> Access:
         relay().tokens, request_token(), channel, action,
         require_token=current_app.config["WSRELAY_REQUIRE_TOKEN"],
     )
-    _ask_connect_hooks(channel, access.claims, action)
+    ask_hooks(relay().connect_hooks, request, channel, access.claims, action)
     return access
 
 
@@ -151,6 +186,7 @@ def admit_client() -> Access:
     if token is None and current_app.config["WSRELAY_REQUIRE_TOKEN"]:
         authorize(tokens, None, "", SUBSCRIBE, require_token=True)  # raises token_required
     claims = tokens.verify(token) if token else None
+    identify(claims)
     return Access("", claims, may_publish=False, expires=claims.expires if claims else None)
 
 

@@ -1,15 +1,17 @@
-"""The demo page and the health check."""
+"""The demo page, the browser client's files and the health check."""
 
 from __future__ import annotations
 
 import os
 
-from flask import Response, current_app, jsonify, render_template
+from flask import Response, current_app, jsonify, render_template, send_from_directory
 
 from ..error_codes import retryable_codes
 from ..websocket.envelopes import max_request_size
 from .checks import relay
 
+#: The package's files: wsrelay.js, and the pages' scripts and styles.
+STATIC_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 #: The pages (demo, dashboard) run only their own files: no inline script or style, nothing
 #: foreign; what a message holds can never run as code in them.
 CONTENT_SECURITY_POLICY = (
@@ -20,9 +22,15 @@ CONTENT_SECURITY_POLICY = (
 
 
 def index() -> Response:
-    response = Response(render_template("index.html"))
+    """The demo page: ``create_app()``'s ``/``, and a host's only with WSRELAY_DEMO_PAGE."""
+    response = Response(render_template("wsrelay/index.html"))
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
+
+
+def client_file(filename: str) -> Response:
+    """``/static/wsrelay.js`` (and ``.mjs``), from the package, whatever the host serves."""
+    return send_from_directory(STATIC_FOLDER, filename)
 
 
 def client_settings() -> Response:

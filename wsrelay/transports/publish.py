@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 from ..auth import PUBLISH
 from ..broker import BrokerUnavailable
@@ -31,8 +31,9 @@ def publish(channel: str) -> Response:
                 400, "invalid_utf8",
                 "a text message must be UTF-8; send binary as application/octet-stream",
             ) from None
-    try:
-        message = relay().hub.publish(name, data, binary=binary)
+    try:  # the publish hooks have their say, and the identity is stamped as the sender
+        message = relay().publish_from_client(name, data, binary=binary, transport="http",
+                                              identity=g.get("wsrelay_identity"))
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
     return jsonify(id=str(message.id))

@@ -57,6 +57,15 @@ _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
 
 
+def _new_prefix() -> None:
+    """A forked process (a gunicorn worker) numbers its connections under a prefix of its own."""
+    global _PREFIX
+    _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 class State(enum.Enum):
     """Where a connection is in its life: (OPENING ->) OPEN -> CLOSING -> CLOSED."""
 

@@ -9,6 +9,7 @@ so it passes exactly the checks the URL's channel passed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from . import envelopes
 from .encoders import ENVELOPE, RAW
 from .envelopes import BadRequest, Request, request_echo
 from .protocol import CloseCode, InboundMessage, encode_frame
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..limits import Publisher
@@ -147,9 +150,14 @@ class RawMode:
             except BrokerUnavailable:
                 _not_accepted(connection)
                 return
-            publishing = connection.hub.publish_async(
-                self.channel, message.data, binary=message.binary, sender=connection.id
-            )
+            try:
+                publishing = connection.hub.publish_async(
+                    self.channel, message.data, binary=message.binary, sender=connection.id
+                )
+            except ApiError as exc:  # a publish hook refused it: raw mode has no reply
+                log.info("websocket %s: message to %s refused: %s", connection.id,
+                         self.channel, exc.message)
+                return
             self.in_flight.track(publishing, lambda answer: _refused(connection, answer))
 
 

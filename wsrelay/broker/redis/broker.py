@@ -151,19 +151,21 @@ class RedisBroker(Broker):
         self._listener.start()
 
     def publish(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Message:
-        publishing = self.publish_async(channel, data, binary=binary, sender=sender)
+        publishing = self.publish_async(channel, data, binary=binary, sender=sender, author=author)
         return publishing.result(3 * self.timeout)  # the connection's timeouts resolve it
 
     def publish_async(
-        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None
+        self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
+        author: str | None = None,
     ) -> Publishing:
         """Queue the publish script in the worker's pipeline; resolved when Redis answered."""
         data = bytes(data)
         state, log_key, topic = self._keys(channel)
         reply = self._run_script("publish", [state, log_key, self._master_key], [
-            self.history_size, int(binary), sender or "", data, topic,
+            self.history_size, int(binary), sender or "", data, topic, author or "",
         ])
         publishing = Publishing()
 
@@ -175,7 +177,8 @@ class RedisBroker(Broker):
             else:
                 self._last_epoch = max(self._last_epoch, epoch)
                 publishing.resolve(
-                    Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000)
+                    Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000,
+                            author)
                 )
 
         if reply.done:

@@ -1,5 +1,6 @@
 -- Runs after prelude.lua (the broker joins the two into one script).
--- ARGV[3]: size, [4]: binary '0'/'1', [5]: sender ('' for none), [6]: data, [7]: pub/sub channel.
+-- ARGV[3]: size, [4]: binary '0'/'1', [5]: sender ('' for none), [6]: data, [7]: pub/sub channel,
+-- [8]: author ('' for none).
 -- KEYS[3]: the replication id of the master the workers write to (set as they connect).
 -- The channel's state is created here, by its first message, and only here; a state written
 -- under another master may have lost its last writes in a failover, so its position may have
@@ -22,9 +23,9 @@ if not epoch then  -- a new epoch, after any older one
   redis.call('HSET', state, 'epoch', string.format('%d', epoch), 'seq', '0', 'master', master)
 end
 local seq = redis.call('HINCRBY', state, 'seq', 1)
-local sender = ARGV[5]
-local message = string.format('%d %d %d %s %d\n', epoch, seq, now, ARGV[4], #sender)
-  .. sender .. ARGV[6]
+local sender, author = ARGV[5], ARGV[8]
+local message = string.format('%d %d %d %s %d %d\n', epoch, seq, now, ARGV[4], #sender, #author)
+  .. sender .. author .. ARGV[6]
 redis.call('XADD', log, 'MAXLEN', ARGV[3], string.format('%d-%d', epoch, seq),
   't', string.format('%d', now), 'm', message)
 trim_age()

@@ -1,0 +1,73 @@
+"""wsrelay as its users get it: a wheel built from this checkout, installed in a fresh virtual
+environment, serving the guide's chat app (docs/embedding.md) from a folder outside the
+checkout under gunicorn with gevent-websocket's stock worker, two workers and Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.support import PYTHON, ServerProcess, free_port
+from tests.system.test_embedding import STOCK_WORKER, ask, login, next_message, socket
+from tests.test_docs import ROOT, block
+
+#: Building the wheel and installing it with its dependencies takes a minute or two.
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A fresh venv with the wheel (its dependencies come from the package index)."""
+    where = tmp_path_factory.mktemp("wheel")
+    subprocess.run([PYTHON, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w",
+                    str(where / "dist")], check=True, timeout=300)
+    wheel = next((where / "dist").glob("wsrelay-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
+    subprocess.run([str(where / "venv" / "bin" / "pip"), "install", "-q", str(wheel)],
+                   check=True, timeout=600)
+    return where / "venv" / "bin"
+
+
+def test_the_wheel_gives_the_command_and_python_m(venv, tmp_path):
+    for command in ([str(venv / "wsrelay"), "--help"], [str(venv / "python"), "-m", "wsrelay",
+                                                        "--help"]):
+        shown = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+        assert all(name in shown for name in ("serve", "publish", "token", "stats", "bench"))
+    located = subprocess.run(
+        [str(venv / "python"), "-c", "import wsrelay; print(wsrelay.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert str(ROOT) not in located  # the installed copy, not this checkout
+
+
+def test_the_guides_app_from_the_wheel_under_two_stock_workers(venv, tmp_path, redis_server):
+    example = block(ROOT / "docs" / "embedding.md", "python", "chat.py:")
+    (tmp_path / "chat.py").write_text(example.text)
+    port = free_port()
+    chat = ServerProcess.start(
+        [str(venv / "gunicorn"), "-w", "2", "-k", STOCK_WORKER, "-b", f"127.0.0.1:{port}",
+         "--chdir", str(tmp_path), "chat:create_app()"],
+        port, {"WSRELAY_BROKER_URL": redis_server.url, "WSRELAY_REDIS_PREFIX": "wheel"})
+    try:
+        web = requests.Session()
+        assert "wsrelay.connect" in web.get(chat.url + "/static/wsrelay.js", timeout=5).text
+        assert web.get(chat.url + "/dashboard", timeout=5).status_code == 200  # loopback
+        ada = login(chat, "ada")
+        listeners = [socket(chat, login(chat, f"bob{n}")) for n in range(4)]  # both workers
+        try:
+            for n, ws in enumerate(listeners):
+                assert ask(ws, type="subscribe", channel="lobby", ack=n)["type"] == "ack"
+            with socket(chat, ada) as ada_ws:
+                assert ask(ada_ws, type="publish", channel="lobby", data="hi all",
+                           ack=9)["type"] == "ack"
+            for ws in listeners:
+                got = next_message(ws)
+                assert (got["data"], got["sender"]) == ("hi all", "ada")
+        finally:
+            for ws in listeners:
+                ws.close()
+    finally:
+        chat.stop()

@@ -1,0 +1,62 @@
+"""gunicorn settings for wsrelay: ``gunicorn -c python:wsrelay.gunicorn_conf`` serves the app
+(``gunicorn.conf.py`` of a checkout imports these). Command-line flags (-b, -w, -k) and
+GUNICORN_CMD_ARGS override them.
+"""
+
+import os
+import shutil
+import tempfile
+
+# Metrics: each worker writes its own to files in this directory and /metrics adds them up
+# (prometheus-client's multiprocess mode). It must be set before anything imports
+# prometheus_client, so before wsrelay; without one of yours, a fresh one for this run.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsrelay-metrics-")
+
+from prometheus_client.multiprocess import mark_process_dead  # noqa: E402
+
+from wsrelay.config import ConfigError, load, redact_url  # noqa: E402
+from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers  # noqa: E402
+from wsrelay.ops.metrics import reset_multiprocess_dir  # noqa: E402
+
+try:
+    _settings = load()
+except ConfigError as exc:
+    raise SystemExit(f"wsrelay: {exc}") from None
+
+wsgi_app = "wsrelay.app:create_app()"
+worker_class = "wsrelay.gunicorn_worker.RelayWorker"
+bind = [_settings["WSRELAY_BIND"]]
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# Each WebSocket, SSE stream and held long-poll is one greenlet of the pool.
+worker_connections = _settings["WSRELAY_WORKER_CONNECTIONS"]
+# Long-lived connections are normal here; the worker heartbeat is not blocked by them.
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+
+
+def on_starting(server):
+    try:
+        check_workers(server.cfg.workers, _settings)
+    except SystemExit:
+        on_exit(server)  # gunicorn will not call it: it never started
+        raise
+    reset_multiprocess_dir()
+    server.log.info("wsrelay: broker %s, %d worker(s)",
+                    redact_url(_settings["WSRELAY_BROKER_URL"]), server.cfg.workers)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its connections no longer count (its totals still do)."""
+    mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def post_worker_init(worker):
+    adopt_stock_worker(worker)
