@@ -336,7 +336,7 @@ def test_the_page_runs_under_its_content_security_policy(server, channel, open_p
 
 
 def test_screenshot_of_the_demo_page(make_server, open_page, tmp_path):
-    """The picture in docs/: rewritten only with ``WSRELAY_UPDATE_SCREENSHOT=1`` (or when it
+    """The picture in docs/: rewritten only with ``UPDATE_SCREENSHOT=1`` (or when it
     is missing), so a test run does not leave the tracked file modified."""
     server = make_server()  # a fresh ticker and fresh ids
     lobby, dev = "lobby", "dev"
@@ -362,7 +362,7 @@ def test_screenshot_of_the_demo_page(make_server, open_page, tmp_path):
     ada.locator("#message").blur()
     ada.mouse.move(0, 0)  # no hover colour anywhere
     docs = ROOT / "docs" / "demo.png"
-    if os.environ.get("WSRELAY_UPDATE_SCREENSHOT") == "1" or not docs.exists():
+    if os.environ.get("UPDATE_SCREENSHOT") == "1" or not docs.exists():
         docs.parent.mkdir(exist_ok=True)
         path = docs
     else:
