@@ -597,14 +597,20 @@ def test_4_2_header_values_are_case_insensitive_tokens(server, channel):
 
 
 def test_4_2_no_extension_or_subprotocol_is_accepted_unasked(server, channel):
-    """Offered extensions are declined by leaving them out of the 101, so any RSV bit
-    afterwards is an error (5.2, 9.1)."""
+    """Offered extensions it does not know are declined by leaving them out of the 101, so
+    any RSV bit afterwards is an error (5.2, 9.1); permessage-deflate, the one it knows, is
+    answered (RFC 7692; tests/transports/test_websocket_deflate.py)."""
     status, headers = handshake(server, channel,
-                                Sec_WebSocket_Extensions="permessage-deflate",
+                                Sec_WebSocket_Extensions="x-webkit-deflate-frame",
                                 Sec_WebSocket_Protocol="chat")
     assert status == 101
     assert "sec-websocket-extensions" not in headers
     assert "sec-websocket-protocol" not in headers
+    status, headers = handshake(
+        server, channel, Sec_WebSocket_Extensions="x-webkit-deflate-frame, permessage-deflate"
+    )
+    assert status == 101
+    assert headers["sec-websocket-extensions"] == "permessage-deflate; server_no_context_takeover"
 
 
 @pytest.mark.parametrize("headers,status", [
