@@ -209,6 +209,8 @@ class WebSocketConnection:
                 return
             if self.state is OPENING:
                 self.state = OPEN
+            # silence counts from the 101: a client cannot answer pings before it
+            self.last_seen = time.monotonic()
             self.hub.mark_dirty(self)
             if self._pending_close is not None:
                 self.close(*self._pending_close)
