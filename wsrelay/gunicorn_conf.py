@@ -29,7 +29,8 @@ wsgi_app = "wsrelay.app:create_app()"
 worker_class = "wsrelay.gunicorn_worker.RelayWorker"
 bind = [_settings["WSRELAY_BIND"]]
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-# Each WebSocket, SSE stream and held long-poll is one greenlet of the pool.
+# Each request in progress, SSE stream and held long-poll is one greenlet of the pool (an open
+# WebSocket is not: it waits in a libev watcher once its handshake is done).
 worker_connections = _settings["WSRELAY_WORKER_CONNECTIONS"]
 # Long-lived connections are normal here; the worker heartbeat is not blocked by them.
 timeout = 30

@@ -1,12 +1,15 @@
 """The WebSocket connection over a real socketpair, with the hub and a memory broker."""
 
+import gc
 import socket
 import time
 
 import gevent
+import gevent.event
+import greenlet
 import pytest
 
-from tests.support import client_frame, server_frames
+from tests.support import client_frame, server_frames, wait_until
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer
 from wsrelay.websocket.connection import State, WebSocketConnection
@@ -155,3 +158,99 @@ def test_the_hubs_heartbeat_reaches_the_client_as_a_ping_frame(hub):
     hub.ping_all(time.monotonic())
     runner.join(5)
     assert runner.dead and connection.state is State.CLOSED
+
+
+# -- a connection waiting for input in its watcher, with no greenlet ----------------------
+
+
+def live_greenlets() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
+
+
+def watched(hub, *, close_timeout=5.0, expires=None, channel="c"):
+    """A connection as a detached request leaves it: ``run`` returns once it waits for
+    input; ``ended`` is set once it has ended."""
+    ours, theirs = socket.socketpair()
+    ended = gevent.event.Event()
+    connection = WebSocketConnection(
+        ours, hub, max_message_size=65536, buffer_limit=1 << 20,
+        close_timeout=close_timeout, expires=expires,
+    )
+    connection.run(raw_mode(channel), on_end=ended.set, watch=True)
+    theirs.settimeout(5)
+    return connection, theirs, ended
+
+
+def test_idle_connections_hold_no_greenlet_and_still_answer(hub):
+    before = live_greenlets()
+    pairs = [watched(hub) for _ in range(200)]
+    assert live_greenlets() - before < 5, "no greenlet per idle connection"
+    for n, (_, peer, _) in enumerate(pairs[:20]):
+        peer.sendall(client_frame(0x1, b"%d" % n))
+    for _, peer, _ in pairs[:20]:
+        frames = []
+        while len(frames) < 20:
+            frames += server_frames(peer.recv(65536))
+        assert sorted(frames) == sorted((0x1, b"%d" % i) for i in range(20))
+    gevent.sleep(0.05)
+    assert live_greenlets() - before < 5, "readers end once the input is answered"
+
+
+def test_an_idle_connection_is_woken_by_a_message(hub):
+    connection, peer, ended = watched(hub)
+    peer.sendall(client_frame(0x1, b"hello"))
+    assert server_frames(peer.recv(100)) == [(0x1, b"hello")]
+    assert connection.received == 1 and not ended.is_set()
+
+
+def test_an_idle_connection_is_woken_by_a_pong_and_kept(hub):
+    connection, peer, ended = watched(hub)
+    connection.last_seen -= hub.ping_interval + hub.ping_timeout + 1  # silent for too long
+    connection.ping()
+    hub.flush_pending()
+    assert server_frames(peer.recv(100)) == [(0x9, b"wsrelay")]
+    peer.sendall(client_frame(0xA, b"wsrelay"))
+    wait_until(lambda: connection.last_seen > time.monotonic() - 1, timeout=5)
+    hub.ping_all(time.monotonic())
+    assert connection.state is State.OPEN and not ended.is_set()
+
+
+def test_an_idle_connection_is_woken_by_a_close(hub):
+    connection, peer, ended = watched(hub)
+    peer.sendall(client_frame(0x8, (1000).to_bytes(2, "big")))
+    assert read_until_close(peer)[-1] == (0x8, (1000).to_bytes(2, "big"))
+    assert ended.wait(5)
+    assert connection.state is State.CLOSED and hub.counts() == {
+        "connections": 0, "channels": 0, "subscribers": 0, "waiters": 0}
+    assert peer.recv(100) == b"", "the server closed TCP"
+
+
+def test_an_idle_connection_is_closed_when_its_token_expires(hub):
+    connection, peer, ended = watched(hub, expires=time.time() + 0.2)
+    opcode, body = read_until_close(peer)[-1]
+    assert (opcode, body[:2], body[2:]) == (0x8, (1008).to_bytes(2, "big"), b"token expired")
+    peer.sendall(client_frame(0x8, (1008).to_bytes(2, "big")))
+    assert ended.wait(5) and connection.state is State.CLOSED
+
+
+def test_an_idle_peer_that_never_answers_the_close_is_aborted(hub):
+    connection, peer, ended = watched(hub, close_timeout=0.2)
+    connection.close(1001, "going away")
+    assert read_until_close(peer)[-1][1][:2] == (1001).to_bytes(2, "big")
+    assert ended.wait(5) and connection.state is State.CLOSED
+    assert peer.recv(100) == b""
+
+
+def test_an_idle_peer_that_resets_is_released(hub):
+    _connection, peer, ended = watched(hub)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()
+    assert ended.wait(5)
+    assert hub.counts()["subscribers"] == 0
+
+
+def test_an_idle_connection_dropped_by_the_heartbeat_is_released(hub):
+    connection, _peer, ended = watched(hub)
+    connection.last_seen -= hub.ping_interval + hub.ping_timeout + 1
+    hub.ping_all(time.monotonic())
+    assert ended.wait(5) and connection.state is State.CLOSED

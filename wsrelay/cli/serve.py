@@ -13,6 +13,7 @@ from gevent.pywsgi import WSGIServer
 from ..app import create_app
 from ..config import ConfigError, redact_url
 from ..server.handler import RelayHandler
+from ..server.open_files import ACCEPT_BACKLOG, connection_capacity, raise_open_files_limit
 from .ticker import ticker as demo_ticker
 
 
@@ -30,14 +31,17 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
         raise click.ClickException(str(exc)) from None
     if ticker:
         app.extensions["wsrelay"].start_background_task(demo_ticker)
+    files = raise_open_files_limit()
     server = WSGIServer(  # a pool (unbounded), so that stop() waits for the requests
         (host, port), app, handler_class=RelayHandler, log="default" if access_log else None,
-        spawn=Pool(),
+        spawn=Pool(), backlog=ACCEPT_BACKLOG,
     )
     server.start()
     broker = redact_url(app.config["WSRELAY_BROKER_URL"])
     click.echo(f"wsrelay serving on http://{server.server_host}:{server.server_port}/ "
                f"(broker {broker}, 1 worker)", err=False)
+    click.echo(f"open files limit {files}: room for about {connection_capacity(files)} "
+               "connections", err=False)
     sys.stdout.flush()
 
     def stop() -> None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 from ..auth import PUBLISH, SUBSCRIBE
 from ..errors import ApiError
-from ..websocket.connection import Mode, WebSocketConnection
+from ..websocket.connection import Mode
 from ..websocket.envelopes import SUBPROTOCOL
 from ..websocket.handshake import Deflate, negotiate_deflate
 from ..websocket.modes import JsonMode, Policy, RawMode
@@ -35,9 +35,9 @@ def upgrade(channel: str | None = None) -> Response:
     The client needs the right to subscribe to the URL's channel; in raw
     mode whether what it sends is published depends on its right to publish
     (without it, its first message closes the connection with 1008). Under
-    wsrelay's handler the view returns once the connection has started in a
-    greenlet of its own (see :meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`),
-    so nothing may need this request afterwards.
+    wsrelay's handler the view returns once the connection is open and waits for
+    input (see :meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`), so
+    nothing may need this request afterwards.
     """
     ws = request.environ.get("wsgi.websocket")
     try:
@@ -83,19 +83,10 @@ def upgrade(channel: str | None = None) -> Response:
             return exc.response()
         _refuse_upgraded(ws, exc)
         return Response(status=204)
-    taken.serve(functools.partial(
-        _serve, connection, mode, taken.handshake, taken.pending, leave
-    ))
+    # once ended, the connection gives up its place in the per-IP count
+    taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending,
+                                  on_end=leave, watch=taken.detached))
     return Response(status=204)
-
-
-def _serve(connection: WebSocketConnection, mode: Mode, handshake: Callable[[], None] | None,
-           pending: bytes, leave: Callable[[], None]) -> None:
-    """Run the connection, then give up its place in the per-IP count."""
-    try:
-        connection.run(mode, handshake, pending)
-    finally:
-        leave()
 
 
 def negotiate_compression(ws: object) -> tuple[str, Deflate] | None:

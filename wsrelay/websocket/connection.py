@@ -1,12 +1,17 @@
 """One accepted WebSocket: the only reader and the only writer of its socket.
 
-The reader runs in one greenlet: a fresh one once the socket left its request
-(:meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`), else the request's own.
-Writes are non-blocking and happen when the hub's flusher asks; only when the
-kernel buffer is full does a writer greenlet exist, to wait for the socket
-and finish the queue. An idle connection therefore costs one greenlet with a
-shallow stack; a token's expiry is a libev timer, which spawns a greenlet
-only when it fires.
+Once the socket left its request
+(:meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`), a connection with
+nothing to read holds no greenlet: a libev watcher waits for its input and
+starts a reader greenlet when some arrives, which reads without blocking until
+nothing is left and ends (:meth:`WebSocketConnection._serve_input`). Writes are
+non-blocking and happen when the hub's flusher asks; only when the kernel
+buffer is full does a writer greenlet exist, to wait for the socket and finish
+the queue. Pings come from the hub's heartbeat; a token's expiry and the close
+timeout are libev timers, which spawn a greenlet only when they fire. An idle
+connection is its objects and two watchers: ~3-4 KiB. A socket still in its
+request (the stock handler, TLS) is read by the request's greenlet instead,
+blocking, until it ends.
 
 What the client's messages mean is its *mode*'s business (:mod:`wsrelay.websocket.modes`:
 raw relay or ``wsrelay.v1`` requests); the connection holds the mode's
@@ -37,7 +42,7 @@ from .outbox import WRITE_SIZE, Outbox
 from .protocol import PING_FRAME, CloseCode, InboundMessage, WebSocketSession
 
 if TYPE_CHECKING:
-    from gevent._types import _TimerWatcher
+    from gevent._types import _IoWatcher, _TimerWatcher
 
     from ..hub import MessageServer
     from ..limits import TokenBucket
@@ -98,7 +103,11 @@ class WebSocketConnection:
     __slots__ = (
         "_abort_timer",
         "_expiry",
+        "_mode",
+        "_on_end",
         "_pending_close",
+        "_reading",
+        "_watcher",
         "close_timeout",
         "deflater",
         "dirty",
@@ -151,29 +160,60 @@ class WebSocketConnection:
         self.writer: gevent.Greenlet | None = None
         self.state: State = OPEN
         self.close_timeout = close_timeout
-        self._abort_timer: gevent.Greenlet | None = None
+        #: The libev timer that aborts the connection when the peer does not answer a close.
+        self._abort_timer: _TimerWatcher | None = None
         #: A close asked for before the 101 was written (a replay overflowing the queue).
         self._pending_close: tuple[int, str] | None = None
         self.expires = expires
         #: The libev timer that closes the connection when its token expires.
         self._expiry: _TimerWatcher | None = None
+        self._mode: Mode | None = None
+        #: Called once the connection has ended (its transport gives up its place).
+        self._on_end: Callable[[], None] | None = None
+        #: True while a greenlet reads (or opens) the connection; False while it waits for
+        #: input in :attr:`_watcher`, when whoever ends it must release it.
+        self._reading = False
+        #: The libev watcher that starts reading when input arrives (None: reads block).
+        self._watcher: _IoWatcher | None = None
 
     # -- reading (the connection's greenlet) -------------------------------------------
 
     def run(
-        self, mode: Mode, handshake: Callable[[], None] | None = None, pending: bytes = b""
+        self, mode: Mode, handshake: Callable[[], None] | None = None, pending: bytes = b"",
+        *, on_end: Callable[[], None] | None = None, watch: bool = False,
     ) -> None:
-        """Let ``mode`` start (subscribe, replay), complete the handshake, then serve until
-        the connection ends; ``pending``: what the client sent that was read already.
+        """Let ``mode`` start (subscribe, replay), complete the handshake, then serve; call
+        ``on_end`` once the connection has ended. ``pending``: what the client sent that
+        was read already.
+
+        With ``watch`` (a socket detached from its request) it returns once the
+        client's input is answered: from then on a libev watcher waits for more
+        (:meth:`_serve_input`). Without, it reads blocking and returns at the end.
 
         ``handshake`` writes the 101. It runs only once the mode has subscribed, so a
         client that sees its handshake complete misses nothing published from then on,
         even when the broker confirms subscriptions asynchronously (Redis); what was
         queued meanwhile waits until the 101 is out.
         """
+        self._mode = mode
+        self._on_end = on_end
+        self._reading = True
         self.hub.attach(self)
-        log.info("websocket %s opened", self.id, extra={"connection": self.id,
-                                                         "transport": "websocket"})
+        log.debug("websocket %s opened", self.id)  # its close line says it all, at INFO
+        try:
+            self._open(mode, handshake)
+        except BaseException:
+            self._release()
+            raise
+        if self.state is CLOSED:  # the 101 could not be written
+            self._release()
+            return
+        if watch:
+            self.sock.settimeout(0.0)  # reads and writes never wait from here on
+            self._watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        self._serve_input(pending)
+
+    def _open(self, mode: Mode, handshake: Callable[[], None] | None) -> None:
         if handshake is not None:
             self.state = OPENING
         try:
@@ -185,30 +225,49 @@ class WebSocketConnection:
                 handshake()
             except OSError:
                 self.state = CLOSED
-                self._release()
                 return
             if self.state is OPENING:
                 self.state = OPEN
+            # silence counts from the 101: a client cannot answer pings before it
+            self.last_seen = time.monotonic()
             self.hub.mark_dirty(self)
             if self._pending_close is not None:
                 self.close(*self._pending_close)
         if self.expires is not None:
             self._expiry = gevent.get_hub().loop.timer(max(0.0, self.expires - time.time()))
             self._expiry.start(
-                gevent.spawn, self.close, CloseCode.POLICY_VIOLATION, "token expired"
+                gevent.spawn_raw, self.close, CloseCode.POLICY_VIOLATION, "token expired"
             )
+
+    def _on_readable(self) -> None:
+        """The watcher saw input (or the end): read it in a greenlet of its own."""
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.stop()
+        self._reading = True
+        gevent.spawn_raw(self._serve_input)
+
+    def _serve_input(self, data: bytes = b"") -> None:
+        """Read and answer until nothing is left to read; then wait for more in the watcher
+        (this greenlet ends), or release the connection once it ended."""
         try:
-            self._read_loop(mode, pending)
+            waiting = self._read_loop(self._mode, data)  # type: ignore[arg-type]
         except Exception:
             log.exception("connection %s failed", self.id)
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
             self._finish_writes_and_close()
-        finally:
+            waiting = False
+        watcher = self._watcher
+        if waiting and watcher is not None and self.state is not CLOSED:
+            self._reading = False
+            watcher.start(self._on_readable)
+        else:
             self._release()
 
-    def _read_loop(self, mode: Mode, data: bytes) -> None:
-        """Read and answer until the end. ``sock.recv`` allocates its buffer only once data
-        is there: an idle connection holds no read buffer.
+    def _read_loop(self, mode: Mode, data: bytes) -> bool:
+        """Read and answer until the end (False), or, on a non-blocking socket, until nothing
+        is left to read (True). ``sock.recv`` allocates its buffer only once data is there:
+        an idle connection holds no read buffer.
 
         Under gevent ``recv`` returns at once while data is waiting, so a client
         sending at full speed would never let the others run: the session is fed
@@ -223,11 +282,13 @@ class WebSocketConnection:
             if not data:
                 try:
                     data = self.sock.recv(READ_SIZE)
+                except BlockingIOError:  # all read: the watcher waits for more
+                    return True
                 except (OSError, ValueError):  # reset, or the socket was closed under us
-                    return
+                    return False
                 if not data:
                     session.receive_eof()
-                    return
+                    return False
             self.last_seen = time.monotonic()
             offset = 0
             while offset < len(data) and self.state is not CLOSED:
@@ -240,12 +301,13 @@ class WebSocketConnection:
                 self._receive(mode, piece)
                 if session.finished:
                     self._finish_writes_and_close()
-                    return
+                    return False
                 busy += time.perf_counter() - started
                 if busy >= TURN:
                     let_others_run()
                     busy = 0.0
             data = b""
+        return False
 
     def _receive(self, mode: Mode, data: bytes) -> None:
         """Parse a piece of input; relay the messages it completes, answer what it asks."""
@@ -388,7 +450,8 @@ class WebSocketConnection:
             self.outbox.drop_unstarted()
         self.session.close(code, reason)
         self._queue_session_output()
-        self._abort_timer = gevent.spawn_later(self.close_timeout, self.abort)
+        self._abort_timer = gevent.get_hub().loop.timer(self.close_timeout)
+        self._abort_timer.start(gevent.spawn_raw, self.abort)
 
     def abort(self) -> None:
         """Drop the connection now: no handshake, socket closed, resources freed."""
@@ -397,6 +460,8 @@ class WebSocketConnection:
         self.state = CLOSED
         self._unsubscribe_all()
         self._close_socket()
+        if not self._reading:  # it waited in its watcher: nobody else will release it
+            self._release()
 
     def _finish_writes_and_close(self) -> None:
         """The closing handshake is done: let the last frames out, then close TCP."""
@@ -410,6 +475,9 @@ class WebSocketConnection:
         self._close_socket()
 
     def _close_socket(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:  # before the socket: its descriptor may be reused at once
+            watcher.close()
         writer, self.writer = self.writer, None
         if writer is not None and writer is not gevent.getcurrent():
             writer.kill(block=False)
@@ -434,7 +502,7 @@ class WebSocketConnection:
 
     def _release(self) -> None:
         if self._abort_timer is not None:
-            self._abort_timer.kill(block=False)
+            self._abort_timer.close()
             self._abort_timer = None
         if self._expiry is not None:
             self._expiry.close()
@@ -446,3 +514,7 @@ class WebSocketConnection:
             self._close_socket()
         self._log_close()
         self.outbox = Outbox(0)  # frees what was still queued
+        self._mode = None
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()

@@ -16,9 +16,6 @@ import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-import gevent
-from gevent.pool import PoolFull
-
 from .handshake import accept_key, switching_protocols
 
 
@@ -74,7 +71,8 @@ class DeferredWebSocket:
         The request's greenlet, its stacks and the request's objects then go, instead
         of living as long as the connection: most of an idle WebSocket's memory. The
         connection keeps a duplicate of the socket (the server closes the original once
-        the request ends) and runs in a greenlet of its own (:meth:`TakenSocket.serve`).
+        the request ends); it opens in the request's greenlet, then waits for input in a
+        libev watcher, with no greenlet (``TakenSocket.detached``).
         """
         handler = self._handler
         response = switching_protocols(  # ApiError
@@ -90,10 +88,8 @@ class DeferredWebSocket:
         # socket it leaves the client's first frames to us (the server still closes it).
         handler.socket = None
         self._mark_upgraded(len(response))
-        return TakenSocket(
-            sock, pending, functools.partial(sock.sendall, response),
-            functools.partial(_spawn_in_server, handler.server),
-        )
+        return TakenSocket(sock, pending, functools.partial(sock.sendall, response),
+                           _serve_here, detached=True)
 
     def _mark_upgraded(self, response_length: int) -> None:
         """The request is answered by the 101: no HTTP response, no further request."""
@@ -109,27 +105,6 @@ def _serve_here(target: Callable[[], None]) -> None:
     target()
 
 
-def _spawn_in_server(server: Any, target: Callable[[], None]) -> None:
-    """Run a detached connection in a fresh greenlet (a shallow stack) of the server's pool,
-    so a stopping gunicorn worker waits for it as for any request; a full pool runs it in
-    the request's greenlet, whose slot it already holds."""
-    pool = getattr(server, "pool", None)
-    if pool is None:
-        _ConnectionGreenlet.spawn(target)
-        return
-    try:
-        pool.start(_ConnectionGreenlet(target), blocking=False)
-    except PoolFull:
-        target()
-
-
-class _ConnectionGreenlet(gevent.Greenlet):
-    """A detached connection's greenlet: it does not keep a record of the stack that
-    spawned it (gevent's default: 10 frames, ~0.7 KiB per connection)."""
-
-    spawning_stack_limit = 0
-
-
 class TakenSocket(NamedTuple):
     """A WebSocket's socket, taken from the request that asked for it."""
 
@@ -138,9 +113,12 @@ class TakenSocket(NamedTuple):
     pending: bytes
     #: What writes the 101 once the relay has subscribed; None when it is out already.
     handshake: Callable[[], None] | None
-    #: ``serve(target)`` runs the connection: in a greenlet of its own once detached from
-    #: its request, else in the request's greenlet until it ends.
+    #: ``serve(target)`` runs the connection in the request's greenlet: until it ends, or,
+    #: once detached, until it waits for input (then the request ends).
     serve: Callable[[Callable[[], None]], None]
+    #: Left its request: the connection may wait for input in a watcher, with no greenlet
+    #: (``WebSocketConnection.run(watch=True)``), its socket no longer being the request's.
+    detached: bool = False
 
 
 def take_buffered(sock: socket.socket, rfile: Any) -> bytes:
