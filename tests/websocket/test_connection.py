@@ -192,8 +192,8 @@ def test_idle_connections_hold_no_greenlet_and_still_answer(hub):
         while len(frames) < 20:
             frames += server_frames(peer.recv(65536))
         assert sorted(frames) == sorted((0x1, b"%d" % i) for i in range(20))
-    gevent.sleep(0.05)
-    assert live_greenlets() - before < 5, "readers end once the input is answered"
+    wait_until(lambda: live_greenlets() - before < 5, timeout=5,
+               message="readers end once the input is answered")
 
 
 def test_an_idle_connection_is_woken_by_a_message(hub):
