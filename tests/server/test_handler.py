@@ -13,7 +13,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from tests.support import Bystander, Closed, Refused, WSClient, poll_json
 from wsrelay import create_app
-from wsrelay.server.handler import RelayHandler
+from wsrelay.server.handler import RelayHandler, redact_tokens
 
 
 def serve(handler_class, app=None):
@@ -322,3 +322,14 @@ def test_an_own_route_compresses_as_ws_does(own_route_server):
         assert client.recv() == (1, compressing, CHAT)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('"GET /poll/a?token=abc.def HTTP/1.1" 200', '"GET /poll/a?token=[redacted] HTTP/1.1" 200'),
+    ('"GET /sse/a?since=1&token=x%2Fy&z=2 HTTP/1.1"',
+     '"GET /sse/a?since=1&token=[redacted]&z=2 HTTP/1.1"'),
+    ('"GET /poll/a?TOKEN=abc HTTP/1.1"', '"GET /poll/a?TOKEN=[redacted] HTTP/1.1"'),
+    ('"GET /p/token=a?mytoken=keep HTTP/1.1"', '"GET /p/token=a?mytoken=keep HTTP/1.1"'),
+])
+def test_access_lines_hold_no_token(line, expected):
+    assert redact_tokens(line) == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 
@@ -12,7 +14,7 @@ from gevent.pywsgi import WSGIServer
 
 from ..app import create_app
 from ..config import ConfigError, redact_url
-from ..server.handler import RelayHandler
+from ..server.handler import ACCESS_LOGGER, RelayHandler
 from ..server.open_files import ACCEPT_BACKLOG, connection_capacity, raise_open_files_limit
 from .ticker import ticker as demo_ticker
 
@@ -29,14 +31,20 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
         app = create_app()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if ticker:
-        app.extensions["wsrelay"].start_background_task(demo_ticker)
     files = raise_open_files_limit()
     server = WSGIServer(  # a pool (unbounded), so that stop() waits for the requests
-        (host, port), app, handler_class=RelayHandler, log="default" if access_log else None,
+        (host, port), app, handler_class=RelayHandler,
+        log=logging.getLogger(ACCESS_LOGGER) if access_log else None,
         spawn=Pool(), backlog=ACCEPT_BACKLOG,
     )
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # the address is taken, or not this machine's
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}"
+        ) from None
+    if ticker:
+        app.extensions["wsrelay"].start_background_task(demo_ticker)
     broker = redact_url(app.config["WSRELAY_BROKER_URL"])
     click.echo(f"wsrelay serving on http://{server.server_host}:{server.server_port}/ "
                f"(broker {broker}, 1 worker)", err=False)

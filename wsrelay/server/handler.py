@@ -23,6 +23,8 @@ and its connection closed, where pywsgi would guess.
 A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
 hold a request to notice its client leave. And once its application stops
 (:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
+
+Its access lines never hold a token: ``?token=...`` is written ``token=[redacted]``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -47,6 +50,15 @@ from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
 SOCKET_KEY = "wsrelay.socket"
+#: The logger of access lines (``manage.py serve``), under wsrelay's so that it has its form.
+ACCESS_LOGGER = "wsrelay.access"
+
+_TOKEN_VALUE = re.compile(r"([?&;]token=)[^&;#\s\"]*", re.IGNORECASE)
+
+
+def redact_tokens(line: str) -> str:
+    """``line`` with the value of every ``token`` query parameter replaced by ``[redacted]``."""
+    return _TOKEN_VALUE.sub(r"\1[redacted]", line)
 
 
 def _refusal(status: str, error: str, message: str) -> bytes:
@@ -234,3 +246,7 @@ class RelayHandler(WebSocketHandler):
     def log_request(self) -> None:
         if not self.upgraded:
             WSGIHandler.log_request(self)
+
+    def format_request(self) -> str:
+        """pywsgi's access line, without the tokens of its request line."""
+        return redact_tokens(WSGIHandler.format_request(self))
