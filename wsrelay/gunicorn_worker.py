@@ -1,16 +1,20 @@
-"""gunicorn integration: the worker class and the start-up checks of ``gunicorn.conf.py``."""
+"""gunicorn integration: the worker class and the start-up checks of ``gunicorn.conf.py``
+(the worker makes the several-workers check too, with its app's own settings, for a
+``-k wsrelay.gunicorn_worker.RelayWorker`` without the config file)."""
 
 from __future__ import annotations
 
 import signal
 import time
 import weakref
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.ggevent import PyWSGIServer
 
 from .config import load
@@ -36,6 +40,28 @@ class RelayWorker(GeventWebSocketWorker):
 
     wsgi_handler = RelayHandler
     server_class = RelayServer
+
+    def load_wsgi(self) -> None:
+        """Load the app, then refuse to serve it if it would be one of several workers on
+        the in-memory broker: gunicorn stops (a worker that fails to boot halts it)."""
+        super().load_wsgi()
+        for relay in relays_of(self.wsgi):
+            problem = workers_problem(self.cfg.workers, relay.app.config)
+            if problem:
+                self.log.error("%s", problem)
+                self._fail_to_boot()
+
+    def _fail_to_boot(self) -> None:
+        """Exit so that gunicorn halts. The first worker exits at once; the others give the
+        arbiter a second to stop them first, since a second boot failure that reaches it
+        while it halts is a traceback of gunicorn's."""
+        if self.age > 1:
+            deadline = time.monotonic() + 1.0
+            while self.alive and time.monotonic() < deadline:
+                gevent.sleep(0.05)
+            if not self.alive:  # stopped by the halting arbiter
+                raise SystemExit(0)
+        raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM (a stop, or the old workers of a graceful reload): drain, then exit."""
@@ -108,14 +134,22 @@ def adopt_stock_worker(worker: object) -> None:
     signal.signal(signal.SIGTERM, handle_exit)
 
 
-def check_workers(workers: int, config: dict[str, Any] | None = None) -> None:
-    """Refuse several workers on the in-memory broker: a broadcast would miss the others.
-    ``config``: the options (:func:`wsrelay.config.load` of the environment and file)."""
-    config = load() if config is None else config
+def workers_problem(workers: int, config: Mapping[str, Any]) -> str | None:
+    """Why ``workers`` workers cannot serve with these options, or None: on the in-memory
+    broker a broadcast would miss the other workers' clients."""
     broker = config["WSRELAY_BROKER_URL"]
     if workers > 1 and broker.startswith("memory:") and config["WSRELAY_WORKERS_CHECK"]:
-        raise SystemExit(
+        return (
             f"wsrelay: {workers} workers on the in-memory broker would each hold their own "
             "clients, and a message would reach only one worker's subscribers. Run one "
             "worker (-w 1), or share a Redis: WSRELAY_BROKER_URL=redis://localhost:6379/0"
         )
+    return None
+
+
+def check_workers(workers: int, config: Mapping[str, Any] | None = None) -> None:
+    """Refuse several workers on the in-memory broker (:func:`workers_problem`).
+    ``config``: the options (:func:`wsrelay.config.load` of the environment and file)."""
+    problem = workers_problem(workers, load() if config is None else config)
+    if problem:
+        raise SystemExit(problem)

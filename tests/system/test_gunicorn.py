@@ -190,6 +190,44 @@ def test_web_concurrency_is_checked_too():
     assert "3 workers on the in-memory broker" in result.stdout + result.stderr
 
 
+def test_wsrelays_worker_refuses_two_workers_on_the_memory_broker_without_the_config_file(
+    tmp_path,
+):
+    """``-k`` naming wsrelay's worker, no ``-c`` (and no gunicorn.conf.py in the directory,
+    which gunicorn would read): the worker checks its app's own settings once loaded."""
+    port = free_port()
+    result = subprocess.run(
+        [PYTHON, "-m", "gunicorn", "-w", "2", "-k", "wsrelay.gunicorn_worker.RelayWorker",
+         "-b", f"127.0.0.1:{port}", "wsrelay.app:create_app()"],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output  # gunicorn's "worker failed to boot"
+    assert "2 workers on the in-memory broker" in output, output
+    assert "-w 1" in output and "WSRELAY_BROKER_URL=redis://" in output
+    assert "Worker failed to boot" in output and "Traceback" not in output, output
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_wsrelays_worker_alone_serves_without_the_config_file(tmp_path, channel):
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    args = [PYTHON, "-m", "gunicorn", "-w", "1", "-k", "wsrelay.gunicorn_worker.RelayWorker",
+            "-b", f"127.0.0.1:{port}", "wsrelay.app:create_app()"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=clean_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(proc, port, str(log))
+    try:
+        server.wait_ready()
+        cursor = poll_json(server, channel, timeout=0)["cursor"]
+        publish(server, channel, "one worker is fine")
+        messages = poll_json(server, channel, since=cursor, timeout=0)["messages"]
+        assert [m["data"] for m in messages] == ["one worker is fine"]
+    finally:
+        server.stop()
+
 def test_two_workers_on_redis_give_every_client_every_message_in_one_order(
     gunicorn, redis_server, channel
 ):
