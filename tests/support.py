@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
+import greenlet
 import requests
 import websocket
 from hypothesis import settings
@@ -603,3 +605,10 @@ class Bystander:
         assert self.sent, "the bystander sent nothing"
         assert self.lost == 0, self.summary()
         assert self.p99() < p99, self.summary()
+
+
+def live_greenlets() -> int:
+    """Greenlets alive in this process. ``type()``, not ``isinstance``: the latter asks a dead
+    weak proxy for its class and raises ReferenceError."""
+    return sum(1 for o in gc.get_objects()
+               if issubclass(type(o), greenlet.greenlet) and not o.dead)

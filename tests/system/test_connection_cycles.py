@@ -10,12 +10,17 @@ import time
 
 import gevent
 import gevent.pool
-import greenlet
 import pytest
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from tests.support import client_frame, handshake_request, read_http_head, server_frames
+from tests.support import (
+    client_frame,
+    handshake_request,
+    live_greenlets,
+    read_http_head,
+    server_frames,
+)
 from wsrelay import create_app
 from wsrelay.server.handler import RelayHandler
 
@@ -25,10 +30,6 @@ CYCLES = 20_000
 WARM_UP = 2_000
 PER_IP = 256
 CLOSE = client_frame(0x8, (1000).to_bytes(2, "big"))
-
-
-def live_greenlets() -> int:
-    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
 
 
 def open_files() -> int:

@@ -1,15 +1,13 @@
 """The WebSocket connection over a real socketpair, with the hub and a memory broker."""
 
-import gc
 import socket
 import time
 
 import gevent
 import gevent.event
-import greenlet
 import pytest
 
-from tests.support import client_frame, server_frames, wait_until
+from tests.support import client_frame, live_greenlets, server_frames, wait_until
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer
 from wsrelay.websocket.connection import State, WebSocketConnection
@@ -161,10 +159,6 @@ def test_the_hubs_heartbeat_reaches_the_client_as_a_ping_frame(hub):
 
 
 # -- a connection waiting for input in its watcher, with no greenlet ----------------------
-
-
-def live_greenlets() -> int:
-    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
 
 
 def watched(hub, *, close_timeout=5.0, expires=None, channel="c"):
