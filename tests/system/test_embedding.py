@@ -5,6 +5,7 @@ session, chatting through wsrelay's hooks."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,10 +16,15 @@ from tests.test_docs import ROOT, block
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 
+def write_guide_app(folder: Path) -> None:
+    """The guide's chat.py, exactly as docs/embedding.md shows it, into ``folder``."""
+    example = block(ROOT / "docs" / "embedding.md", "python", "chat.py:")
+    (folder / "chat.py").write_text(example.text)
+
+
 @pytest.fixture
 def chat(tmp_path, redis_server):
-    example = block(ROOT / "docs" / "embedding.md", "python", "chat.py:")
-    (tmp_path / "chat.py").write_text(example.text)
+    write_guide_app(tmp_path)
     port = free_port()
     server = ServerProcess.start(
         [PYTHON, "-m", "gunicorn", "-w", "1", "-k", STOCK_WORKER, "-b", f"127.0.0.1:{port}",
