@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 #: The fixtures that start a process: a test using one (even through another fixture) is e2e.
-PROCESS_FIXTURES = frozenset({"server", "make_server", "redis_server", "browser"})
+PROCESS_FIXTURES = frozenset({"server", "make_server", "redis_server", "own_redis", "browser"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,6 +96,14 @@ def browser():
 @pytest.fixture(scope="session")
 def redis_server():
     """A real ``redis-server`` on a free port, no persistence, for the whole session."""
+    instance = RedisServer.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test alone, free to be killed, stopped and restarted."""
     instance = RedisServer.start()
     yield instance
     instance.stop()

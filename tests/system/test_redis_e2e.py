@@ -63,14 +63,6 @@ def start():
         server.stop()
 
 
-@pytest.fixture
-def own_redis():
-    """A redis-server of this test alone, free to be stopped and restarted."""
-    instance = RedisServer.start()
-    yield instance
-    instance.stop()
-
-
 # -- a client's view ------------------------------------------------------------------------
 
 

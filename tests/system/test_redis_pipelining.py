@@ -19,7 +19,7 @@ import redis
 import requests
 from gevent.event import Event
 
-from tests.support import Closed, RedisServer, ServerProcess, WSClient, wait_until
+from tests.support import Closed, ServerProcess, WSClient, wait_until
 from wsrelay.ids import MessageId
 
 pytestmark = pytest.mark.e2e  # starts servers (and, for faults, a redis-server) itself
@@ -38,14 +38,6 @@ def start():
     yield serve
     for server in started:
         server.stop()
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server of this test alone, free to be killed."""
-    instance = RedisServer.start()
-    yield instance
-    instance.stop()
 
 
 class V1Client:

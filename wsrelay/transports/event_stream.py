@@ -20,7 +20,6 @@ bytes are yielded to the server instead (:meth:`EventStream.take`).
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import json
 import math
@@ -34,6 +33,7 @@ from gevent.event import Event
 from ..hub import Subscription
 from ..ids import MessageId
 from ..message import Message
+from ..websocket.connection import CLOSED, CLOSING, OPEN, OPENING
 from ..websocket.outbox import WRITE_SIZE, Outbox
 
 if TYPE_CHECKING:
@@ -81,18 +81,6 @@ ENCODERS = {
     (as_json, chunked): SseEncoder(as_json=as_json, chunked=chunked)
     for as_json in (False, True) for chunked in (False, True)
 }
-
-
-class State(enum.Enum):
-    #: Subscribed; the response head is not out yet, so nothing else goes out.
-    OPENING = "opening"
-    OPEN = "open"
-    #: Ending: what is queued goes out, nothing more is queued.
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-OPENING, OPEN, CLOSING, CLOSED = State.OPENING, State.OPEN, State.CLOSING, State.CLOSED
 
 
 class EventStream:
