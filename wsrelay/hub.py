@@ -427,11 +427,13 @@ class MessageServer:
                     self._presence_changed |= changed & self._channels.keys()
 
     def counts(self) -> dict[str, int]:
-        """Numbers for health checks and tests."""
+        """Numbers for health checks and tests: ``subscribers`` counts the connections'
+        subscriptions, not the SSE streams' and long-polls' (``waiters``)."""
         return {
             "connections": len(self.connections),
             "channels": len(self._channels),
-            "subscribers": sum(len(members) for members in self._channels.values()),
+            "subscribers": sum(len(members) for members in self._channels.values())
+            - sum(self._uncounted.values()),
             "waiters": len(self.streams),
         }
 

@@ -20,7 +20,8 @@ Why it is built this way:
 * **Keys use one Redis Cluster hash tag per channel:** ``<prefix>:{<channel>}:state``
   (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
   ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
-  one key belongs to no channel: ``<prefix>:origin``, when the data began.
+  two keys belong to no channel: ``<prefix>:origin``, when the data began, and
+  ``<prefix>:master``, the replication id of the master the workers write to.
 * **One command connection per worker, auto-pipelined** (:mod:`.commands`,
   :mod:`.pipeline`): every publish, history read and presence command of the
   worker shares round trips, each with its own answer; :meth:`RedisBroker.publish_async`
