@@ -38,6 +38,10 @@ def run_bench(out: Path, *options: str, path: str, timeout: float) -> subprocess
     return done
 
 
+#: Baselines whose quick runs may lose or repeat messages: their rows report it.
+UNRELIABLE_BASELINES = frozenset({"flask-socketio-redis"})
+
+
 def check_quick_run(done: subprocess.CompletedProcess, out: Path, systems: set[str],
                     absent: dict[str, str]) -> None:
     """Every planned row is there: figures from a lossless run, or why it has none."""
@@ -62,7 +66,10 @@ def check_quick_run(done: subprocess.CompletedProcess, out: Path, systems: set[s
                 assert row["kib_per_connection"] > 0
                 assert row["cpu_us_per_connect"] > 0
             else:
-                assert row["lost"] == 0, row
+                # Flask-SocketIO on Redis is a baseline measured as it is: at times it delivers
+                # some messages twice (negative loss); its row must be there, not lossless
+                if system not in UNRELIABLE_BASELINES:
+                    assert row["lost"] == 0, row
                 assert row["deliveries"] > 0
                 assert row["server_cpu_s"] > 0
             if scenario.kind == "poll":
