@@ -15,6 +15,7 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import re  # noqa: E402
+import socket  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -107,3 +108,12 @@ def own_redis():
     instance = RedisServer.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def pair():
+    """Two connected sockets (server side, client side), closed after the test."""
+    server, client = socket.socketpair()
+    yield server, client
+    server.close()
+    client.close()

@@ -1,23 +1,13 @@
 """Keep-alive connections waiting for their next request, ended when the server stops."""
 
-import socket
 
 import gevent
-import pytest
 
 from wsrelay.server.keep_alive import end_keep_alive, keep_alive
 
 
 class App:
     """A WSGI application stand-in: only its identity matters here."""
-
-
-@pytest.fixture
-def pair():
-    server, client = socket.socketpair()
-    yield server, client
-    server.close()
-    client.close()
 
 
 def test_ending_wakes_a_connection_waiting_for_its_next_request(pair):

@@ -27,14 +27,6 @@ def reset(sock: socket.socket) -> None:
 # -- the watcher on its own, over real sockets ----------------------------------------------
 
 @pytest.fixture
-def pair():
-    server, client = socket.socketpair()
-    yield server, client
-    server.close()
-    client.close()
-
-
-@pytest.fixture
 def tcp_pair():
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
