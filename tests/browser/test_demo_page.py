@@ -207,15 +207,20 @@ def test_the_transport_can_be_chosen(server, channel, open_page):
     assert fence(server.url, channel, page) == [["polling by choice"]]
 
 
-def test_the_page_rides_out_a_server_restart(make_server, channel, open_page):
-    first = make_server()
+def chat_then_stop(make_server, open_page, channel, env=None):
+    """A page that said something over WebSocket, then saw its server stop."""
+    first = make_server(env=env)
     page = open_page(demo_url(first.url, channel, nick="ada"))
     expect_connected(page, "websocket")
     say(page, "before the restart")
     wait_for_messages(page, "before the restart")
-
     first.stop()
     expect(page.locator("#state")).to_have_text("connecting")
+    return first, page
+
+
+def test_the_page_rides_out_a_server_restart(make_server, channel, open_page):
+    first, page = chat_then_stop(make_server, open_page, channel)
     expect(page.locator("#log li.notice").filter(has_text="Connection lost")).to_have_count(1)
     say(page, "typed while the server was down")  # waits, then is sent
     pending = page.locator("#log li.msg.pending")
@@ -269,13 +274,7 @@ def test_a_restart_on_redis_reports_no_gap(make_server, redis_server, channel, o
     """With Redis history survives a restart of wsrelay: no "messages were missed" (the
     memory broker's restart, above, is a real gap and says so)."""
     env = {"WSRELAY_BROKER_URL": redis_server.url}
-    first = make_server(env=env)
-    page = open_page(demo_url(first.url, channel, nick="ada"))
-    expect_connected(page, "websocket")
-    say(page, "before the restart")
-    wait_for_messages(page, "before the restart")
-    first.stop()
-    expect(page.locator("#state")).to_have_text("connecting")
+    first, page = chat_then_stop(make_server, open_page, channel, env)
     second = make_server(env=env, port=first.port)
     expect_connected(page, "websocket")
     (log,) = fence(second.url, channel, page)
