@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         BrokerUnavailable,
         ConfigError,
         InvalidChannel,
+        InvalidIdentity,
         MessageTooLarge,
         NoRelay,
         Refuse,
@@ -33,11 +34,12 @@ _EXPORTS = {
     "MessageServer": "hub",
     "WsrelayError": "errors", "BrokerUnavailable": "errors", "ConfigError": "errors",
     "InvalidChannel": "errors", "MessageTooLarge": "errors", "NoRelay": "errors",
-    "Refuse": "errors",
+    "Refuse": "errors", "InvalidIdentity": "errors",
 }
 
 __all__ = [
-    "AppRelay", "BrokerUnavailable", "ConfigError", "InvalidChannel", "MessageServer",
+    "AppRelay", "BrokerUnavailable", "ConfigError", "InvalidChannel", "InvalidIdentity",
+    "MessageServer",
     "MessageTooLarge", "NoRelay", "Publication", "Refuse", "Relay", "WsrelayError",
     "create_app", "current_relay", "publish",
 ]

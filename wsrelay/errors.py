@@ -34,6 +34,11 @@ class Refuse(WsrelayError):
     is sent back (a 403 ``refused``, an error envelope, a close frame 1008)."""
 
 
+class InvalidIdentity(WsrelayError, TypeError):
+    """An identity (what the identity hook returned, or was given to ``disconnect``) that is
+    not a JSON value, so it could not be compared across processes."""
+
+
 class NoRelay(WsrelayError, RuntimeError):
     """:func:`wsrelay.publish` found no relay to publish with (see its message)."""
 

@@ -17,7 +17,7 @@ if _own_metrics_dir:
 from prometheus_client.multiprocess import mark_process_dead  # noqa: E402
 
 from wsrelay.config import ConfigError, load, redact_url  # noqa: E402
-from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers  # noqa: E402
+from wsrelay.gunicorn_worker import adopt_stock_worker, check_workers, relays_of  # noqa: E402
 from wsrelay.ops.metrics import reset_multiprocess_dir  # noqa: E402
 
 try:
@@ -38,15 +38,34 @@ graceful_timeout = 10
 keepalive = 5
 
 
+def known_settings(server):
+    """The served app's settings where they are known before a worker loads it: a preloaded
+    app's own, or wsrelay's own app's (the environment and the config file). None for a
+    host app (its ``app.config`` may name its broker): each worker checks it once loaded."""
+    if server.cfg.preload_app:
+        relays = relays_of(server.app.wsgi())
+        return relays[0].app.config if relays else None
+    if getattr(server.app, "app_uri", None) == wsgi_app:
+        return _settings
+    return None
+
+
 def on_starting(server):
+    settings = known_settings(server)
+    workers = server.cfg.workers
     try:
-        check_workers(server.cfg.workers, _settings)
+        if settings is not None:
+            check_workers(workers, settings)
     except SystemExit:
         on_exit(server)  # gunicorn will not call it: it never started
         raise
     reset_multiprocess_dir()
-    server.log.info("wsrelay: broker %s, %d worker(s)",
-                    redact_url(_settings["WSRELAY_BROKER_URL"]), server.cfg.workers)
+    if settings is None:
+        server.log.info("wsrelay: %d worker(s), each checks its app's broker once loaded",
+                        workers)
+    else:
+        server.log.info("wsrelay: broker %s, %d worker(s)",
+                        redact_url(settings["WSRELAY_BROKER_URL"]), workers)
 
 
 def child_exit(server, worker):

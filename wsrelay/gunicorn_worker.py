@@ -1,6 +1,10 @@
-"""gunicorn integration: the worker class and the start-up checks of ``gunicorn.conf.py``
-(the worker makes the several-workers check too, with its app's own settings, for a
-``-k wsrelay.gunicorn_worker.RelayWorker`` without the config file)."""
+"""gunicorn integration: the worker class and the start-up checks of ``gunicorn.conf.py``.
+
+The several-workers check reads the app's own settings (its ``app.config``, where a
+host app may name its broker), so every worker makes it once it has loaded the app:
+RelayWorker (``-k wsrelay.gunicorn_worker.RelayWorker``, with or without the config
+file) and, through the config file's ``post_worker_init``, any other worker class.
+"""
 
 from __future__ import annotations
 
@@ -45,28 +49,35 @@ class RelayWorker(GeventWebSocketWorker):
         """Load the app, then refuse to serve it if it would be one of several workers on
         the in-memory broker: gunicorn stops (a worker that fails to boot halts it)."""
         super().load_wsgi()
-        for relay in relays_of(self.wsgi):
-            problem = workers_problem(self.cfg.workers, relay.app.config)
-            if problem:
-                self.log.error("%s", problem)
-                self._fail_to_boot()
-
-    def _fail_to_boot(self) -> None:
-        """Exit so that gunicorn halts. The first worker exits at once; the others give the
-        arbiter a second to stop them first, since a second boot failure that reaches it
-        while it halts is a traceback of gunicorn's."""
-        if self.age > 1:
-            deadline = time.monotonic() + 1.0
-            while self.alive and time.monotonic() < deadline:
-                gevent.sleep(0.05)
-            if not self.alive:  # stopped by the halting arbiter
-                raise SystemExit(0)
-        raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+        check_loaded_app(self)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM (a stop, or the old workers of a graceful reload): drain, then exit."""
         super().handle_exit(sig, frame)
         drain_after_exit(self)
+
+
+def check_loaded_app(worker: Any) -> None:
+    """In a worker that has loaded its app: refuse to serve it if its relay would be one
+    of several workers on the in-memory broker, by its app's own settings."""
+    for relay in relays_of(getattr(worker, "wsgi", None)):
+        problem = workers_problem(worker.cfg.workers, relay.app.config)
+        if problem:
+            worker.log.error("%s", problem)
+            _fail_to_boot(worker)
+
+
+def _fail_to_boot(worker: Any) -> None:
+    """Exit so that gunicorn halts. The first worker exits at once; the others give the
+    arbiter a second to stop them first, since a second boot failure that reaches it
+    while it halts is a traceback of gunicorn's."""
+    if worker.age > 1:
+        deadline = time.monotonic() + 1.0
+        while worker.alive and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if not worker.alive:  # stopped by the halting arbiter
+            raise SystemExit(0)
+    raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
 
 def drain_after_exit(worker: GeventWebSocketWorker) -> None:
@@ -117,10 +128,14 @@ def _drain_then_exit(relays: list[AppRelay], timeout: float) -> None:
         gevent.kill(main, SystemExit)
 
 
-def adopt_stock_worker(worker: object) -> None:
-    """Give a stock ``GeventWebSocketWorker`` (chosen with ``-k``) what RelayWorker has:
-    wsrelay's handler and server, and the drain on SIGTERM."""
-    if not isinstance(worker, GeventWebSocketWorker) or isinstance(worker, RelayWorker):
+def adopt_stock_worker(worker: Any) -> None:
+    """Give another worker class (chosen with ``-k``) RelayWorker's check of its loaded
+    app, and a stock ``GeventWebSocketWorker`` what else RelayWorker has: wsrelay's
+    handler and server, and the drain on SIGTERM."""
+    if isinstance(worker, RelayWorker):
+        return
+    check_loaded_app(worker)
+    if not isinstance(worker, GeventWebSocketWorker):
         return
     if worker.wsgi_handler is WebSocketHandler:
         worker.wsgi_handler = RelayHandler

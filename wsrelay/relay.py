@@ -14,6 +14,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -24,6 +25,7 @@ from .broker import broker_from_config
 from .broker.base import Publishing
 from .channels import check_channel
 from .config import load, redact_url
+from .control import DISCONNECT, UNSUBSCRIBE, Command, InvalidCommand, identity_key
 from .errors import MessageTooLarge, NoRelay
 from .hub import MessageServer
 from .ids import MessageId
@@ -33,6 +35,7 @@ from .ops.metrics import MetricsSync
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint, routing_errors_in_json
 from .transports.checks import Publication, ask_hooks
+from .transports.event_stream import EventStream
 from .transports.websocket import app_protocol, negotiate_compression
 from .websocket.connection import WebSocketConnection
 from .websocket.deflate import deflater
@@ -53,8 +56,21 @@ IdentityHook = Callable[[Request, Claims | None], Any]
 #: ``hook(publication)``: None keeps the message, a ``str``/``bytes`` replaces its data,
 #: False or ``raise Refuse(reason)`` refuses it.
 PublishHook = Callable[[Publication], str | bytes | bool | None]
-#: ``hook(identity)``: a WebSocket of a client with that identity has closed.
+#: ``hook(identity)``: a WebSocket or SSE stream of a client with that identity has ended.
 DisconnectHook = Callable[[Any], None]
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    """A connection (WebSocket, SSE stream, held long-poll) whose identity hook named who it
+    is, so that :meth:`AppRelay.disconnect` and :meth:`AppRelay.unsubscribe` find it:
+    ``key`` is the identity's :func:`~wsrelay.control.identity_key`; ``ended`` the reason
+    the application ended it, if it did."""
+
+    connection: Any
+    identity: Any
+    key: str
+    ended: str | None = None
 
 
 class Relay:
@@ -122,7 +138,9 @@ class Relay:
         return hook
 
     def disconnect_hook(self, hook: DisconnectHook) -> DisconnectHook:
-        """Register ``hook``, called with the identity of every WebSocket that has closed."""
+        """Register ``hook``, called with the identity (None without one) of every WebSocket
+        and SSE stream that has ended, in the process that served it (not per long-poll:
+        a long-poll client is a series of requests, none of which marks its leaving)."""
         self.disconnect_hooks.append(hook)
         return hook
 
@@ -133,8 +151,15 @@ class Relay:
         return self.state().publish(channel, data, binary=binary)
 
     def disconnect(self, identity: Any, reason: str = "disconnected by the server") -> int:
-        """Close this process's WebSockets of ``identity`` (see :meth:`AppRelay.disconnect`)."""
+        """End every connection of ``identity`` in every process (see
+        :meth:`AppRelay.disconnect`)."""
         return self.state().disconnect(identity, reason)
+
+    def unsubscribe(self, identity: Any, channel: str,
+                    reason: str = "unsubscribed by the server") -> int:
+        """End the subscriptions of ``identity`` to ``channel`` in every process (see
+        :meth:`AppRelay.unsubscribe`)."""
+        return self.state().unsubscribe(identity, channel, reason)
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         return self.state().start_background_task(target, *args)
@@ -176,8 +201,12 @@ class AppRelay:
         self._background: dict[Callable[..., Any], gevent.Greenlet] = {}
         #: The host's views at wsrelay's paths (see :func:`wsrelay.transports.host_routes`).
         self.host_routes: dict[tuple[str, str], Any] | None = None
-        #: Each open WebSocket that has an identity, and the identity, by connection id.
-        self.identities: dict[str, tuple[WebSocketConnection, Any]] = {}
+        #: Each connection that has an identity, by connection id.
+        self.identities: dict[str, Client] = {}
+        #: The same, by identity key, then connection id.
+        self._by_identity: dict[str, dict[str, Client]] = {}
+        # Every process ends its clients of an identity when any of them is asked to.
+        self.hub.broker.listen_control(self._control)
 
     @property
     def connect_hooks(self) -> list[ConnectHook]:
@@ -217,12 +246,94 @@ class AppRelay:
         return data, None if identity is None else str(identity)
 
     def disconnect(self, identity: Any, reason: str = "disconnected by the server") -> int:
-        """Close every WebSocket of this process whose identity hook returned ``identity``
-        (a user logs out), with 1008 and ``reason``; how many were closed."""
-        closing = [conn for conn, who in list(self.identities.values()) if who == identity]
-        for connection in closing:
-            connection.close(CloseCode.POLICY_VIOLATION, reason)
-        return len(closing)
+        """End every connection whose identity hook returned ``identity`` (a user logs out),
+        in this process and, through the broker, in every other sharing it: WebSockets close
+        with 1008 and ``reason``, SSE streams end after an ``error`` event with ``reason``,
+        held long-polls are answered 403 ``refused``. Identities compare by their JSON
+        (:func:`~wsrelay.control.identity_key`; :class:`~wsrelay.errors.InvalidIdentity`
+        for one that is not JSON).
+
+        Returns how many connections of this process were ended (the other processes' are
+        ended as their listeners receive the request, a moment later, and not counted).
+        Raises :class:`~wsrelay.errors.BrokerUnavailable` when the request could not be
+        sent to the other processes (this one's are ended already).
+        """
+        return self._command(Command(DISCONNECT, identity_key(identity), str(reason)))
+
+    def unsubscribe(self, identity: Any, channel: str,
+                    reason: str = "unsubscribed by the server") -> int:
+        """End the subscriptions of ``identity`` to ``channel`` in every process, leaving
+        its connections open: a ``wsrelay.v1`` WebSocket gets an ``unsubscribed`` envelope
+        and may not use the channel again (a new connection passes the checks anew); a raw
+        ``/ws/<channel>`` WebSocket, an SSE stream or a held long-poll of that channel is
+        ended as by :meth:`disconnect`. Returns how many subscriptions of this process
+        ended; raises as :meth:`disconnect` does."""
+        check_channel(channel)
+        return self._command(Command(UNSUBSCRIBE, identity_key(identity), str(reason), channel))
+
+    def _command(self, command: Command) -> int:
+        """Obey ``command`` here, then send it to every other process."""
+        ended = self._obey(command)
+        reached = self.hub.broker.send_control(command.encode())
+        log.info("%s %s: %d ended here; sent to %d listeners", command.op, command.identity,
+                 ended, reached)
+        return ended
+
+    def _control(self, payload: bytes) -> None:
+        """A command from the control channel (in the broker's listener: obeyed apart)."""
+        try:
+            command = Command.decode(payload)
+        except InvalidCommand as exc:
+            log.warning("ignoring a control message: %s", exc)
+            return
+        gevent.spawn(self._obey, command)
+
+    def _obey(self, command: Command) -> int:
+        """End this process's clients named by ``command``; how many."""
+        ended = 0
+        for client in list(self._by_identity.get(command.identity, {}).values()):
+            connection = client.connection
+            channel = command.channel
+            if channel is not None:  # an unsubscribe
+                if isinstance(connection, WebSocketConnection):
+                    ended += connection.revoke(channel, command.reason)
+                    continue
+                if connection.subscription.channel != channel:
+                    continue
+            client.ended = command.reason
+            connection.close(CloseCode.POLICY_VIOLATION, command.reason)
+            ended += 1
+        return ended
+
+    def track(self, connection: Any) -> Client | None:
+        """Remember ``connection`` under the identity its request's identity hook found (in
+        that request), until the hub lets it go; None when it has none."""
+        identity = g.get("wsrelay_identity")
+        if identity is None:
+            return None
+        client = Client(connection, identity, identity_key(identity))
+        self.identities[connection.id] = client
+        self._by_identity.setdefault(client.key, {})[connection.id] = client
+        return client
+
+    def untrack(self, connection: Any) -> Client | None:
+        """Forget ``connection`` (it has ended); its :class:`Client`, if it had one."""
+        client = self.identities.pop(connection.id, None)
+        if client is not None:
+            same = self._by_identity.get(client.key, {})
+            same.pop(connection.id, None)
+            if not same:
+                self._by_identity.pop(client.key, None)
+        return client
+
+    def disconnected(self, client: Client | None) -> None:
+        """Tell the disconnect hooks that a connection (of ``client``) has ended."""
+        identity = None if client is None else client.identity
+        for hook in self.relay.disconnect_hooks:
+            try:
+                hook(identity)
+            except Exception:
+                log.exception("disconnect hook %r failed", hook)
 
     def open_connection(
         self, sock: Any, *, expires: float | None = None, json: bool = False,
@@ -249,9 +360,7 @@ class AppRelay:
                 deflate.server_max_window_bits, config["WSRELAY_COMPRESSION_MIN_SIZE"]
             ),
         )
-        identity = g.get("wsrelay_identity")
-        if identity is not None:
-            self.identities[connection.id] = (connection, identity)
+        self.track(connection)
         return connection
 
     def serve_websocket(
@@ -310,8 +419,8 @@ class AppRelay:
 class _HookedHub(MessageServer):
     """The app's hub, which passes what clients publish over a WebSocket through
     :meth:`AppRelay.client_publication` (a connection publishes with its own id as
-    ``sender``; the application's own :meth:`AppRelay.publish` does not), and tells the
-    disconnect hooks of a closed one."""
+    ``sender``; the application's own :meth:`AppRelay.publish` does not), forgets the
+    identity of a connection that ended and tells the disconnect hooks."""
 
     def __init__(self, owner: AppRelay, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -323,7 +432,8 @@ class _HookedHub(MessageServer):
     ) -> Publishing:
         if sender is None:  # the application's own
             return super().publish_async(channel, data, binary=binary, author=author)
-        identity = self._owner.identities.get(sender, (None, None))[1]
+        client = self._owner.identities.get(sender)
+        identity = None if client is None else client.identity
         is_binary = bool(binary) if binary is not None else isinstance(data, bytes)
         data, author = self._owner.client_publication(
             channel, data, binary=is_binary, identity=identity, transport="websocket")
@@ -332,12 +442,13 @@ class _HookedHub(MessageServer):
 
     def detach(self, connection: Any) -> None:
         super().detach(connection)
-        identity = self._owner.identities.pop(connection.id, (None, None))[1]
-        for hook in self._owner.relay.disconnect_hooks:
-            try:
-                hook(identity)
-            except Exception:
-                log.exception("disconnect hook %r failed", hook)
+        self._owner.disconnected(self._owner.untrack(connection))
+
+    def let_go(self, connection: Any) -> None:
+        super().let_go(connection)
+        client = self._owner.untrack(connection)
+        if isinstance(connection, EventStream):  # a long-poll's end is no disconnect
+            self._owner.disconnected(client)
 
 
 def _offer_subprotocol(app: Flask, prefix: str) -> None:

@@ -19,6 +19,8 @@ from ..ids import MessageId
 from ..message import Message
 
 Deliver = Callable[[Message], None]
+#: Receives a control message (:mod:`wsrelay.control`'s commands) sent by any process.
+Control = Callable[[bytes], None]
 
 
 class BrokerUnavailable(RuntimeError):
@@ -174,6 +176,17 @@ class Broker(ABC):
         below the returned cursor is delivered again. That is what lets a
         subscriber replay history and go live with no gap and no duplicate.
         """
+
+    def listen_control(self, receive: Control) -> None:  # noqa: B027 - optional hook
+        """Hand every control message that another process sends to ``receive`` (a broker
+        that is not shared has no other process: nothing arrives)."""
+
+    def send_control(self, payload: bytes) -> int:
+        """Send ``payload`` to the :meth:`listen_control` receiver of every process sharing
+        this broker (this one's included, on a shared broker); how many listeners it
+        reached (0 when none shares it). Raise :class:`BrokerUnavailable` when it could
+        not be sent."""
+        return 0
 
     def watch(self, channel: str) -> None:  # noqa: B027 - optional hook
         """The first local subscriber of ``channel`` arrived."""

@@ -13,6 +13,7 @@ from flask import current_app, g, request
 
 from ..auth import SUBSCRIBE, Access, Claims, authorize
 from ..channels import InvalidChannel, check_channel
+from ..control import identity_key
 from ..errors import ApiError, Refuse
 from ..hosts import host_allowed, host_name
 from ..ids import InvalidMessageId, MessageId
@@ -150,7 +151,10 @@ def ask_hooks(hooks: Sequence[Callable[..., Any]], *args: Any) -> Any:
 def identify(claims: Claims | None) -> Any:
     """The client's identity, from the identity hooks, asked once per request."""
     if "wsrelay_identity" not in g:
-        g.wsrelay_identity = ask_hooks(relay().relay.identity_hooks, request, claims)
+        identity = ask_hooks(relay().relay.identity_hooks, request, claims)
+        if identity is not None:
+            identity_key(identity)  # InvalidIdentity now, rather than at the user's logout
+        g.wsrelay_identity = identity
     return g.wsrelay_identity
 
 

@@ -35,6 +35,7 @@ from ..ids import MessageId
 from ..message import Message
 from ..websocket.connection import CLOSED, CLOSING, OPEN, OPENING
 from ..websocket.outbox import WRITE_SIZE, Outbox
+from ..websocket.protocol import CloseCode
 
 if TYPE_CHECKING:
     from ..hub import MessageServer
@@ -46,6 +47,12 @@ CONNECTED = b"retry: 2000\n: connected\n\n"
 KEEP_ALIVE = b": keep-alive\n\n"
 TOKEN_EXPIRED = b"event: error\ndata: token expired\n\n"
 BROKER_UNAVAILABLE = b"event: error\ndata: broker unavailable\n\n"
+
+
+def error_event(text: str) -> bytes:
+    """An ``error`` event carrying ``text`` (on one line), after which the stream ends."""
+    line = " ".join(text.splitlines())[:200]
+    return f"event: error\ndata: {line}\n\n".encode()
 
 
 def reset_event(cursor: MessageId) -> bytes:
@@ -221,8 +228,9 @@ class EventStream:
             self.flush()
 
     def close(self, code: int, reason: str) -> None:
-        """The hub drains: end the stream after its queue; the browser reconnects elsewhere."""
-        self.end()
+        """End the stream after its queue: the hub drains (1001; the browser reconnects
+        elsewhere), or the application ended it (an ``error`` event says why)."""
+        self.end(b"" if code == CloseCode.GOING_AWAY else error_event(reason))
 
     def abort(self) -> None:
         """Cut the stream now (too slow, gone, or past the drain's deadline)."""

@@ -39,9 +39,11 @@ def poll(channel: str) -> Response:
     name = admit(channel, SUBSCRIBE).channel
     since = checked_since(request.args.get("since"))
     timeout = _timeout()
-    hub = relay().hub
+    state = relay()
+    hub = state.hub
     release = occupy(stream=True)
     waiter = PollWaiter(name, current_app.config["WSRELAY_SUBSCRIBER_BUFFER"])
+    client = state.track(waiter)  # until the hub lets it go: disconnect() finds it
     hub.stats.connections["poll"] += 1
     try:
         page = hub.subscribe(waiter.subscription, since)  # queues what history holds
@@ -56,6 +58,8 @@ def poll(channel: str) -> Response:
         hub.let_go(waiter)
         hub.stats.connections["poll"] -= 1
         release()
+    if client is not None and client.ended:  # the application disconnected its identity
+        raise ApiError(403, "refused", client.ended)
     # a gap is answered from the history page: the hub made no subscription then
     items = [ITEMS.message(message) for message in page.messages] if page.reset else waiter.items
     return Response(answer(name, page.cursor, items, page.reset), mimetype="application/json",

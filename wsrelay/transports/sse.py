@@ -70,7 +70,8 @@ def sse(channel: str) -> Response:
     config = current_app.config
     release = occupy(stream=True)
     sock: Any | None = request.environ.get(SOCKET_KEY)
-    hub = relay().hub
+    state = relay()
+    hub = state.hub
     stream = EventStream(
         hub, access.channel, sock, as_json=as_json,
         chunked=request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
@@ -81,5 +82,7 @@ def sse(channel: str) -> Response:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    state.track(stream)  # until the hub lets it go: disconnect() finds it
     response.call_on_close(release)  # the server closes every response, however it ended
+    response.call_on_close(lambda: state.untrack(stream))  # also if it never began
     return response

@@ -96,6 +96,8 @@ class Mode(Protocol):
 
     def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None: ...
 
+    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> None: ...
+
 
 class WebSocketConnection:
     """One WebSocket: its socket, its protocol session, its queue, its subscriptions."""
@@ -343,6 +345,14 @@ class WebSocketConnection:
         if subscription is None:
             return False
         self.hub.unsubscribe(subscription)
+        return True
+
+    def revoke(self, channel: str, reason: str) -> bool:
+        """The application ends this connection's subscription to ``channel`` (its mode
+        says how); False when it has none."""
+        if channel not in self.subscriptions or self._mode is None:
+            return False
+        self._mode.revoke(self, channel, reason)
         return True
 
     def _unsubscribe_all(self) -> None:

@@ -20,6 +20,7 @@ Server -> client::
     {"type": "presence", "channel": c, "count": n}  # a presence request without "ack"
     {"type": "error", "code": code, "reason": text, "request": {"type": t, "channel": c, "ack": n}}
     {"type": "reset", "channel": c, "cursor": id}   # history could not fill the gap
+    {"type": "unsubscribed", "channel": c, "reason": text}  # the application ended it
 
 A subscription's ``ack`` comes after the replayed messages: from then on it is live.
 """
@@ -272,3 +273,8 @@ def presence(channel: str, count: int) -> bytes:
 
 def reset(channel: str, cursor: MessageId) -> bytes:
     return _dump({"type": "reset", "channel": channel, "cursor": str(cursor)})
+
+
+def unsubscribed(channel: str, reason: str) -> bytes:
+    """The application ended this subscription (``relay.unsubscribe``)."""
+    return _dump({"type": "unsubscribed", "channel": channel, "reason": reason})

@@ -52,8 +52,23 @@ class Policy:
         self._remembered = 2 * max_subscriptions
         self.rate = rate
         self.max_subscriptions = max_subscriptions
+        #: Channels the application ended this connection's subscription to (see
+        #: :meth:`forbid`); None until it does.
+        self._forbidden: set[str] | None = None
+
+    def forbid(self, channel: str) -> None:
+        """The application ended the subscription to ``channel``: the connection may not
+        subscribe or publish there again (a new connection passes the checks anew)."""
+        for action in (SUBSCRIBE, PUBLISH):
+            self._allowed.pop((channel, action), None)
+        if self._forbidden is None:
+            self._forbidden = set()
+        self._forbidden.add(channel)
 
     def check(self, channel: str, action: str) -> None:
+        if self._forbidden is not None and channel in self._forbidden:
+            raise ApiError(403, "refused", "unsubscribed by the server: this connection may "
+                           "not use the channel again")
         key = (channel, action)
         if key not in self._allowed:
             self._authorize(channel, action)
@@ -160,6 +175,10 @@ class RawMode:
                 return
             self.in_flight.track(publishing, lambda answer: _refused(connection, answer))
 
+    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> None:
+        """Its one channel ended: the connection closes (1008)."""
+        connection.close(CloseCode.POLICY_VIOLATION, reason)
+
 
 def _refused(connection: WebSocketConnection, publishing: Publishing) -> None:
     """A raw publish has no answer of its own: one not accepted closes the connection."""
@@ -240,6 +259,13 @@ class JsonMode:
             "id": str(message.id)})
         if reply is not None:
             connection.send(encode_frame(reply, binary=False))
+
+    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> None:
+        """End the subscription with an ``unsubscribed`` envelope; the channel stays
+        forbidden to this connection."""
+        connection.unsubscribe(channel)
+        self.policy.forbid(channel)
+        connection.send(encode_frame(envelopes.unsubscribed(channel, reason), binary=False))
 
     def _subscribe(self, connection: WebSocketConnection, request: Request) -> dict:
         self.policy.check(request.channel, SUBSCRIBE)

@@ -21,7 +21,8 @@ Why it is built this way:
   (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
   ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
   two keys belong to no channel: ``<prefix>:origin``, when the data began, and
-  ``<prefix>:master``, the replication id of the master the workers write to.
+  ``<prefix>:master``, the replication id of the master the workers write to; nor does
+  the pub/sub channel ``<prefix>:control`` (requests every worker obeys: :mod:`wsrelay.control`).
 * **One command connection per worker, auto-pipelined** (:mod:`.commands`,
   :mod:`.pipeline`): every publish, history read and presence command of the
   worker shares round trips, each with its own answer; :meth:`RedisBroker.publish_async`
@@ -60,7 +61,7 @@ import redis
 
 from ...ids import MessageId
 from ...message import Message
-from ..base import Broker, BrokerUnavailable, Deliver, History, Publishing, read_after
+from ..base import Broker, BrokerUnavailable, Control, Deliver, History, Publishing, read_after
 from .codec import decode
 from .commands import AutoPipeline, wait
 from .listener import Listener
@@ -130,6 +131,9 @@ class RedisBroker(Broker):
         #: master (before a failover, which may have lost the last writes) starts a new
         #: epoch at its next message, so no id is handed out twice.
         self._master_key = f"{prefix}:master"
+        #: The pub/sub channel of control messages (:mod:`wsrelay.control`), which every
+        #: worker's listener subscribes to.
+        self._control_key = f"{prefix}:control"
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
@@ -204,6 +208,13 @@ class RedisBroker(Broker):
         if not watch.wait_delivered(page.cursor, self.timeout):
             raise BrokerUnavailable("the message broker is unavailable (not delivering)")
         return page
+
+    def listen_control(self, receive: Control) -> None:
+        self._listener.listen_control(self._control_key.encode(), receive)
+
+    def send_control(self, payload: bytes) -> int:
+        """PUBLISH on the control channel: the answer counts the workers' listeners."""
+        return int(self._call("PUBLISH", self._control_key, payload))
 
     def watch(self, channel: str) -> None:
         """Subscribe (asynchronously: a following :meth:`history` waits until it is active)."""

@@ -31,7 +31,7 @@ from gevent.lock import Semaphore
 from ...fairness import let_others_run
 from ...ids import MessageId
 from ...message import Message
-from ..base import BrokerUnavailable, Deliver, History
+from ..base import BrokerUnavailable, Control, Deliver, History
 from .codec import decode
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class Listener:
         self._on_error = on_error
         self.deliver: Deliver | None = None
         self.watches: dict[str, Watch] = {}
+        #: The control channel's key and receiver (see :meth:`listen_control`).
+        self._control: tuple[bytes, Control] | None = None
         self._by_key: dict[bytes, Watch] = {}
         self._greenlet: gevent.Greenlet | None = None
         self._conn: redis.connection.AbstractConnection | None = None
@@ -127,6 +129,20 @@ class Listener:
         self.watches[channel] = self._by_key[key] = watch
         self.start()
         self._send("SUBSCRIBE", watch)
+
+    def listen_control(self, key: bytes, receive: Control) -> None:
+        """Subscribe to the control channel ``key`` for as long as the listener runs (again
+        after every reconnection); its messages go to ``receive``, as they are."""
+        self._control = (key, receive)
+        self.start()
+        with self._send_lock:
+            if self._conn is not None:
+                self._acks.append((key, None))
+                try:
+                    self._conn.send_command("SUBSCRIBE", key)
+                except redis.RedisError as exc:
+                    log.debug("SUBSCRIBE %r failed: %s", key, exc)
+                    self._conn = None  # the listener notices and starts over
 
     def unwatch(self, channel: str) -> None:
         watch = self.watches.get(channel)
@@ -167,6 +183,9 @@ class Listener:
                     if watches:
                         self._acks.extend((watch.key, watch) for watch in watches)
                         conn.send_command("SUBSCRIBE", *(watch.key for watch in watches))
+                    if self._control is not None:
+                        self._acks.append((self._control[0], None))
+                        conn.send_command("SUBSCRIBE", self._control[0])
                     self._conn = conn
                 if self.connections:
                     log.info("redis listener connected again")
@@ -247,6 +266,11 @@ class Listener:
             watch = self._by_key.get(reply[1])
             if watch is not None:
                 self._hand_over(watch, decode(watch.channel, reply[2]))
+            elif self._control is not None and reply[1] == self._control[0]:
+                try:
+                    self._control[1](reply[2])
+                except Exception:
+                    log.exception("a control message failed")
         elif kind in (b"subscribe", b"unsubscribe") and self._acks:
             key, watch = self._acks.popleft()
             if key != reply[1]:
