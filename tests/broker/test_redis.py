@@ -325,3 +325,40 @@ def test_reconnecting_to_the_same_master_keeps_the_epoch(make_broker, channel):
     before = first.publish(channel, b"a")
     first.close()
     assert make_broker().publish(channel, b"b").id == MessageId(before.id.epoch, 2)
+
+
+def test_control_messages_reach_every_worker_of_the_prefix_again_after_a_reconnect(
+    make_broker, redis_server, client
+):
+    """What relay.disconnect sends: every worker sharing the prefix gets it, its sender
+    included, however its channels are watched; another deployment's workers do not."""
+    first, second = make_broker(), make_broker(backoff=(0.2, 0.5))
+    stranger = RedisBroker(redis_server.url, history_size=10, history_ttl=60.0,
+                           prefix=f"{make_broker.prefix}-other")
+    got: dict[str, list[bytes]] = {"first": [], "second": [], "stranger": []}
+    try:
+        for name, broker in (("first", first), ("second", second), ("stranger", stranger)):
+            broker.start(Recorder())
+            broker.listen_control(got[name].append)
+        wait_until(lambda: first.send_control(b"ping") == 2, 5,
+                   message="the workers' listeners did not subscribe to the control channel")
+        wait_until(lambda: got["second"], 5)
+        got["first"].clear(), got["second"].clear()
+        assert first.send_control(b"logout ada") == 2
+        wait_until(lambda: got["first"] == got["second"] == [b"logout ada"], 5, message=str(got))
+        assert got["stranger"] == []
+
+        entries = [c for c in client.client_list() if c["name"] == second.listener_name]
+        client.client_kill_filter(_id=entries[0]["id"])
+        wait_until(lambda: second.status()["listener"] == "connected"
+                   and second.status()["reconnects"] >= 1, 10)
+        wait_until(lambda: first.send_control(b"logout bob") == 2, 5)
+        wait_until(lambda: b"logout bob" in got["second"], 5, message=str(got))
+    finally:
+        stranger.close()
+    redis_server.stop()
+    try:
+        with pytest.raises(BrokerUnavailable):
+            first.send_control(b"lost")
+    finally:
+        redis_server.restart()
