@@ -818,6 +818,11 @@
       else if (envelope.type === 'reset') this.on.reset(envelope.channel, envelope.cursor);
       else if (envelope.type === 'ack') this.answer(envelope);
       else if (envelope.type === 'error') this.refused(envelope);
+      else if (envelope.type === 'unsubscribed') {
+        // The application ended this subscription (relay.unsubscribe): it is not resumed.
+        this.on.refused(envelope.channel, relayError(envelope.reason || 'unsubscribed',
+          'unsubscribed', { channel: envelope.channel }));
+      }
     }
 
     answer(envelope) {
