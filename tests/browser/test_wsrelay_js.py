@@ -342,6 +342,33 @@ def test_a_refused_subscription_rejects_and_is_reported_on_the_error_event(serve
     assert state(page) == "open"  # one refused channel does not cost the connection
 
 
+@pytest.fixture
+def host_app(tmp_path):
+    """tests/system/test_logout.py's host app (its users named by a cookie), one worker."""
+    from tests.system.test_logout import start
+
+    server = start(tmp_path, "-w", "1", env={"HOST_BROKER_URL": "memory://"})
+    yield server
+    server.stop()
+
+
+def test_a_subscription_the_server_ends_is_dropped_and_reported(host_app, open_client):
+    page = open_client(host_app, "document.cookie = 'user=ada; path=/';")
+    wait_open(page, "websocket")
+    subscribe(page, "user-ada", "lobby")
+    ended = requests.post(f"{host_app.url}/leave/ada/user-ada", timeout=5)
+    assert ended.json() == {"ended": 1}
+    page.wait_for_function("() => r.errors.length > 0")
+    assert page.evaluate("r.errors") == [
+        {"message": "left the room", "code": "unsubscribed", "channel": "user-ada"}]
+    assert page.evaluate("r.client.channels") == ["lobby"]
+    publish(host_app, "user-ada", "private")
+    publish(host_app, "lobby", "public")
+    wait_for(page, "lobby", "public")
+    assert texts(page, "user-ada") == []
+    assert state(page) == "open"  # one ended channel does not cost the connection
+
+
 # -- presence --------------------------------------------------------------------------
 
 

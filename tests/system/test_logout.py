@@ -32,8 +32,8 @@ pytestmark = pytest.mark.e2e
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 HOST_APP = textwrap.dedent('''
-    """A host app: its users say who they are in ?user=; ?pid= asks for one worker (a
-    request, or WebSocket, that reached the other is answered 409)."""
+    """A host app: its users say who they are in ?user= (a page: in its cookie); ?pid=
+    asks for one worker (a request, or WebSocket, that reached the other is answered 409)."""
     import os
     from collections import Counter
 
@@ -47,7 +47,7 @@ HOST_APP = textwrap.dedent('''
 
     @relay.identity_hook
     def who(req, claims):
-        return req.args.get("user")
+        return req.args.get("user") or req.cookies.get("user")
 
 
     def create_app():
