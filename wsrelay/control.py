@@ -2,8 +2,9 @@
 
 ``relay.disconnect(identity)`` and ``relay.unsubscribe(identity, channel)`` act on the
 process they are called in, and go to every other process sharing its broker as a
-:class:`Command` on the broker's control channel (on Redis one pub/sub channel,
-``<prefix>:control``). An identity travels as its :func:`identity_key`, canonical JSON,
+:class:`Command` on the broker's control channel (on Redis the channel ``@control``,
+which no client can name, every worker watches and replays after a reconnection, as any
+channel). An identity travels as its :func:`identity_key`, canonical JSON,
 so it compares the same in every process: the identity hook must return a JSON value
 (a ``str``, a number, a list...), not an object such as a ``User``.
 """

@@ -274,9 +274,9 @@ class AppRelay:
     def _command(self, command: Command) -> int:
         """Obey ``command`` here, then send it to every other process."""
         ended = self._obey(command)
-        reached = self.hub.broker.send_control(command.encode())
-        log.info("%s %s: %d ended here; sent to %d listeners", command.op, command.identity,
-                 ended, reached)
+        self.hub.broker.send_control(command.encode())
+        log.info("%s %s: %d ended here, sent to every process", command.op, command.identity,
+                 ended)
         return ended
 
     def _control(self, payload: bytes) -> None:

@@ -181,12 +181,10 @@ class Broker(ABC):
         """Hand every control message that another process sends to ``receive`` (a broker
         that is not shared has no other process: nothing arrives)."""
 
-    def send_control(self, payload: bytes) -> int:
+    def send_control(self, payload: bytes) -> None:  # noqa: B027 - optional hook
         """Send ``payload`` to the :meth:`listen_control` receiver of every process sharing
-        this broker (this one's included, on a shared broker); how many listeners it
-        reached (0 when none shares it). Raise :class:`BrokerUnavailable` when it could
-        not be sent."""
-        return 0
+        this broker (this one's included, on a shared broker). Raise
+        :class:`BrokerUnavailable` when it could not be sent."""
 
     def watch(self, channel: str) -> None:  # noqa: B027 - optional hook
         """The first local subscriber of ``channel`` arrived."""

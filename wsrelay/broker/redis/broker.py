@@ -21,8 +21,8 @@ Why it is built this way:
   (hash: epoch, seq), ``<prefix>:{<channel>}:log`` (stream; fields ``t`` = ms,
   ``m`` = the encoded message) and the pub/sub channel ``<prefix>:{<channel>}``;
   two keys belong to no channel: ``<prefix>:origin``, when the data began, and
-  ``<prefix>:master``, the replication id of the master the workers write to; nor does
-  the pub/sub channel ``<prefix>:control`` (requests every worker obeys: :mod:`wsrelay.control`).
+  ``<prefix>:master``, the replication id of the master the workers write to. Requests
+  every worker obeys (:mod:`wsrelay.control`) are the messages of :data:`CONTROL_CHANNEL`.
 * **One command connection per worker, auto-pipelined** (:mod:`.commands`,
   :mod:`.pipeline`): every publish, history read and presence command of the
   worker shares round trips, each with its own answer; :meth:`RedisBroker.publish_async`
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 #: Seconds after which a worker's presence report no longer counts (the hub refreshes
 #: its reports every few seconds, so only a crashed or cut-off worker's go stale).
 PRESENCE_STALE = 30.0
+#: The channel of control messages (:mod:`wsrelay.control`), which every worker watches: a
+#: channel like any other in Redis, with a name no client may use (see :mod:`wsrelay.channels`).
+CONTROL_CHANNEL = "@control"
 #: Commands of a worker that may wait for Redis at once (queued and in flight); past it a
 #: caller waits for room, so a flood is slowed rather than buffered.
 MAX_PENDING = 8192
@@ -131,9 +134,6 @@ class RedisBroker(Broker):
         #: master (before a failover, which may have lost the last writes) starts a new
         #: epoch at its next message, so no id is handed out twice.
         self._master_key = f"{prefix}:master"
-        #: The pub/sub channel of control messages (:mod:`wsrelay.control`), which every
-        #: worker's listener subscribes to.
-        self._control_key = f"{prefix}:control"
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
@@ -210,11 +210,15 @@ class RedisBroker(Broker):
         return page
 
     def listen_control(self, receive: Control) -> None:
-        self._listener.listen_control(self._control_key.encode(), receive)
+        """Watch :data:`CONTROL_CHANNEL` for ``receive`` as long as the broker runs: its
+        messages are replayed from its history after a reconnection like any channel's, so
+        a worker whose pub/sub connection was down misses none (within the history)."""
+        self._listener.watch(CONTROL_CHANNEL, self._keys(CONTROL_CHANNEL)[2].encode(),
+                             lambda message: receive(message.data))
 
-    def send_control(self, payload: bytes) -> int:
-        """PUBLISH on the control channel: the answer counts the workers' listeners."""
-        return int(self._call("PUBLISH", self._control_key, payload))
+    def send_control(self, payload: bytes) -> None:
+        """Publish ``payload`` on :data:`CONTROL_CHANNEL`, once Redis has taken it."""
+        self.publish(CONTROL_CHANNEL, payload)
 
     def watch(self, channel: str) -> None:
         """Subscribe (asynchronously: a following :meth:`history` waits until it is active)."""

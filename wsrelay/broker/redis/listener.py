@@ -31,7 +31,7 @@ from gevent.lock import Semaphore
 from ...fairness import let_others_run
 from ...ids import MessageId
 from ...message import Message
-from ..base import BrokerUnavailable, Control, Deliver, History
+from ..base import BrokerUnavailable, Deliver, History
 from .codec import decode
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Watch:
     delivered: MessageId | None = None
     #: History readers waiting until ``delivered`` reaches an id.
     readers: list[tuple[MessageId, Event]] = field(default_factory=list)
+    #: Takes the channel's messages instead of the hub (the control channel's receiver).
+    receive: Deliver | None = None
 
     def wait_delivered(self, cursor: MessageId, timeout: float) -> bool:
         """Wait until everything up to ``cursor`` was handed over live; False on timeout."""
@@ -95,8 +97,6 @@ class Listener:
         self._on_error = on_error
         self.deliver: Deliver | None = None
         self.watches: dict[str, Watch] = {}
-        #: The control channel's key and receiver (see :meth:`listen_control`).
-        self._control: tuple[bytes, Control] | None = None
         self._by_key: dict[bytes, Watch] = {}
         self._greenlet: gevent.Greenlet | None = None
         self._conn: redis.connection.AbstractConnection | None = None
@@ -119,30 +119,17 @@ class Listener:
             self._greenlet.kill(block=True, timeout=timeout)
             self._greenlet = None
 
-    def watch(self, channel: str, key: bytes) -> None:
-        """Subscribe to ``key`` for ``channel`` (asynchronously), or count one more interest."""
+    def watch(self, channel: str, key: bytes, receive: Deliver | None = None) -> None:
+        """Subscribe to ``key`` for ``channel`` (asynchronously), or count one more interest;
+        ``receive``: who takes its messages, if not the hub."""
         watch = self.watches.get(channel)
         if watch is not None:
             watch.count += 1
             return
-        watch = Watch(channel, key)
+        watch = Watch(channel, key, receive=receive)
         self.watches[channel] = self._by_key[key] = watch
         self.start()
         self._send("SUBSCRIBE", watch)
-
-    def listen_control(self, key: bytes, receive: Control) -> None:
-        """Subscribe to the control channel ``key`` for as long as the listener runs (again
-        after every reconnection); its messages go to ``receive``, as they are."""
-        self._control = (key, receive)
-        self.start()
-        with self._send_lock:
-            if self._conn is not None:
-                self._acks.append((key, None))
-                try:
-                    self._conn.send_command("SUBSCRIBE", key)
-                except redis.RedisError as exc:
-                    log.debug("SUBSCRIBE %r failed: %s", key, exc)
-                    self._conn = None  # the listener notices and starts over
 
     def unwatch(self, channel: str) -> None:
         watch = self.watches.get(channel)
@@ -183,9 +170,6 @@ class Listener:
                     if watches:
                         self._acks.extend((watch.key, watch) for watch in watches)
                         conn.send_command("SUBSCRIBE", *(watch.key for watch in watches))
-                    if self._control is not None:
-                        self._acks.append((self._control[0], None))
-                        conn.send_command("SUBSCRIBE", self._control[0])
                     self._conn = conn
                 if self.connections:
                     log.info("redis listener connected again")
@@ -266,11 +250,6 @@ class Listener:
             watch = self._by_key.get(reply[1])
             if watch is not None:
                 self._hand_over(watch, decode(watch.channel, reply[2]))
-            elif self._control is not None and reply[1] == self._control[0]:
-                try:
-                    self._control[1](reply[2])
-                except Exception:
-                    log.exception("a control message failed")
         elif kind in (b"subscribe", b"unsubscribe") and self._acks:
             key, watch = self._acks.popleft()
             if key != reply[1]:
@@ -300,9 +279,10 @@ class Listener:
         last = watch.delivered
         if last is not None and message.id.epoch == last.epoch and message.id.seq <= last.seq:
             return
-        if self.deliver is not None:
+        deliver = watch.receive or self.deliver
+        if deliver is not None:
             try:
-                self.deliver(message)
+                deliver(message)
             except Exception:
                 log.exception("delivering %s on %s failed", message.id, message.channel)
         self._delivered(watch, message.id)
