@@ -15,7 +15,7 @@ from flask import Flask, request
 from gevent.pywsgi import WSGIServer
 
 import wsrelay
-from tests.support import Closed, EventStream, WSClient, wait_until
+from tests.support import Closed, EventStream, WSClient, free_port, wait_until
 from wsrelay.server.handler import RelayHandler
 
 
@@ -192,3 +192,20 @@ def test_a_connection_without_identity_is_not_ended_by_anyones_logout(host):
     publish(host, "lobby", "hello")
     assert anonymous.recv() == "hello"
     anonymous.close()
+
+
+def test_a_logout_that_cannot_reach_redis_raises_the_error_wsrelay_exports():
+    """The local clients are ended; the caller learns the other workers' are not."""
+    relay = wsrelay.Relay()
+    app = Flask(__name__)
+    app.config["WSRELAY_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nobody there
+    relay.init_app(app)
+    try:
+        with app.app_context():
+            with pytest.raises(wsrelay.BrokerUnavailable) as raised:
+                relay.disconnect("ada")
+            assert isinstance(raised.value, wsrelay.WsrelayError)
+            with pytest.raises(wsrelay.BrokerUnavailable):
+                wsrelay.publish("lobby", "hi")
+    finally:
+        app.extensions["wsrelay"].close()

@@ -26,7 +26,8 @@ class MessageTooLarge(WsrelayError, ValueError):
 
 
 class BrokerUnavailable(WsrelayError, RuntimeError):
-    """The broker (Redis) cannot be reached: nothing was accepted; retry later."""
+    """The broker (Redis) cannot be reached: nothing was accepted; retry later (answered
+    503 / 1013). The one class the brokers raise (``wsrelay.broker.BrokerUnavailable``)."""
 
 
 class Refuse(WsrelayError):

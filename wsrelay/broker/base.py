@@ -15,16 +15,13 @@ from typing import ClassVar
 
 from gevent.event import Event
 
+from ..errors import BrokerUnavailable
 from ..ids import MessageId
 from ..message import Message
 
 Deliver = Callable[[Message], None]
 #: Receives a control message (:mod:`wsrelay.control`'s commands) sent by any process.
 Control = Callable[[bytes], None]
-
-
-class BrokerUnavailable(RuntimeError):
-    """The broker cannot accept or read messages right now (answered 503 / 1013)."""
 
 
 class Publishing:
