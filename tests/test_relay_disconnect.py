@@ -142,6 +142,7 @@ def test_unsubscribe_ends_one_channel_and_leaves_the_rest_open(host):
     ada_v1 = v1(host, "ada", "user-ada", "lobby")
     ada_raw_private, ada_raw_lobby = raw(host, "ada", "user-ada"), raw(host, "ada", "lobby")
     ada_sse_private, ada_sse_lobby = sse(host, "ada", "user-ada"), sse(host, "ada", "lobby")
+    ada_elsewhere = v1(host, "ada", "lobby")  # not subscribed to it (yet)
     bob_v1 = v1(host, "bob", "user-ada")  # bob may read it here: he is not the one leaving
 
     answer = requests.post(f"{host.url}/leave/ada/user-ada", timeout=5)
@@ -162,9 +163,10 @@ def test_unsubscribe_ends_one_channel_and_leaves_the_rest_open(host):
     assert (again["type"], again["code"]) == ("error", "refused")
     sent = ask(ada_v1, type="publish", channel="user-ada", data="x", ack=10)
     assert sent["code"] == "refused"
+    assert ask(ada_elsewhere, type="subscribe", channel="user-ada", ack=11)["code"] == "refused"
     with v1(host, "ada", "user-ada"):
         pass
-    for client in (ada_v1, ada_raw_lobby, ada_sse_private, ada_sse_lobby, bob_v1):
+    for client in (ada_v1, ada_elsewhere, ada_raw_lobby, ada_sse_private, ada_sse_lobby, bob_v1):
         client.close()
 
 

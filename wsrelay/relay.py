@@ -263,8 +263,9 @@ class AppRelay:
     def unsubscribe(self, identity: Any, channel: str,
                     reason: str = "unsubscribed by the server") -> int:
         """End the subscriptions of ``identity`` to ``channel`` in every process, leaving
-        its connections open: a ``wsrelay.v1`` WebSocket gets an ``unsubscribed`` envelope
-        and may not use the channel again (a new connection passes the checks anew); a raw
+        its connections open: a ``wsrelay.v1`` WebSocket subscribed to it gets an
+        ``unsubscribed`` envelope, and none of them may use the channel again (a new
+        connection passes the checks anew); a raw
         ``/ws/<channel>`` WebSocket, an SSE stream or a held long-poll of that channel is
         ended as by :meth:`disconnect`. Returns how many subscriptions of this process
         ended; raises as :meth:`disconnect` does."""

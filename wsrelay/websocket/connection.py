@@ -96,7 +96,7 @@ class Mode(Protocol):
 
     def receive(self, connection: WebSocketConnection, message: InboundMessage) -> None: ...
 
-    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> None: ...
+    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> bool: ...
 
 
 class WebSocketConnection:
@@ -348,12 +348,9 @@ class WebSocketConnection:
         return True
 
     def revoke(self, channel: str, reason: str) -> bool:
-        """The application ends this connection's subscription to ``channel`` (its mode
-        says how); False when it has none."""
-        if channel not in self.subscriptions or self._mode is None:
-            return False
-        self._mode.revoke(self, channel, reason)
-        return True
+        """The application takes ``channel`` from this connection (its mode says how); True
+        when that ended a subscription."""
+        return self._mode is not None and self._mode.revoke(self, channel, reason)
 
     def _unsubscribe_all(self) -> None:
         for channel in list(self.subscriptions):

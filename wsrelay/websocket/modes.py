@@ -175,9 +175,12 @@ class RawMode:
                 return
             self.in_flight.track(publishing, lambda answer: _refused(connection, answer))
 
-    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> None:
-        """Its one channel ended: the connection closes (1008)."""
+    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> bool:
+        """Its one channel taken: the connection closes (1008)."""
+        if channel != self.channel:
+            return False
         connection.close(CloseCode.POLICY_VIOLATION, reason)
+        return True
 
 
 def _refused(connection: WebSocketConnection, publishing: Publishing) -> None:
@@ -260,12 +263,14 @@ class JsonMode:
         if reply is not None:
             connection.send(encode_frame(reply, binary=False))
 
-    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> None:
-        """End the subscription with an ``unsubscribed`` envelope; the channel stays
-        forbidden to this connection."""
-        connection.unsubscribe(channel)
+    def revoke(self, connection: WebSocketConnection, channel: str, reason: str) -> bool:
+        """The channel is forbidden to this connection from now on; a subscription to it
+        ends with an ``unsubscribed`` envelope."""
         self.policy.forbid(channel)
+        if not connection.unsubscribe(channel):
+            return False
         connection.send(encode_frame(envelopes.unsubscribed(channel, reason), binary=False))
+        return True
 
     def _subscribe(self, connection: WebSocketConnection, request: Request) -> dict:
         self.policy.check(request.channel, SUBSCRIBE)
