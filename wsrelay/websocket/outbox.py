@@ -54,17 +54,19 @@ class Outbox:
         self._pongs = pongs
         return self.size <= self.limit
 
-    def peek(self) -> memoryview:
+    def peek(self) -> bytes | memoryview:
         """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
         chunks = self._chunks
-        if not (self._offset or self._pong_head):  # else the head goes out alone
+        if self._offset:  # the rest of a partly written chunk goes out alone
+            return memoryview(chunks[0])[self._offset :]
+        if not self._pong_head:  # else the pongs go out alone
             if self._pongs:  # at a frame boundary: the pongs first
                 chunks.appendleft(self._pongs)
                 self._pongs = b""
                 self._pong_head = True
             elif len(chunks) > 1:
                 self._join_head()
-        return memoryview(chunks[0])[self._offset :] if chunks else memoryview(b"")
+        return chunks[0] if chunks else b""
 
     def _join_head(self) -> None:
         """Join the first chunks into one, up to :data:`WRITE_SIZE`."""
@@ -83,6 +85,12 @@ class Outbox:
 
     def consume(self, written: int) -> None:
         """Forget ``written`` bytes that reached the socket."""
+        if written == self.size:  # all of it, the usual case (waiting pongs count in size)
+            self._chunks.clear()
+            self._offset = 0
+            self._pong_head = False
+            self.size = 0
+            return
         self.size -= written
         chunks = self._chunks
         offset = self._offset + written
