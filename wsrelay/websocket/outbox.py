@@ -65,23 +65,24 @@ class Outbox:
                 self._pongs = b""
                 self._pong_head = True
             elif len(chunks) > 1:
-                self._join_head()
+                if self.size > WRITE_SIZE:
+                    self._join_head()
+                else:  # the usual case: all of it, joined in C
+                    joined = b"".join(chunks)
+                    chunks.clear()
+                    chunks.append(joined)
+                    return joined
         return chunks[0] if chunks else b""
 
     def _join_head(self) -> None:
-        """Join the first chunks into one, up to :data:`WRITE_SIZE`."""
+        """Join the first chunks into one, up to :data:`WRITE_SIZE` (the queue holds more)."""
         chunks = self._chunks
-        if self.size <= WRITE_SIZE:  # the usual case: all of it, joined in C
-            joined = b"".join(chunks)
-            chunks.clear()
-        else:
-            parts = [chunks.popleft()]
-            total = len(parts[0])
-            while chunks and total + len(chunks[0]) <= WRITE_SIZE:
-                total += len(chunks[0])
-                parts.append(chunks.popleft())
-            joined = b"".join(parts)
-        chunks.appendleft(joined)
+        parts = [chunks.popleft()]
+        total = len(parts[0])
+        while chunks and total + len(chunks[0]) <= WRITE_SIZE:
+            total += len(chunks[0])
+            parts.append(chunks.popleft())
+        chunks.appendleft(b"".join(parts))
 
     def consume(self, written: int) -> None:
         """Forget ``written`` bytes that reached the socket."""
