@@ -389,9 +389,9 @@ class WebSocketConnection:
         between ``peek`` and ``consume``, so what the outbox drops meanwhile (pongs
         replaced, frames a 1013 drops) is never being written.
 
-        A plain gevent socket is written through the OS socket it wraps (non-blocking
-        underneath; its own ``send`` is a Python frame around that, a fifth of a write's
-        cost in Python); a TLS socket through its own ``send``."""
+        A plain gevent socket is written through the OS socket it wraps (always
+        non-blocking underneath; gevent's ``send`` is a Python frame around the same call);
+        any other kind (a TLS socket) through its own ``send``."""
         outbox = self.outbox
         if not outbox.size:
             return True
