@@ -5,6 +5,7 @@ import time
 
 import gevent
 import gevent.event
+import gevent.socket
 import pytest
 
 from tests.support import client_frame, live_greenlets, server_frames, wait_until
@@ -64,6 +65,32 @@ def test_messages_in_and_out(hub):
     runner.join(5)
     assert runner.dead
     assert hub.counts()["subscribers"] == 0
+
+
+class OwnSendSocket(gevent.socket.socket):
+    """A socket of another kind than gevent's plain one, as a TLS socket is: the bytes it
+    wraps are not the stream, so only its own ``send`` may write."""
+
+    sends = 0
+
+    def send(self, data, flags=0, timeout=None):
+        OwnSendSocket.sends += 1
+        return super().send(data, flags, timeout)
+
+
+def test_a_socket_of_another_kind_is_written_through_its_own_send(hub):
+    ours, peer = socket.socketpair()
+    own = OwnSendSocket(fileno=ours.detach())
+    connection = WebSocketConnection(own, hub, max_message_size=65536, buffer_limit=1 << 20,
+                                     close_timeout=5.0)
+    runner = gevent.spawn(connection.run, raw_mode("c"))
+    gevent.sleep(0)
+    hub.publish("c", "through its own send")
+    peer.settimeout(5)
+    assert server_frames(peer.recv(100)) == [(0x1, b"through its own send")]
+    assert OwnSendSocket.sends >= 1
+    connection.abort()
+    runner.join(5)
 
 
 def test_overflow_sends_1013_after_the_frames_that_fit(hub):

@@ -1,3 +1,6 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from wsrelay.websocket.outbox import WRITE_SIZE, Outbox
 
 
@@ -130,3 +133,58 @@ def test_pongs_partly_written_are_finished_before_newer_ones():
     outbox.consume(1)
     outbox.push_pongs(b"new")
     assert b"o" + drain(outbox, 100) == b"oldnewdata"
+
+
+def _item(kind: bytes, number: int, length: int) -> bytes:
+    """A frame that says what it is: kind, number and body length, then the body."""
+    return kind + number.to_bytes(4, "big") + length.to_bytes(4, "big") + b"." * length
+
+
+def _items(stream: bytes) -> list[tuple[bytes, int]]:
+    """The whole frames in ``stream`` (a frame cut anywhere fails to parse)."""
+    items, offset = [], 0
+    while offset < len(stream):
+        kind, number = stream[offset : offset + 1], int.from_bytes(stream[offset + 1 : offset + 5])
+        length = int.from_bytes(stream[offset + 5 : offset + 9])
+        assert stream[offset + 9 : offset + 9 + length] == b"." * length, "a frame was cut"
+        items.append((kind, number))
+        offset += 9 + length
+    return items
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "pongs", "write"]),
+                          st.one_of(st.integers(0, 3000), st.integers(50_000, 120_000)),
+                          st.one_of(st.integers(0, 4000), st.just(10**9))),
+                max_size=40))
+def test_whatever_the_pushes_pongs_and_partial_writes_every_frame_goes_out_whole_once_in_order(
+    operations,
+):
+    """Data frames come out whole, once each, in order; pongs whole, newest last, none
+    older after a newer; ``size`` is always what is left to write."""
+    outbox = Outbox(10**9)
+    out = b""
+    frames = pongs = 0
+    for operation, length, step in operations:
+        if operation == "push":
+            frames += 1
+            outbox.push(_item(b"D", frames, length))
+        elif operation == "pongs":
+            pongs += 1
+            outbox.push_pongs(_item(b"P", pongs, length % 200))
+        else:
+            data = bytes(outbox.peek())[:step]
+            assert len(data) <= WRITE_SIZE
+            outbox.consume(len(data))
+            out += data
+    left = outbox.size
+    tail = drain(outbox, 10**9)
+    assert len(tail) == left
+    assert outbox.size == 0 and not outbox
+    out += tail
+    items = _items(out)
+    assert [n for kind, n in items if kind == b"D"] == list(range(1, frames + 1))
+    sent_pongs = [n for kind, n in items if kind == b"P"]
+    assert sent_pongs == sorted(set(sent_pongs))
+    if pongs:
+        assert sent_pongs[-1] == pongs, "the latest ping is answered"

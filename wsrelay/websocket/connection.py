@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
+from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_write
 
 from ..broker import BrokerUnavailable, History
@@ -393,24 +394,34 @@ class WebSocketConnection:
     def _write_some(self) -> bool:
         """Write what the socket takes now; True once the queue is empty. Nothing can yield
         between ``peek`` and ``consume``, so what the outbox drops meanwhile (pongs
-        replaced, frames a 1013 drops) is never being written."""
+        replaced, frames a 1013 drops) is never being written.
+
+        A plain gevent socket is written through the OS socket it wraps (always
+        non-blocking underneath; gevent's ``send`` is a Python frame around the same call);
+        any other kind (a TLS socket) through its own ``send``."""
         outbox = self.outbox
-        while outbox:
+        if not outbox.size:
+            return True
+        sock = self.sock
+        raw = sock._sock if type(sock) is GeventSocket else None  # type: ignore[attr-defined]
+        stats = self.hub.stats
+        while True:
             data = outbox.peek()
             try:
                 # gevent's send takes a timeout (types-gevent declares the stdlib's send)
-                written = self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
+                written = (raw.send(data) if raw is not None
+                           else sock.send(data, 0, 0.0))  # type: ignore[call-arg]
             except (BlockingIOError, InterruptedError):
                 written = 0
             outbox.consume(written)
-            if written:
-                self.written = time.monotonic()
-            stats = self.hub.stats
             stats.writes += 1
-            stats.bytes_sent += written
+            if written:
+                stats.bytes_sent += written
+                self.written = time.monotonic()
             if written < len(data):
                 return False
-        return True
+            if not outbox.size:
+                return True
 
     def _drain(self) -> None:
         """Wait for the socket to take the rest of the queue (only for slow sockets)."""

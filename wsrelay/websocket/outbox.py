@@ -54,35 +54,44 @@ class Outbox:
         self._pongs = pongs
         return self.size <= self.limit
 
-    def peek(self) -> memoryview:
+    def peek(self) -> bytes | memoryview:
         """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
         chunks = self._chunks
-        if not (self._offset or self._pong_head):  # else the head goes out alone
+        if self._offset:  # the rest of a partly written chunk goes out alone
+            return memoryview(chunks[0])[self._offset :]
+        if not self._pong_head:  # else the pongs go out alone
             if self._pongs:  # at a frame boundary: the pongs first
                 chunks.appendleft(self._pongs)
                 self._pongs = b""
                 self._pong_head = True
             elif len(chunks) > 1:
-                self._join_head()
-        return memoryview(chunks[0])[self._offset :] if chunks else memoryview(b"")
+                if self.size > WRITE_SIZE:
+                    self._join_head()
+                else:  # the usual case: all of it, joined in C
+                    joined = b"".join(chunks)
+                    chunks.clear()
+                    chunks.append(joined)
+                    return joined
+        return chunks[0] if chunks else b""
 
     def _join_head(self) -> None:
-        """Join the first chunks into one, up to :data:`WRITE_SIZE`."""
+        """Join the first chunks into one, up to :data:`WRITE_SIZE` (the queue holds more)."""
         chunks = self._chunks
-        if self.size <= WRITE_SIZE:  # the usual case: all of it, joined in C
-            joined = b"".join(chunks)
-            chunks.clear()
-        else:
-            parts = [chunks.popleft()]
-            total = len(parts[0])
-            while chunks and total + len(chunks[0]) <= WRITE_SIZE:
-                total += len(chunks[0])
-                parts.append(chunks.popleft())
-            joined = b"".join(parts)
-        chunks.appendleft(joined)
+        parts = [chunks.popleft()]
+        total = len(parts[0])
+        while chunks and total + len(chunks[0]) <= WRITE_SIZE:
+            total += len(chunks[0])
+            parts.append(chunks.popleft())
+        chunks.appendleft(b"".join(parts))
 
     def consume(self, written: int) -> None:
         """Forget ``written`` bytes that reached the socket."""
+        if written == self.size:  # all of it, the usual case (waiting pongs count in size)
+            self._chunks.clear()
+            self._offset = 0
+            self._pong_head = False
+            self.size = 0
+            return
         self.size -= written
         chunks = self._chunks
         offset = self._offset + written
