@@ -312,6 +312,80 @@ class RedisServer:
         self.proc = fresh.proc
 
 
+class RedisClusterProcesses:
+    """A real Redis Cluster: ``masters`` redis-servers with ``--cluster-enabled yes`` (and
+    ``replicas`` replicas each), joined by ``redis-cli --cluster create``; every process
+    stopped by :meth:`stop`. Node timeout 1 s, so a killed master's replica takes over soon."""
+
+    def __init__(self, nodes: list[RedisServer]) -> None:
+        self.nodes = nodes
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes[:2])
+
+    @classmethod
+    def start(cls, masters: int = 3, replicas: int = 0) -> RedisClusterProcesses:
+        nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters * (1 + replicas)):
+                port = free_port()
+                directory = tempfile.mkdtemp(prefix="wsrelay-cluster-")
+                proc = subprocess.Popen(
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", directory, "--cluster-enabled", "yes",
+                     "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
+                     "--cluster-config-file", f"{directory}/nodes.conf"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                )
+                nodes.append(RedisServer(proc, port, directory))
+            for node in nodes:
+                wait_until(node.ping, 10, message="redis-server did not start")
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            )
+            cluster = cls(nodes)
+            wait_until(cluster.healthy, 30, 0.2, message="the cluster did not form")
+            return cluster
+        except BaseException:
+            for node in nodes:
+                node.stop()
+            raise
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        """``redis-cli`` against one node; its output."""
+        return subprocess.run(["redis-cli", "-p", str(node.port), *args], check=True,
+                              capture_output=True, text=True, timeout=30).stdout
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok and sees every live node's replicas in sync."""
+        alive = [n for n in self.nodes if n.proc.poll() is None]
+        try:
+            return all("cluster_state:ok" in self.cli(n, "CLUSTER", "INFO") for n in alive)
+        except subprocess.SubprocessError:
+            return False
+
+    def owner(self, slot: int) -> RedisServer:
+        """The live master that serves ``slot`` (as the first live node sees it)."""
+        alive = [n for n in self.nodes if n.proc.poll() is None]
+        for line in self.cli(alive[0], "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no master serves slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        return self.cli(node, "CLUSTER", "MYID").strip()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 # -- raw WebSocket, for what a polite client never sends ---------------------------------
 
 def handshake_request(path: str, port: int, **headers: str) -> bytes:

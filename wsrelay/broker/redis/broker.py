@@ -165,8 +165,9 @@ class RedisBroker(Broker):
         """Queue the publish script in the worker's pipeline; resolved when Redis answered."""
         data = bytes(data)
         state, log_key, topic = self._keys(channel)
-        reply = self._run_script("publish", [state, log_key, self._master_key], [
-            self.history_size, int(binary), sender or "", data, topic, author or "",
+        keys, more = self._publish_keys(state, log_key)
+        reply = self._run_script("publish", keys, [
+            self.history_size, int(binary), sender or "", data, topic, author or "", *more,
         ])
         publishing = Publishing()
 
@@ -278,6 +279,15 @@ class RedisBroker(Broker):
         base = f"{self.prefix}:{{{channel}}}"
         return f"{base}:state", f"{base}:log", base
 
+    def _publish_keys(self, state: str, log_key: str) -> tuple[list[str], list[Arg]]:
+        """The publish script's keys, and its arguments after the message's (a hook for
+        :mod:`.cluster`): here the master key, one for the whole Redis."""
+        return [state, log_key, self._master_key], []
+
+    def _origin(self, channel: str) -> str:
+        """The origin key the read script of ``channel`` uses (one per Redis here)."""
+        return self._origin_key
+
     def _start_connection(self, conn: redis.connection.AbstractConnection) -> list[tuple[Arg, ...]]:
         """What starts each command connection: check that Redis is the master, mark the data
         with the master's replication id (see :attr:`_master_key`), load the scripts."""
@@ -286,7 +296,11 @@ class RedisBroker(Broker):
                     if ":" in line)
         if info.get("role") != "master":
             raise redis.ConnectionError("Redis is a replica, not the master")
-        return [("SET", self._master_key, info.get("master_replid", "")), *self._load_scripts()]
+        return [*self._mark_master(info.get("master_replid", "")), *self._load_scripts()]
+
+    def _mark_master(self, replid: str) -> list[tuple[Arg, ...]]:
+        """What tells the publish script the master's replication id (see :attr:`_master_key`)."""
+        return [("SET", self._master_key, replid)]
 
     def _load_scripts(self) -> list[tuple[Arg, ...]]:
         """The scripts, so that EVALSHA finds them."""
@@ -332,7 +346,7 @@ class RedisBroker(Broker):
         state, log_key, _ = self._keys(channel)
         cursor: list[Arg] = ["", ""] if since is None else [since.epoch, since.seq]
         epoch, seq, first, after, origin = self._result_of(
-            self._run_script("read", [state, log_key, self._origin_key], cursor)
+            self._run_script("read", [state, log_key, self._origin(channel)], cursor)
         )
         self._last_epoch = max(self._last_epoch, epoch)
         retained = [decode(channel, fields[-1]) for _, fields in after]
