@@ -102,11 +102,14 @@ def test_a_slot_moved_under_a_steady_publisher_loses_nothing_silently(own_cluste
         own_cluster.move_slot(slot(channel), target)
         assert own_cluster.owner(slot(channel)) is target
 
+    watchers = [relay.ws(f"/ws/{channel}") for relay in relays]  # open beyond the run
     outage = publish_through(relays, channel, move)
     print(f"\nslot moved: {outage.refused} publishes refused; publishing succeeded again "
           f"{outage.resumed_after:.1f} s after the move began")
     assert redis.Redis(port=target.port).execute_command(
         "PUBSUB", "SHARDNUMSUB", f"wsrelay:{{{channel}}}")[1] == 2  # both followed the slot
+    for ws in watchers:
+        ws.close()
     for relay in relays:
         health = relay.health()
         assert health["ok"], json.dumps(health)

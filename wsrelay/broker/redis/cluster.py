@@ -111,8 +111,14 @@ class Shard(RedisBroker):
         return self._load_scripts()
 
     def _failed(self, exc: Exception) -> None:
-        super()._failed(exc)
+        """Count a failure for the cluster too; a redirection (the node answers, the map is
+        out of date) is no fault of the shard's."""
+        self._cluster.errors += 1
         self._cluster.refresh_soon()
+        if str(exc).startswith(REDIRECTED):
+            self.errors += 1
+        else:
+            super()._failed(exc)
 
     def _listener_failed(self, error: str) -> None:
         super()._listener_failed(error)
