@@ -365,9 +365,11 @@ class RedisClusterProcesses:
             return False
 
     def _nodes_lines(self) -> list[list[str]]:
-        """``CLUSTER NODES`` as the first live node sees it, split into fields."""
-        alive = [n for n in self.nodes if n.proc.poll() is None]
-        return [line.split() for line in self.cli(alive[0], "CLUSTER", "NODES").splitlines()]
+        """``CLUSTER NODES`` as the first node that answers sees it, split into fields."""
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.SubprocessError):
+                return [line.split() for line in self.cli(node, "CLUSTER", "NODES").splitlines()]
+        raise AssertionError("no node of the cluster answers")
 
     def _node(self, fields: list[str]) -> RedisServer:
         port = int(fields[1].split("@")[0].rsplit(":", 1)[1])

@@ -130,7 +130,7 @@ def test_a_shard_failover_under_a_steady_publisher_loses_nothing_silently(
             master.proc.kill()
         else:
             own_cluster.cli(replica, "CLUSTER", "FAILOVER")
-        wait_until(lambda: own_cluster.owner(slot(channel)) is replica, 30, 0.1,
+        wait_until(lambda: own_cluster.masters().get(slot(channel)) is replica, 30, 0.1,
                    message="no failover")
 
     outage = publish_through(relays, channel, fail_over)
