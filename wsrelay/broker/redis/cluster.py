@@ -42,6 +42,7 @@ import gevent
 import redis
 from gevent.event import Event
 from redis.cluster import ClusterNode, NodesManager
+from redis.exceptions import RedisClusterException
 
 from ...ids import MessageId
 from ...message import Message
@@ -172,8 +173,6 @@ class ClusterBroker(Broker):
         super().start(deliver)
         for shard in self._shards.values():
             shard.start(deliver)
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._refresher)
 
     def publish(
         self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
@@ -273,7 +272,7 @@ class ClusterBroker(Broker):
         nodes = self._map or self._load_map()
         try:
             node = nodes.get_node_from_slot(channel_slot(self.prefix, channel))
-        except (redis.RedisError, KeyError, IndexError) as exc:
+        except (redis.RedisError, RedisClusterException) as exc:  # a slot of no master
             self.refresh_soon()
             raise BrokerUnavailable(f"the message broker is unavailable ({exc})") from exc
         shard = self._shards.get(node.name)
@@ -287,7 +286,10 @@ class ClusterBroker(Broker):
         return shard
 
     def _load_map(self) -> NodesManager:
-        """Read the slot map (``CLUSTER SLOTS``) from the first node that answers."""
+        """Read the slot map (``CLUSTER SLOTS``) from the first node that answers; from the
+        first try on, the refresher keeps it up to date."""
+        if self._greenlet is None and not self._closed:
+            self._greenlet = gevent.spawn(self._refresher)
         try:
             if self._map is None:  # reads the map as it is made
                 tls: dict[str, Any] = {"ssl": True} if self._spec.tls else {}
@@ -299,7 +301,7 @@ class ClusterBroker(Broker):
                 )
             else:
                 self._map.initialize()
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(f"the message broker is unavailable ({exc})") from exc
         self._error = None

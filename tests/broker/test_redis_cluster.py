@@ -1,0 +1,99 @@
+"""ClusterBroker specifics: shards, sharded pub/sub connections, epochs per shard.
+
+The behaviour every broker shares runs on a cluster in ``test_broker.py``; the
+failovers and slot moves under load, across servers, in ``tests/system/test_redis_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from tests.broker.test_broker import Recorder
+from tests.support import RedisClusterProcesses, free_port, wait_until
+from wsrelay.broker import BrokerUnavailable
+from wsrelay.broker.redis import ClusterBroker
+from wsrelay.broker.redis.slots import channel_slot
+
+pytestmark = pytest.mark.e2e  # starts redis-servers
+
+
+def on_each_master(cluster: RedisClusterProcesses, prefix: str) -> dict:
+    """A channel on each master."""
+    owners, found = cluster.masters(), {}
+    for n in range(10_000):
+        found.setdefault(owners[channel_slot(prefix, f"c{n}")], f"c{n}")
+    return found
+
+
+def make(url: str, prefix: str) -> ClusterBroker:
+    return ClusterBroker(url, history_size=100, history_ttl=60.0, prefix=prefix, timeout=2.0)
+
+
+def test_one_pub_sub_connection_per_shard_with_watched_channels(redis_cluster):
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    broker = make(redis_cluster.url, prefix)
+    try:
+        channels = on_each_master(redis_cluster, prefix)
+        first = next(iter(channels))
+        broker.start(Recorder())
+        for channel in channels.values():
+            broker.publish(channel, b"x")
+        broker.watch(channels[first])
+        broker.history(channels[first], None)
+
+        def listeners(node) -> int:
+            clients = redis.Redis(port=node.port).client_list()
+            return sum(c["name"].startswith(f"{prefix}-listener") for c in clients)
+        assert [listeners(node) for node in channels] == [1, 0, 0]
+        assert broker.status()["ok"] and len(broker.status()["shards"]) == 3
+    finally:
+        broker.close()
+
+
+def test_an_unreachable_cluster_refuses_with_broker_unavailable_and_says_so(channel):
+    broker = make(f"redis+cluster://127.0.0.1:{free_port()}", "test")
+    try:
+        broker.watch(channel)  # kept, for the first map to place
+        with pytest.raises(BrokerUnavailable):
+            broker.history(channel, None)
+        with pytest.raises(BrokerUnavailable):
+            broker.publish(channel, b"x")
+        status = broker.status()
+        assert status["ok"] is False and "cannot be connected" in str(status["error"])
+    finally:
+        broker.close()
+
+
+def test_a_shard_failover_starts_new_epochs_on_that_shard_only(channel):
+    """Its new master may lack the last writes of the old one: the ids it hands out next
+    must not be theirs, so its channels start new epochs; other shards' keep theirs."""
+    cluster = RedisClusterProcesses.start(masters=3, replicas=1)
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    broker = make(cluster.url, prefix)
+    try:
+        failing, kept = list(on_each_master(cluster, prefix).items())[:2]
+        before = {name: broker.publish(name, b"before") for _, name in (failing, kept)}
+        wait_until(cluster.replicas_in_sync, 30, 0.2)
+        assert redis.Redis(port=failing[0].port).wait(1, 5000) == 1
+        replica = cluster.replica_of(failing[0])
+        cluster.cli(replica, "CLUSTER", "FAILOVER")
+        wait_until(lambda: cluster.masters().get(channel_slot(prefix, failing[1])) is replica,
+                   30, 0.1)
+
+        def published(name: str):
+            try:
+                return broker.publish(name, b"after")
+            except Exception:  # refused while the broker follows the failover
+                return None
+        after = wait_until(lambda: published(failing[1]), 20)
+        assert after.id.epoch > before[failing[1]].id.epoch and after.id.seq == 1
+        page = broker.history(failing[1], before[failing[1]].id)
+        assert page.reset is True and [m.id for m in page.messages] == [after.id]
+        other = broker.publish(kept[1], b"after")
+        assert other.id.epoch == before[kept[1]].id.epoch and other.id.seq == 2
+    finally:
+        broker.close()
+        cluster.stop()
