@@ -91,6 +91,12 @@ class Shard(RedisBroker):
     def ok(self) -> bool:
         return self._commands_ok and (self._listener.connected or not self.watching)
 
+    def probe(self) -> None:
+        """Whether a failed shard answers again, when no listener or command would tell."""
+        if not self.ok and not self.watching:
+            with contextlib.suppress(BrokerUnavailable):
+                self._call("PING")
+
     def status(self) -> dict[str, object]:
         return {**super().status(), "ok": self.ok,
                 "listener": "connected" if self._listener.connected
@@ -315,6 +321,8 @@ class ClusterBroker(Broker):
             self._wanted.clear()
             with contextlib.suppress(BrokerUnavailable):
                 self._follow(self._load_map())
+            for shard in list(self._shards.values()):
+                shard.probe()
             gevent.sleep(REFRESH_FAILING / 5)  # a burst of redirections costs one refresh
 
     def _follow(self, nodes: NodesManager) -> None:
@@ -329,8 +337,8 @@ class ClusterBroker(Broker):
             except BrokerUnavailable:
                 continue
             if owner is not shard:
-                watch = shard._listener.release(channel)
                 self._watched[channel] = owner
+                watch = shard._listener.release(channel)
                 if watch is not None:
                     log.info("channel %s moved to %s", channel, owner.url)
                     owner._listener.adopt(watch)
