@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import json
 import os
 import re
 import signal
@@ -805,6 +806,33 @@ class SSEClient:
             self.stream.close()
 
 
+class V1Client:
+    """A ``wsrelay.v1`` WebSocket subscribed from ``since``, collecting (id, data) of
+    messages and counting ``reset`` envelopes."""
+
+    def __init__(self, server: ServerProcess, channel: str, since: str) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.resets: list[int] = []
+        self.ws = server.ws("/ws", subprotocols=["wsrelay.v1"])
+        self.ws.send(json.dumps({"type": "subscribe", "channel": channel, "since": since}))
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            envelope = json.loads(self.ws.recv(timeout=120))
+            if envelope["type"] == "reset":
+                self.resets.append(len(self.items))
+            elif envelope["type"] == "message":
+                self.items.append((envelope["id"], envelope["data"]))
+
+    def failure(self) -> str:
+        return repr(self._greenlet.exception) if self._greenlet.dead else ""
+
+    def stop(self) -> None:
+        self._greenlet.kill()
+        self.ws.close()
+
+
 @dataclass
 class Outage:
     """What a fault cost the publisher: publishes refused, and the seconds from the fault
@@ -818,7 +846,8 @@ def publish_through(servers: list[ServerProcess], channel: str, fault) -> Outage
     """Run ``fault()`` under a steady publisher and check what clients got.
 
     A publisher posts ``m<n>`` every 20 ms to the servers in turn; a raw WebSocket on
-    each server, a long-poll client on the first and an SSE client on the second follow
+    each server, a long-poll and a wsrelay.v1 client on the first and an SSE client on the
+    second follow
     ``channel`` from before the first message. ``fault()`` runs after 30 acknowledged
     messages and returns once the fault happened; 30 more must then be acknowledged.
     Then: no id was handed out twice; each live WebSocket got every acknowledged message
@@ -838,8 +867,8 @@ def publish_through(servers: list[ServerProcess], channel: str, fault) -> Outage
             into.append(str(ws.recv(timeout=120)))
 
     readers = [gevent.spawn(collect, ws, got) for ws, got in zip(sockets, received, strict=True)]
-    clients: list[PollClient | SSEClient] = [PollClient(a, channel, begin),
-                                            SSEClient(b, channel, begin)]
+    clients: list[PollClient | SSEClient | V1Client] = [
+        PollClient(a, channel, begin), SSEClient(b, channel, begin), V1Client(a, channel, begin)]
     accepted: dict[str, str] = {}  # text -> id
     accepted_at: list[float] = []
     refused: list[float] = []
