@@ -20,11 +20,11 @@ from wsrelay.broker.redis.slots import channel_slot
 pytestmark = pytest.mark.e2e  # starts redis-servers
 
 
-def on_each_master(cluster: RedisClusterProcesses, prefix: str) -> dict:
+def on_each_master(cluster: RedisClusterProcesses) -> dict:
     """A channel on each master."""
     owners, found = cluster.masters(), {}
     for n in range(10_000):
-        found.setdefault(owners[channel_slot(prefix, f"c{n}")], f"c{n}")
+        found.setdefault(owners[channel_slot(f"c{n}")], f"c{n}")
     return found
 
 
@@ -36,7 +36,7 @@ def test_one_pub_sub_connection_per_shard_with_watched_channels(redis_cluster):
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     broker = make(redis_cluster.url, prefix)
     try:
-        channels = on_each_master(redis_cluster, prefix)
+        channels = on_each_master(redis_cluster)
         first = next(iter(channels))
         broker.start(Recorder())
         for channel in channels.values():
@@ -74,13 +74,13 @@ def test_a_shard_failover_starts_new_epochs_on_that_shard_only(channel):
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     broker = make(cluster.url, prefix)
     try:
-        failing, kept = list(on_each_master(cluster, prefix).items())[:2]
+        failing, kept = list(on_each_master(cluster).items())[:2]
         before = {name: broker.publish(name, b"before") for _, name in (failing, kept)}
         wait_until(cluster.replicas_in_sync, 30, 0.2)
         assert redis.Redis(port=failing[0].port).wait(1, 5000) == 1
         replica = cluster.replica_of(failing[0])
         cluster.cli(replica, "CLUSTER", "FAILOVER")
-        wait_until(lambda: cluster.masters().get(channel_slot(prefix, failing[1])) is replica,
+        wait_until(lambda: cluster.masters().get(channel_slot(failing[1])) is replica,
                    30, 0.1)
 
         def published(name: str):

@@ -30,17 +30,13 @@ from wsrelay.broker.redis.slots import channel_slot
 pytestmark = pytest.mark.e2e  # starts redis-servers and servers itself
 
 
-def slot(channel: str) -> int:
-    return channel_slot("wsrelay", channel)
-
-
 def channels_on(cluster: RedisClusterProcesses, base: str) -> dict[RedisServer, str]:
     """A channel named after ``base`` on each master."""
     owners = cluster.masters()
     found: dict[RedisServer, str] = {}
     for n in range(10_000):
         name = f"{base}-{n}"
-        found.setdefault(owners[slot(name)], name)
+        found.setdefault(owners[channel_slot(name)], name)
         if len(found) == len(set(owners.values())):
             return found
     raise AssertionError("no channel on some master")
@@ -95,12 +91,12 @@ def test_publish_and_subscribe_across_two_servers_on_every_shard(redis_cluster, 
 def test_a_slot_moved_under_a_steady_publisher_loses_nothing_silently(own_cluster, servers,
                                                                       channel):
     relays = servers(own_cluster)
-    source = own_cluster.owner(slot(channel))
+    source = own_cluster.owner(channel_slot(channel))
     target = next(n for n in set(own_cluster.masters().values()) if n is not source)
 
     def move() -> None:
-        own_cluster.move_slot(slot(channel), target)
-        assert own_cluster.owner(slot(channel)) is target
+        own_cluster.move_slot(channel_slot(channel), target)
+        assert own_cluster.owner(channel_slot(channel)) is target
 
     watchers = [relay.ws(f"/ws/{channel}") for relay in relays]  # open beyond the run
     outage = publish_through(relays, channel, move)
@@ -122,7 +118,7 @@ def test_a_shard_failover_under_a_steady_publisher_loses_nothing_silently(
 ):
     wait_until(own_cluster.replicas_in_sync, 30, 0.2, message="replicas not in sync")
     relays = servers(own_cluster)
-    master = own_cluster.owner(slot(channel))
+    master = own_cluster.owner(channel_slot(channel))
     replica = own_cluster.replica_of(master)
 
     def fail_over() -> None:
@@ -130,7 +126,7 @@ def test_a_shard_failover_under_a_steady_publisher_loses_nothing_silently(
             master.proc.kill()
         else:
             own_cluster.cli(replica, "CLUSTER", "FAILOVER")
-        wait_until(lambda: own_cluster.masters().get(slot(channel)) is replica, 30, 0.1,
+        wait_until(lambda: own_cluster.masters().get(channel_slot(channel)) is replica, 30, 0.1,
                    message="no failover")
 
     outage = publish_through(relays, channel, fail_over)

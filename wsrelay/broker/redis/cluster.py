@@ -49,7 +49,7 @@ from ...message import Message
 from ..base import Broker, BrokerUnavailable, Deliver, History, Publishing
 from .broker import MAX_PENDING, RedisBroker, redact
 from .pipeline import Arg
-from .slots import channel_slot, slot_key
+from .slots import SLOTS, channel_slot, slot_key
 from .urls import ClusterUrl, parse_cluster_url
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Shard(RedisBroker):
         return [state, log_key], ["SPUBLISH", self._replid]
 
     def _origin(self, channel: str) -> str:
-        return slot_key(self.prefix, channel_slot(self.prefix, channel), "origin")
+        return slot_key(self.prefix, channel_slot(channel), "origin")
 
     def _start_connection(self, conn: redis.connection.AbstractConnection) -> list[tuple[Arg, ...]]:
         role, replid = _replication(conn)
@@ -164,6 +164,9 @@ class ClusterBroker(Broker):
         }
         self._map: NodesManager | None = None
         self._shards: dict[str, Shard] = {}
+        #: Each slot's shard, as found since the map was last read (finding it costs more
+        #: than a publish's own work in this process).
+        self._routes: list[Shard | None] = [None] * SLOTS
         #: The shard whose listener watches each watched channel; and the channels watched
         #: before any node answered (how many times each), for the first map to place.
         self._watched: dict[str, Shard] = {}
@@ -275,9 +278,13 @@ class ClusterBroker(Broker):
 
     def _shard(self, channel: str) -> Shard:
         """The shard serving ``channel``'s slot (made on first use)."""
+        slot = channel_slot(channel)
+        shard = self._routes[slot]
+        if shard is not None:
+            return shard
         nodes = self._map or self._load_map()
         try:
-            node = nodes.get_node_from_slot(channel_slot(self.prefix, channel))
+            node = nodes.get_node_from_slot(slot)
         except (redis.RedisError, RedisClusterException) as exc:  # a slot of no master
             self.refresh_soon()
             raise BrokerUnavailable(f"the message broker is unavailable ({exc})") from exc
@@ -289,6 +296,7 @@ class ClusterBroker(Broker):
             self._shards[node.name] = shard
             if self._deliver is not None:
                 shard.start(self._deliver)
+        self._routes[slot] = shard
         return shard
 
     def _load_map(self) -> NodesManager:
@@ -311,6 +319,7 @@ class ClusterBroker(Broker):
             self._error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(f"the message broker is unavailable ({exc})") from exc
         self._error = None
+        self._routes = [None] * SLOTS
         return self._map
 
     def _refresher(self) -> None:

@@ -12,15 +12,15 @@ from __future__ import annotations
 from binascii import crc_hqx
 from functools import cache
 
-from redis.crc import key_slot
-
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
 
 
-def channel_slot(prefix: str, channel: str) -> int:
-    """The slot of every key of ``channel`` (they share the hash tag ``{<channel>}``)."""
-    return key_slot(f"{prefix}:{{{channel}}}".encode())
+def channel_slot(channel: str) -> int:
+    """The slot of every key of ``channel``: they share the hash tag ``{<channel>}`` (names
+    have no braces, see :data:`~wsrelay.channels.CHANNEL_PATTERN`; nor has the prefix), so
+    the slot is the channel name's."""
+    return crc_hqx(channel.encode(), 0) % SLOTS
 
 
 #: A tag is four characters of ``@ABCDEFGHIJKLMNO`` (``0x40`` plus a nibble each): CRC16
