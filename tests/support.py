@@ -323,7 +323,8 @@ class RedisClusterProcesses:
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes[:2])
 
     @classmethod
-    def start(cls, masters: int = 3, replicas: int = 0) -> RedisClusterProcesses:
+    def start(cls, masters: int = 3, replicas: int = 0, *args: str) -> RedisClusterProcesses:
+        """``args``: more options for every node."""
         nodes: list[RedisServer] = []
         try:
             for _ in range(masters * (1 + replicas)):
@@ -333,7 +334,7 @@ class RedisClusterProcesses:
                     ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                      "--appendonly", "no", "--dir", directory, "--cluster-enabled", "yes",
                      "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
-                     "--cluster-config-file", f"{directory}/nodes.conf"],
+                     "--cluster-config-file", f"{directory}/nodes.conf", *args],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                 )
                 nodes.append(RedisServer(proc, port, directory))
@@ -418,6 +419,12 @@ class RedisClusterProcesses:
         others = set(self.masters().values()) - {source, target}
         for node in [target, source, *others]:  # the target first, as redis-cli does
             self.cli(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+    def failed(self, node: RedisServer) -> bool:
+        """Whether the cluster marked ``node`` as failed."""
+        port = f":{node.port}@"
+        return any(port in fields[1] and "fail" in fields[2].split(",")
+                   for fields in self._nodes_lines())
 
     def node_id(self, node: RedisServer) -> str:
         return self.cli(node, "CLUSTER", "MYID").strip()
