@@ -109,7 +109,7 @@ class RedisBroker(Broker):
     def __init__(
         self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
         timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
-        max_pending: int = MAX_PENDING,
+        max_pending: int = MAX_PENDING, worker: str | None = None,
     ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
         self.url = url
@@ -133,7 +133,8 @@ class RedisBroker(Broker):
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
-        worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        #: Names this worker's connections and presence reports (a Cluster's shards share it).
+        worker = worker or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._commands = AutoPipeline(
             pool, name=f"{prefix}-commands-{worker}", timeout=timeout, max_pending=max_pending,
             on_connect=self._start_connection, on_error=self._failed,

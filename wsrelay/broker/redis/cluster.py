@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import uuid
 from typing import Any
 
 import gevent
@@ -161,6 +163,9 @@ class ClusterBroker(Broker):
             "history_size": history_size, "history_ttl": history_ttl, "prefix": prefix,
             "timeout": timeout, "heartbeat": heartbeat, "backoff": backoff,
             "max_pending": max_pending,
+            # one name on every shard: a presence report stays this worker's when its
+            # channel moves to another shard
+            "worker": f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
         }
         self._map: NodesManager | None = None
         self._shards: dict[str, Shard] = {}
