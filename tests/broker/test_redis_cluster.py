@@ -97,3 +97,30 @@ def test_a_shard_failover_starts_new_epochs_on_that_shard_only(channel):
     finally:
         broker.close()
         cluster.stop()
+
+
+def test_presence_counts_each_worker_once_even_after_its_channels_slot_moved(channel):
+    cluster = RedisClusterProcesses.start(masters=3)
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    a, b = make(cluster.url, prefix), make(cluster.url, prefix)
+
+    def presence(broker: ClusterBroker, local: int) -> int | None:
+        try:
+            return broker.presence(channel, local)
+        except BrokerUnavailable:  # refused while the slot moves
+            return None
+    try:
+        a.report_presence({channel: 2})
+        b.report_presence({channel: 3})
+        wait_until(lambda: presence(a, 2) == 5 and presence(b, 3) == 5, 10)
+        source = cluster.owner(channel_slot(channel))
+        target = next(n for n in set(cluster.masters().values()) if n is not source)
+        cluster.move_slot(channel_slot(channel), target)
+        wait_until(lambda: presence(a, 2) is not None, 10)  # a follows the move
+        a.report_presence({channel: 2})  # its next report goes to the new owner
+        wait_until(lambda: presence(b, 3) == 5 and presence(a, 2) == 5, 10,
+                   message=f"{presence(a, 2)} {presence(b, 3)}")
+    finally:
+        a.close()
+        b.close()
+        cluster.stop()
