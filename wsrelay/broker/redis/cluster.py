@@ -176,6 +176,9 @@ class ClusterBroker(Broker):
         #: before any node answered (how many times each), for the first map to place.
         self._watched: dict[str, Shard] = {}
         self._unplaced: dict[str, int] = {}
+        #: Watched channels whose subscription a node ended or refused: subscribed again
+        #: (where the map says) at the next refresh.
+        self._dropped: set[str] = set()
         self._wanted = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._closed = False
@@ -278,7 +281,9 @@ class ClusterBroker(Broker):
         self._wanted.set()
 
     def dropped(self, channel: str) -> None:
-        """A node gave up ``channel``'s slot: find its new owner."""
+        """A node ended or refused ``channel``'s subscription (its slot moved, or the cluster
+        is down): subscribe again where the map, read again, says."""
+        self._dropped.add(channel)
         self.refresh_soon()
 
     def _shard(self, channel: str) -> Shard:
@@ -340,8 +345,10 @@ class ClusterBroker(Broker):
             gevent.sleep(REFRESH_FAILING / 5)  # a burst of redirections costs one refresh
 
     def _follow(self, nodes: NodesManager) -> None:
-        """Move each watched channel to its slot's owner; close shards of no slot."""
+        """Move each watched channel to its slot's owner (and subscribe a dropped one again);
+        close shards of no slot."""
         unplaced, self._unplaced = self._unplaced, {}
+        dropped, self._dropped = self._dropped, set()
         for channel, count in unplaced.items():
             for _ in range(count):
                 self.watch(channel)
@@ -349,12 +356,13 @@ class ClusterBroker(Broker):
             try:
                 owner = self._shard(channel)
             except BrokerUnavailable:
+                self._dropped |= dropped & {channel}  # still to be subscribed again
                 continue
-            if owner is not shard:
+            if owner is not shard or channel in dropped:
                 self._watched[channel] = owner
                 watch = shard._listener.release(channel)
                 if watch is not None:
-                    log.info("channel %s moved to %s", channel, owner.url)
+                    log.info("channel %s: subscribing on %s", channel, redact(owner.url))
                     owner._listener.adopt(watch)
         masters = {node.name for node in nodes.get_nodes_by_server_type("primary")}
         for name, shard in list(self._shards.items()):
