@@ -94,14 +94,18 @@ def test_a_slot_moved_under_a_steady_publisher_loses_nothing_silently(own_cluste
     source = own_cluster.owner(channel_slot(channel))
     target = next(n for n in set(own_cluster.masters().values()) if n is not source)
 
+    took: list[float] = []
+
     def move() -> None:
+        began = time.monotonic()
         own_cluster.move_slot(channel_slot(channel), target)
+        took.append(time.monotonic() - began)
         assert own_cluster.owner(channel_slot(channel)) is target
 
     watchers = [relay.ws(f"/ws/{channel}") for relay in relays]  # open beyond the run
     outage = publish_through(relays, channel, move)
-    print(f"\nslot moved: {outage.refused} publishes refused; publishing succeeded again "
-          f"{outage.resumed_after:.1f} s after the move began")
+    print(f"\nslot moved in {took[0]:.1f} s: {outage.refused} publishes refused; publishing "
+          f"succeeded again {outage.resumed_after:.1f} s after the move began")
     assert redis.Redis(port=target.port).execute_command(
         "PUBSUB", "SHARDNUMSUB", f"wsrelay:{{{channel}}}")[1] == 2  # both followed the slot
     for ws in watchers:

@@ -105,6 +105,8 @@ class RedisBroker(Broker):
     """Ids, history and delivery shared by every process and host on one Redis."""
 
     shared = True
+    #: The pub/sub connection's kind (a hook for :mod:`.cluster`).
+    listener_class = Listener
 
     def __init__(
         self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
@@ -139,7 +141,7 @@ class RedisBroker(Broker):
             pool, name=f"{prefix}-commands-{worker}", timeout=timeout, max_pending=max_pending,
             on_connect=self._start_connection, on_error=self._failed,
         )
-        self._listener = Listener(
+        self._listener = self.listener_class(
             pool, name=f"{prefix}-listener-{worker}",
             heartbeat=heartbeat, backoff=backoff, read=self._read,
             on_connected=self._listener_connected, on_error=self._listener_failed,

@@ -38,18 +38,23 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import gevent
+import hiredis
 import redis
 from gevent.event import Event
 from redis.cluster import ClusterNode, NodesManager
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from ...ids import MessageId
 from ...message import Message
 from ..base import Broker, BrokerUnavailable, Deliver, History, Publishing
 from .broker import MAX_PENDING, RedisBroker, redact
+from .codec import decode
+from .listener import Listener, Watch
 from .pipeline import Arg
 from .slots import SLOTS, channel_slot, slot_key
 from .urls import ClusterUrl, parse_cluster_url
@@ -63,13 +68,59 @@ REFRESH_FAILING = 0.5
 REDIRECTED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 
+class ShardListener(Listener):
+    """A shard's pub/sub connection: sharded pub/sub, and a channel whose subscription the
+    node ended or refused (its slot moved, the cluster is down) goes to ``on_dropped``."""
+
+    sharded = True
+    on_dropped: Callable[[str], None] | None = None
+
+    def _handle(self, reply: object) -> None:
+        """One reply. Acknowledgements are matched by channel, not by order: Redis also sends
+        ``sunsubscribe`` of its own, for a slot it gave up, and a refused ``SSUBSCRIBE``
+        (``MOVED``) has no channel in its answer."""
+        if isinstance(reply, hiredis.ReplyError):
+            if not str(reply).startswith(REDIRECTED):
+                raise redis.ConnectionError(f"Redis refused: {reply}")
+            slot = int(str(reply).split()[1]) if str(reply).startswith(("MOVED", "ASK")) else -1
+            for key, watch in list(self._acks):
+                if watch is not None and (slot < 0 or key_slot(key) == slot):
+                    self._acks.remove((key, watch))
+                    self._dropped(watch)
+            return
+        if not isinstance(reply, list):
+            return
+        kind, key = reply[0], reply[1]
+        if kind == b"smessage":
+            watch = self._by_key.get(key)
+            if watch is not None:
+                self._hand_over(watch, decode(watch.channel, reply[2]))
+            return
+        pending = next((ack for ack in self._acks
+                        if ack[0] == key and (ack[1] is None) == (kind == b"sunsubscribe")), None)
+        if pending is not None:
+            self._acks.remove(pending)
+            watch = pending[1]
+            if watch is not None and self.watches.get(watch.channel) is watch:
+                self._subscribed(watch)
+        elif kind == b"sunsubscribe" and (watch := self._by_key.get(key)) is not None:
+            self._dropped(watch)  # the slot moved away from this node
+
+    def _dropped(self, watch: Watch) -> None:
+        watch.subscribed.clear()
+        if self.on_dropped is not None and self.watches.get(watch.channel) is watch:
+            self.on_dropped(watch.channel)
+
+
 class Shard(RedisBroker):
     """The channels of the slots one master serves: a :class:`RedisBroker` on that node."""
+
+    listener_class = ShardListener
+    _listener: ShardListener
 
     def __init__(self, url: str, cluster: ClusterBroker, **options: Any) -> None:
         super().__init__(url, **options)
         self._cluster = cluster
-        self._listener.sharded = True
         self._listener.on_dropped = cluster.dropped
         #: The replication id of this node's master, as the last connection found it.
         conn = self._pool.connection_class(**self._pool.connection_kwargs)

@@ -11,13 +11,12 @@ On any failure it reconnects with jittered exponential backoff, resubscribes,
 and replays from history what was published while it was away (dropping
 duplicates by id) before going live.
 
-On a Redis Cluster (:mod:`.cluster`) each shard has its listener, set
-``sharded``: it uses sharded pub/sub (``SSUBSCRIBE``, one channel per command,
-since a command's channels must share a slot), and a channel its node no
-longer serves (Redis drops the subscription, or refuses it with ``MOVED``)
-goes to ``on_dropped``, which moves its watch to the new owner's listener
-(:meth:`Listener.release`, :meth:`Listener.adopt`): the watch's ``delivered``
-goes with it, so the new listener replays exactly what was missed.
+On a Redis Cluster each shard has its listener (:class:`~.cluster.ShardListener`,
+``sharded``): sharded pub/sub (``SSUBSCRIBE``, one channel per command, since a
+command's channels must share a slot), and a channel whose slot moved goes to
+the new owner's listener (:meth:`Listener.release`, :meth:`Listener.adopt`):
+the watch's ``delivered`` goes with it, so the new listener replays exactly
+what was missed.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import hiredis
 import redis
 from gevent.event import Event
 from gevent.lock import Semaphore
-from redis.crc import key_slot
 
 from ...fairness import let_others_run
 from ...ids import MessageId
@@ -115,10 +113,9 @@ class Listener:
         self.connections = 0
         self._failing = False
         self._closed = False
-        #: Sharded pub/sub (a Redis Cluster shard's listener), and whom to tell of a channel
-        #: the node no longer serves (set by the cluster broker).
-        self.sharded = False
-        self.on_dropped: Callable[[str], None] | None = None
+
+    #: Sharded pub/sub (``SSUBSCRIBE``): a Redis Cluster shard's listener (:mod:`.cluster`).
+    sharded = False
 
     def start(self) -> None:
         if self._greenlet is None and not self._closed:
@@ -272,9 +269,6 @@ class Listener:
 
     def _handle(self, reply: object) -> None:
         """One reply of the pub/sub connection: a message, an acknowledgement, a pong."""
-        if self.sharded:
-            self._handle_sharded(reply)
-            return
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ConnectionError(f"Redis refused: {reply}")
         if not isinstance(reply, list):
@@ -290,42 +284,6 @@ class Listener:
                 raise redis.ConnectionError(f"unexpected {kind!r} {reply[1]!r}")
             if watch is not None and self.watches.get(watch.channel) is watch:
                 self._subscribed(watch)
-
-    def _handle_sharded(self, reply: object) -> None:
-        """One reply of a shard's pub/sub connection. Acknowledgements are matched by channel,
-        not by order: Redis also sends ``sunsubscribe`` of its own, for a slot it gave up,
-        and a refused ``SSUBSCRIBE`` (``MOVED``) has no channel in its answer."""
-        if isinstance(reply, hiredis.ReplyError):
-            if not str(reply).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
-                raise redis.ConnectionError(f"Redis refused: {reply}")
-            slot = int(str(reply).split()[1]) if str(reply).startswith(("MOVED", "ASK")) else -1
-            for key, watch in list(self._acks):
-                if watch is not None and (slot < 0 or key_slot(key) == slot):
-                    self._acks.remove((key, watch))
-                    self._dropped(watch)
-            return
-        if not isinstance(reply, list):
-            return
-        kind, key = reply[0], reply[1]
-        if kind == b"smessage":
-            watch = self._by_key.get(key)
-            if watch is not None:
-                self._hand_over(watch, decode(watch.channel, reply[2]))
-            return
-        pending = next((ack for ack in self._acks
-                        if ack[0] == key and (ack[1] is None) == (kind == b"sunsubscribe")), None)
-        if pending is not None:
-            self._acks.remove(pending)
-            watch = pending[1]
-            if watch is not None and self.watches.get(watch.channel) is watch:
-                self._subscribed(watch)
-        elif kind == b"sunsubscribe" and (watch := self._by_key.get(key)) is not None:
-            self._dropped(watch)  # the slot moved away from this node
-
-    def _dropped(self, watch: Watch) -> None:
-        watch.subscribed.clear()
-        if self.on_dropped is not None and self.watches.get(watch.channel) is watch:
-            self.on_dropped(watch.channel)
 
     def _subscribed(self, watch: Watch) -> None:
         """Redis confirmed a subscription: replay what was missed since the last one.
