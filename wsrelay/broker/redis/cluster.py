@@ -21,8 +21,9 @@ Why it is built this way:
   is failing. After each refresh every watched channel whose slot has a new
   owner is moved there (:meth:`~.listener.Listener.release`/``adopt``): the
   new owner's listener subscribes and replays from the log what was missed,
-  exactly as after a reconnect. A shard whose node no longer owns slots is
-  closed.
+  exactly as after a reconnect (a node ending a subscription itself, for a
+  slot it gave up, asks for the same; :class:`ShardListener`). A shard whose
+  node no longer owns slots is closed.
 * **No retries.** A publish refused by a node (``MOVED`` while the map is
   stale, ``TRYAGAIN`` during a migration, a dead master) answers
   :class:`BrokerUnavailable` like any broker fault: the script did not run, so
@@ -64,7 +65,8 @@ log = logging.getLogger(__name__)
 #: Seconds between refreshes of the slot map while all is well, and while a shard fails.
 REFRESH = 5.0
 REFRESH_FAILING = 0.5
-#: Errors of a node that mean the slot map is out of date.
+#: Errors with which a node that answers refuses a command or subscription of a slot it does not
+#: serve now (or while the cluster is down): the map is read again; no fault of the shard's.
 REDIRECTED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 
