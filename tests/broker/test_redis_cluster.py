@@ -124,3 +124,37 @@ def test_presence_counts_each_worker_once_even_after_its_channels_slot_moved(cha
         a.close()
         b.close()
         cluster.stop()
+
+
+def test_a_subscription_refused_by_a_stale_map_is_made_on_the_new_owner(channel):
+    """The worker still maps the slot to its old owner, which answers ``MOVED`` to the
+    ``SSUBSCRIBE``: the map is read again and the channel subscribed where it now lives."""
+    cluster = RedisClusterProcesses.start(masters=3)
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    watcher, publisher = make(cluster.url, prefix), make(cluster.url, prefix)
+    try:
+        recorder = Recorder()
+        watcher.start(recorder)
+        first = watcher.publish(channel, b"before")  # the route to the old owner is known
+        source = cluster.owner(channel_slot(channel))
+        target = next(n for n in set(cluster.masters().values()) if n is not source)
+        cluster.move_slot(channel_slot(channel), target)
+        watcher.watch(channel)
+        page = wait_until(lambda: history(watcher, channel, first.id), 10)
+        assert page.messages == [] and page.cursor == first.id
+        after = publisher.publish(channel, b"after")
+        assert [m.id for m in recorder.wait_for(channel, 1)] == [after.id]
+        assert after.id.epoch > first.id.epoch  # written under another master: a new epoch
+        assert redis.Redis(port=target.port).execute_command(
+            "PUBSUB", "SHARDNUMSUB", f"{prefix}:{{{channel}}}")[1] == 1
+    finally:
+        watcher.close()
+        publisher.close()
+        cluster.stop()
+
+
+def history(broker: ClusterBroker, channel: str, since):
+    try:
+        return broker.history(channel, since)
+    except BrokerUnavailable:  # not subscribed yet
+        return None
