@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+import gevent
 import pytest
 import redis
 
@@ -158,3 +159,17 @@ def history(broker: ClusterBroker, channel: str, since):
         return broker.history(channel, since)
     except BrokerUnavailable:  # not subscribed yet
         return None
+
+
+def test_callers_at_once_share_one_shard_per_master(redis_cluster, channel):
+    broker = make(redis_cluster.url, f"test-{uuid.uuid4().hex[:10]}")
+    try:
+        gevent.joinall([gevent.spawn(broker.publish, f"{channel}-{n}", b"x") for n in range(50)],
+                       raise_error=True)
+        assert len(broker._shards) == 3
+        names = [c["name"] for node in redis_cluster.nodes
+                 for c in redis.Redis(port=node.port).client_list()
+                 if c["name"].startswith(broker._options["prefix"])]
+        assert len(names) == 3  # one command connection per master, none left behind
+    finally:
+        broker.close()

@@ -46,6 +46,7 @@ import gevent
 import hiredis
 import redis
 from gevent.event import Event
+from gevent.lock import Semaphore
 from redis.cluster import ClusterNode, NodesManager
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
@@ -233,6 +234,7 @@ class ClusterBroker(Broker):
         #: (where the map says) at the next refresh.
         self._dropped: set[str] = set()
         self._wanted = Event()
+        self._making = Semaphore()
         self._greenlet: gevent.Greenlet | None = None
         self._closed = False
         self._error: str | None = None
@@ -351,16 +353,24 @@ class ClusterBroker(Broker):
         except (redis.RedisError, RedisClusterException) as exc:  # a slot of no master
             self.refresh_soon()
             raise BrokerUnavailable(f"the message broker is unavailable ({exc})") from exc
-        shard = self._shards.get(node.name)
-        if shard is None:
-            shard = Shard(self._spec.node_url(node.host, node.port), self, **self._options)
-            floor = max((s._last_epoch for s in self._shards.values()), default=0)
-            shard._last_epoch = floor  # epochs never go back, whichever shard a channel is on
-            self._shards[node.name] = shard
-            if self._deliver is not None:
-                shard.start(self._deliver)
+        shard = self._shards.get(node.name) or self._new_shard(node)
         self._routes[slot] = shard
         return shard
+
+    def _new_shard(self, node: ClusterNode) -> Shard:
+        """The shard of a master not used yet: one, however many callers ask at once (making
+        it asks the node for its replication id, and others may ask meanwhile)."""
+        with self._making:
+            shard = self._shards.get(node.name)
+            if shard is None:
+                shard = Shard(self._spec.node_url(node.host, node.port), self, **self._options)
+                # epochs never go back, whichever shard a channel is on
+                shard._last_epoch = max((s._last_epoch for s in self._shards.values()),
+                                        default=0)
+                self._shards[node.name] = shard
+                if self._deliver is not None:
+                    shard.start(self._deliver)
+            return shard
 
     def _load_map(self) -> NodesManager:
         """Read the slot map (``CLUSTER SLOTS``) from the first node that answers; from the
