@@ -234,6 +234,7 @@ class ClusterBroker(Broker):
         #: (where the map says) at the next refresh.
         self._dropped: set[str] = set()
         self._wanted = Event()
+        #: Held while the map or a shard is made: callers at once make one.
         self._making = Semaphore()
         self._greenlet: gevent.Greenlet | None = None
         self._closed = False
@@ -378,16 +379,17 @@ class ClusterBroker(Broker):
         if self._greenlet is None and not self._closed:
             self._greenlet = gevent.spawn(self._refresher)
         try:
-            if self._map is None:  # reads the map as it is made
-                tls: dict[str, Any] = {"ssl": True} if self._spec.tls else {}
-                self._map = NodesManager(
-                    [ClusterNode(host, port) for host, port in self._spec.nodes],
-                    require_full_coverage=False, username=self._spec.username,
-                    password=self._spec.password, socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout, **tls,
-                )
-            else:
-                self._map.initialize()
+            with self._making:  # one map, however many callers at once
+                if self._map is None:  # reads the map as it is made
+                    tls: dict[str, Any] = {"ssl": True} if self._spec.tls else {}
+                    self._map = NodesManager(
+                        [ClusterNode(host, port) for host, port in self._spec.nodes],
+                        require_full_coverage=False, username=self._spec.username,
+                        password=self._spec.password, socket_timeout=self.timeout,
+                        socket_connect_timeout=self.timeout, **tls,
+                    )
+                else:
+                    self._map.initialize()
         except (redis.RedisError, RedisClusterException, OSError) as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(f"the message broker is unavailable ({exc})") from exc
