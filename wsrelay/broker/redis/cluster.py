@@ -329,6 +329,8 @@ class ClusterBroker(Broker):
             self._greenlet = None
         for shard in self._shards.values():
             shard.close()
+        if self._map is not None:
+            self._map.close()
 
     # -- the slot map -----------------------------------------------------------------
 
