@@ -21,7 +21,7 @@ import uuid  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from tests.support import RedisServer, ServerProcess  # noqa: E402
+from tests.support import RedisClusterProcesses, RedisServer, ServerProcess  # noqa: E402
 
 # CI explores the same examples on every run, so a landing never depends on a random draw;
 # on a developer's machine hypothesis keeps drawing new ones (and remembers failures).
@@ -40,7 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 #: The fixtures that start a process: a test using one (even through another fixture) is e2e.
-PROCESS_FIXTURES = frozenset({"server", "make_server", "redis_server", "own_redis", "browser"})
+PROCESS_FIXTURES = frozenset({"server", "make_server", "redis_server", "own_redis", "browser",
+                              "redis_cluster"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -98,6 +99,14 @@ def browser():
 def redis_server():
     """A real ``redis-server`` on a free port, no persistence, for the whole session."""
     instance = RedisServer.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real Redis Cluster of three masters (no replicas), for the whole session."""
+    instance = RedisClusterProcesses.start(masters=3)
     yield instance
     instance.stop()
 

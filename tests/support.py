@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import json
 import os
 import re
 import signal
@@ -312,6 +313,127 @@ class RedisServer:
         self.proc = fresh.proc
 
 
+class RedisClusterProcesses:
+    """A real Redis Cluster: ``masters`` redis-servers with ``--cluster-enabled yes`` (and
+    ``replicas`` replicas each), joined by ``redis-cli --cluster create``; every process
+    stopped by :meth:`stop`. Node timeout 1 s, so a killed master's replica takes over soon."""
+
+    def __init__(self, nodes: list[RedisServer]) -> None:
+        self.nodes = nodes
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes[:2])
+
+    @classmethod
+    def start(cls, masters: int = 3, replicas: int = 0, *args: str) -> RedisClusterProcesses:
+        """``args``: more options for every node."""
+        nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters * (1 + replicas)):
+                port = free_port()
+                directory = tempfile.mkdtemp(prefix="wsrelay-cluster-")
+                proc = subprocess.Popen(
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", directory, "--cluster-enabled", "yes",
+                     "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
+                     "--cluster-config-file", f"{directory}/nodes.conf", *args],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                )
+                nodes.append(RedisServer(proc, port, directory))
+            for node in nodes:
+                wait_until(node.ping, 10, message="redis-server did not start")
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            )
+            cluster = cls(nodes)
+            wait_until(cluster.healthy, 30, 0.2, message="the cluster did not form")
+            return cluster
+        except BaseException:
+            for node in nodes:
+                node.stop()
+            raise
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        """``redis-cli`` against one node; its output."""
+        return subprocess.run(["redis-cli", "-p", str(node.port), *args], check=True,
+                              capture_output=True, text=True, timeout=30).stdout
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok and sees every live node's replicas in sync."""
+        alive = [n for n in self.nodes if n.proc.poll() is None]
+        try:
+            return all("cluster_state:ok" in self.cli(n, "CLUSTER", "INFO") for n in alive)
+        except subprocess.SubprocessError:
+            return False
+
+    def _nodes_lines(self) -> list[list[str]]:
+        """``CLUSTER NODES`` as the first node that answers sees it, split into fields."""
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.SubprocessError):
+                return [line.split() for line in self.cli(node, "CLUSTER", "NODES").splitlines()]
+        raise AssertionError("no node of the cluster answers")
+
+    def _node(self, fields: list[str]) -> RedisServer:
+        port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        return next(n for n in self.nodes if n.port == port)
+
+    def masters(self) -> dict[int, RedisServer]:
+        """Each slot's master, as the first live node sees it."""
+        owners: dict[int, RedisServer] = {}
+        for fields in self._nodes_lines():
+            if "master" in fields[2] and "fail" not in fields[2]:
+                for part in fields[8:]:
+                    low, _, high = part.partition("-")
+                    if low.isdigit():
+                        owners.update(dict.fromkeys(range(int(low), int(high or low) + 1),
+                                                    self._node(fields)))
+        return owners
+
+    def owner(self, slot: int) -> RedisServer:
+        """The live master that serves ``slot``."""
+        return self.masters()[slot]
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A replica of ``master``."""
+        master_id = self.node_id(master)
+        return next(self._node(fields) for fields in self._nodes_lines()
+                    if fields[3] == master_id and "fail" not in fields[2])
+
+    def replicas_in_sync(self) -> bool:
+        """Every live replica's link to its master is up."""
+        replicas = [n for n in self.nodes if n.proc.poll() is None
+                    and "role:slave" in self.cli(n, "INFO", "replication")]
+        return all("master_link_status:up" in self.cli(n, "INFO", "replication")
+                   for n in replicas)
+
+    def move_slot(self, slot: int, target: RedisServer) -> None:
+        """Migrate ``slot`` to ``target`` as ``redis-cli --cluster reshard`` does: IMPORTING
+        and MIGRATING, MIGRATE its keys in batches, then SETSLOT NODE on every master."""
+        source = self.owner(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        self.cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        self.cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        while keys := self.cli(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+            self.cli(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                     "KEYS", *keys)
+        others = set(self.masters().values()) - {source, target}
+        for node in [target, source, *others]:  # the target first, as redis-cli does
+            self.cli(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+    def failed(self, node: RedisServer) -> bool:
+        """Whether the cluster marked ``node`` as failed."""
+        port = f":{node.port}@"
+        return any(port in fields[1] and "fail" in fields[2].split(",")
+                   for fields in self._nodes_lines())
+
+    def node_id(self, node: RedisServer) -> str:
+        return self.cli(node, "CLUSTER", "MYID").strip()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 # -- raw WebSocket, for what a polite client never sends ---------------------------------
 
 def handshake_request(path: str, port: int, **headers: str) -> bytes:
@@ -612,3 +734,204 @@ def live_greenlets() -> int:
     weak proxy for its class and raises ReferenceError."""
     return sum(1 for o in gc.get_objects()
                if issubclass(type(o), greenlet.greenlet) and not o.dead)
+
+
+# -- a fault under a steady publisher (Sentinel and Cluster failovers, slot moves) ---------
+
+class PollClient:
+    """A long-poll client going from cursor to cursor, keeping what it got and its resets."""
+
+    def __init__(self, server: ServerProcess, channel: str, since: str) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.resets: list[int] = []  # how many items it had when told of a gap
+        self._greenlet = gevent.spawn(self._run, server, channel, since)
+
+    def _run(self, server: ServerProcess, channel: str, cursor: str) -> None:
+        while True:
+            try:
+                answer = requests.get(f"{server.url}/poll/{channel}",
+                                      params={"since": cursor, "timeout": 2}, timeout=10)
+            except requests.RequestException:
+                gevent.sleep(0.2)
+                continue
+            if answer.status_code != 200:  # 503 while the broker is away: ask again
+                gevent.sleep(0.2)
+                continue
+            body = answer.json()
+            if body.get("reset"):
+                self.resets.append(len(self.items))
+            self.items += [(m["id"], m["data"]) for m in body["messages"]]
+            cursor = body["cursor"]
+
+    def failure(self) -> str:
+        return repr(self._greenlet.exception) if self._greenlet.dead else ""
+
+    def stop(self) -> None:
+        self._greenlet.kill()
+
+
+class SSEClient:
+    """An SSE client collecting (id, data) of messages and counting resets; like a browser's
+    EventSource it reconnects with ``Last-Event-ID`` when the stream ends (an open stream
+    ends with ``event: error`` when it cannot read the broker)."""
+
+    def __init__(self, server: ServerProcess, channel: str, since: str) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.resets: list[int] = []
+        self.url = f"{server.url}/sse/{channel}"
+        self.last_id = since
+        self.stream: EventStream | None = None
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.stream = EventStream(self.url, {"Last-Event-ID": self.last_id})
+                self._read(self.stream)
+            except (StopIteration, requests.RequestException):
+                pass
+            gevent.sleep(0.5)
+
+    def _read(self, stream: EventStream) -> None:
+        while True:
+            event = stream.next(timeout=120)
+            kind = getattr(event, "type", None)
+            if kind == "reset":
+                self.resets.append(len(self.items))
+            elif kind in ("message", ""):
+                self.items.append((event.id, event.data))
+                self.last_id = event.id
+            elif kind == "error":
+                return
+
+    def failure(self) -> str:
+        return repr(self._greenlet.exception) if self._greenlet.dead else ""
+
+    def stop(self) -> None:
+        self._greenlet.kill()
+        if self.stream is not None:
+            self.stream.close()
+
+
+class V1Client:
+    """A ``wsrelay.v1`` WebSocket subscribed from ``since``, collecting (id, data) of
+    messages and counting ``reset`` envelopes."""
+
+    def __init__(self, server: ServerProcess, channel: str, since: str) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.resets: list[int] = []
+        self.ws = server.ws("/ws", subprotocols=["wsrelay.v1"])
+        self.ws.send(json.dumps({"type": "subscribe", "channel": channel, "since": since}))
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            envelope = json.loads(self.ws.recv(timeout=120))
+            if envelope["type"] == "reset":
+                self.resets.append(len(self.items))
+            elif envelope["type"] == "message":
+                self.items.append((envelope["id"], envelope["data"]))
+
+    def failure(self) -> str:
+        return repr(self._greenlet.exception) if self._greenlet.dead else ""
+
+    def stop(self) -> None:
+        self._greenlet.kill()
+        self.ws.close()
+
+
+@dataclass
+class Outage:
+    """What a fault cost the publisher: publishes refused, and the seconds from the fault
+    until publishing succeeded again (after the last refusal)."""
+
+    refused: int
+    resumed_after: float
+
+
+def publish_through(servers: list[ServerProcess], channel: str, fault) -> Outage:
+    """Run ``fault()`` under a steady publisher and check what clients got.
+
+    A publisher posts ``m<n>`` every 20 ms to the servers in turn; a raw WebSocket on
+    each server, a long-poll and a wsrelay.v1 client on the first and an SSE client on the
+    second follow
+    ``channel`` from before the first message. ``fault()`` runs after 30 acknowledged
+    messages and returns once the fault happened; 30 more must then be acknowledged.
+    Then: no id was handed out twice; each live WebSocket got every acknowledged message
+    once and in order; each cursor client every id once and in order, with its own id,
+    and a message missing only after a reset.
+    """
+    from wsrelay.ids import MessageId
+
+    a, b = servers[0], servers[-1]
+    begin = requests.get(f"{a.url}/poll/{channel}", params={"timeout": 0},
+                         timeout=10).json()["cursor"]
+    sockets = [server.ws(f"/ws/{channel}?since={begin}") for server in servers]
+    received: list[list[str]] = [[] for _ in sockets]
+
+    def collect(ws: WSClient, into: list[str]) -> None:
+        while True:
+            into.append(str(ws.recv(timeout=120)))
+
+    readers = [gevent.spawn(collect, ws, got) for ws, got in zip(sockets, received, strict=True)]
+    clients: list[PollClient | SSEClient | V1Client] = [
+        PollClient(a, channel, begin), SSEClient(b, channel, begin), V1Client(a, channel, begin)]
+    accepted: dict[str, str] = {}  # text -> id
+    accepted_at: list[float] = []
+    refused: list[float] = []
+
+    def publish_steadily() -> None:
+        for n in range(10**9):
+            text = f"m{n}"
+            try:
+                answer = requests.post(f"{servers[n % len(servers)].url}/publish/{channel}",
+                                       data=text, timeout=10,
+                                       headers={"Content-Type": "text/plain; charset=utf-8"})
+            except requests.RequestException:
+                answer = None
+            if answer is not None and answer.status_code == 200:
+                accepted[text] = answer.json()["id"]
+                accepted_at.append(time.monotonic())
+            else:
+                assert answer is None or answer.json()["error"] == "broker_unavailable"
+                refused.append(time.monotonic())
+            gevent.sleep(0.02)
+
+    publisher = gevent.spawn(publish_steadily)
+    try:
+        wait_until(lambda: len(accepted) >= 30, 20)
+        before = len(accepted)
+        began = time.monotonic()
+        fault()
+        wait_until(lambda: len(accepted) >= before + 30, 60,
+                   message=f"publishing did not resume: {a.health()} {b.health()}")
+        publisher.kill()
+        last_refusal = max(refused, default=began)
+        resumed = min(t for t in accepted_at if t >= last_refusal)
+
+        assert len(set(accepted.values())) == len(accepted), "an id was handed out twice"
+        texts = sorted(accepted, key=lambda text: MessageId.parse(accepted[text]))
+        wait_until(lambda: all(texts[-1] in got for got in received), 20)
+        wait_until(lambda: all(texts[-1] in [d for _, d in c.items] for c in clients), 20,
+                   message=str([(type(c).__name__, c.items[-3:], c.resets, c.failure())
+                                for c in clients]))
+        for got in received:  # live WebSockets: everything accepted, once, in order
+            assert len(got) == len(set(got)), "a duplicate"
+            assert [t for t in got if t in accepted] == texts
+        for client in clients:  # cursors: every id once, in order; a missing one after a reset
+            ids = [MessageId.parse(i) for i, _ in client.items]
+            assert ids == sorted(set(ids)), "a duplicate or a step back"
+            for id_, text in client.items:
+                if text in accepted:
+                    assert accepted[text] == id_, f"{text} came with another id"
+            got_texts = [text for _, text in client.items]
+            missing = [t for t in texts if t not in got_texts]
+            assert not missing or client.resets, f"missing without a reset: {missing}"
+        return Outage(len(refused), resumed - began)
+    finally:
+        publisher.kill()
+        gevent.killall(readers)
+        for ws in sockets:
+            ws.close()
+        for client in clients:
+            client.stop()

@@ -31,7 +31,8 @@ __all__ = ["DEFAULTS", "OPTIONS", "ConfigError", "Option", "from_environ", "load
 
 PREFIX = "WSRELAY_"
 ENVIRONMENTS = ("development", "production")
-BROKER_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+BROKER_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
+                  "redis+cluster", "rediss+cluster")
 #: Shorter keys are refused in production: a token signed with one could be forged.
 MIN_SECRET_LENGTH = 32
 #: Options whose values are never shown in an error or a log line.
@@ -216,7 +217,8 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("WSRELAY_BROKER_URL", "memory://", _text(_broker_url),
            "`memory://` (one process) or `redis://host:port/db`, `rediss://…`, `unix:///path`, "
-           "`redis+sentinel://host:port[,host:port…]/master[/db]` (many processes and hosts)"),
+           "`redis+sentinel://host:port[,host:port…]/master[/db]`, "
+           "`redis+cluster://host:port[,host:port…]` (many processes and hosts)"),
     Option("WSRELAY_REDIS_PREFIX", "wsrelay", _text(_key_prefix),
            "prefix of every Redis key and pub/sub channel (several relays can share one Redis)"),
     Option("WSRELAY_HISTORY_SIZE", 1000, _positive_int,

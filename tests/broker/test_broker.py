@@ -1,6 +1,7 @@
-"""One suite for every broker: MemoryBroker and RedisBroker must behave alike.
+"""One suite for every broker: MemoryBroker, RedisBroker and ClusterBroker must behave alike.
 
-RedisBroker runs against a real redis-server; each test gets its own key prefix.
+RedisBroker runs against a real redis-server, ClusterBroker against a real three-master
+Redis Cluster; each test gets its own key prefix.
 Delivery from Redis is asynchronous, so waits are bounded loops on gevent.sleep.
 """
 
@@ -45,7 +46,8 @@ class Recorder:
         return self.on(channel)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e),
+                        pytest.param("cluster", marks=pytest.mark.e2e)])
 def make_broker(request):
     """``make_broker(history_size=..., history_ttl=...)``; Redis brokers of one test share
     a key prefix no other test uses (so two of them act as two workers)."""
@@ -56,17 +58,18 @@ def make_broker(request):
         if request.param == "memory":
             broker: Broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl)
         else:
-            from wsrelay.broker.redis import RedisBroker
+            from wsrelay.broker.redis import ClusterBroker, RedisBroker
 
-            url = request.getfixturevalue("redis_server").url
-            broker = RedisBroker(url, history_size=history_size, history_ttl=history_ttl,
-                                 prefix=prefix, timeout=2.0)
+            kind = ClusterBroker if request.param == "cluster" else RedisBroker
+            broker = kind(make.redis_url, history_size=history_size, history_ttl=history_ttl,
+                          prefix=prefix, timeout=2.0)
         created.append(broker)
         return broker
 
     make.kind, make.prefix = request.param, prefix
-    if request.param == "redis":
-        make.redis_url = request.getfixturevalue("redis_server").url
+    if request.param != "memory":
+        fixture = "redis_cluster" if request.param == "cluster" else "redis_server"
+        make.redis_url = request.getfixturevalue(fixture).url
     yield make
     for broker in created:
         broker.close()
@@ -90,6 +93,9 @@ def ids(messages: list[Message]) -> list[MessageId]:
 def _redis(make_broker):
     import redis
 
+    if make_broker.kind == "cluster":  # every node's keys
+        host, port = make_broker.redis_url.split("//")[1].split(",")[0].split(":")
+        return redis.RedisCluster(host, int(port))
     return redis.Redis.from_url(make_broker.redis_url)
 
 
@@ -98,7 +104,8 @@ def stored(make_broker, broker: Broker) -> set[str]:
     if make_broker.kind == "memory":
         return set(broker._channels) | set(broker._watched)
     with _redis(make_broker) as client:
-        keys = [key.decode() for key in client.scan_iter(f"{make_broker.prefix}:{{*")]
+        keys = [key.decode() for key in client.scan_iter(f"{make_broker.prefix}:{{*")
+                if not key.endswith(b"}:origin")]  # a Cluster slot's own key, of no channel
     return {key.split("{", 1)[1].rsplit("}", 1)[0] for key in keys}
 
 
@@ -168,7 +175,7 @@ def test_a_poll_of_an_empty_channel_then_a_publish_misses_nothing(make_broker, c
     """The long-poll of a channel that never had a message stores nothing, yet its cursor
     still leads to the first message without a gap, from any worker."""
     reader = make_broker()
-    writer = make_broker() if make_broker.kind == "redis" else reader  # another worker
+    writer = make_broker() if make_broker.kind != "memory" else reader  # another worker
     cursor = reader.history(channel, None).cursor
     assert cursor.seq == 0 and stored(make_broker, reader) == set()
     message = writer.publish(channel, b"first")

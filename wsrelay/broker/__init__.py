@@ -20,6 +20,8 @@ def broker_from_config(config: dict[str, Any]) -> Broker:
     }
     if url.startswith("memory:"):
         return MemoryBroker(**options, history_memory=config["WSRELAY_HISTORY_MEMORY"])
-    from .redis import RedisBroker
+    from .redis import ClusterBroker, RedisBroker
 
+    if url.split(":", 1)[0] in ("redis+cluster", "rediss+cluster"):
+        return ClusterBroker(url, prefix=config["WSRELAY_REDIS_PREFIX"], **options)
     return RedisBroker(url, prefix=config["WSRELAY_REDIS_PREFIX"], **options)

@@ -7,5 +7,6 @@ and history inside Redis.
 """
 
 from .broker import RedisBroker, redact
+from .cluster import ClusterBroker
 
-__all__ = ["RedisBroker", "redact"]
+__all__ = ["ClusterBroker", "RedisBroker", "redact"]

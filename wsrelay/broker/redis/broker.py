@@ -109,11 +109,13 @@ class RedisBroker(Broker):
     """Ids, history and delivery shared by every process and host on one Redis."""
 
     shared = True
+    #: The pub/sub connection's kind (a hook for :mod:`.cluster`).
+    listener_class = Listener
 
     def __init__(
         self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
         timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
-        max_pending: int = MAX_PENDING,
+        max_pending: int = MAX_PENDING, worker: str | None = None,
     ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
         self.url = url
@@ -137,12 +139,13 @@ class RedisBroker(Broker):
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
-        worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        #: Names this worker's connections and presence reports (a Cluster's shards share it).
+        worker = worker or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._commands = AutoPipeline(
             pool, name=f"{prefix}-commands-{worker}", timeout=timeout, max_pending=max_pending,
             on_connect=self._start_connection, on_error=self._failed,
         )
-        self._listener = Listener(
+        self._listener = self.listener_class(
             pool, name=f"{prefix}-listener-{worker}",
             heartbeat=heartbeat, backoff=backoff, read=self._read,
             on_connected=self._listener_connected, on_error=self._listener_failed,
@@ -169,8 +172,9 @@ class RedisBroker(Broker):
         """Queue the publish script in the worker's pipeline; resolved when Redis answered."""
         data = bytes(data)
         state, log_key, topic = self._keys(channel)
-        reply = self._run_script("publish", [state, log_key, self._master_key], [
-            self.history_size, int(binary), sender or "", data, topic, author or "",
+        keys, more = self._publish_keys(state, log_key)
+        reply = self._run_script("publish", keys, [
+            self.history_size, int(binary), sender or "", data, topic, author or "", *more,
         ])
         publishing = Publishing()
 
@@ -293,6 +297,15 @@ class RedisBroker(Broker):
         base = f"{self.prefix}:{{{channel}}}"
         return f"{base}:state", f"{base}:log", base
 
+    def _publish_keys(self, state: str, log_key: str) -> tuple[list[str], list[Arg]]:
+        """The publish script's keys, and its arguments after the message's (a hook for
+        :mod:`.cluster`): here the master key, one for the whole Redis."""
+        return [state, log_key, self._master_key], []
+
+    def _origin(self, channel: str) -> str:
+        """The origin key the read script of ``channel`` uses (one per Redis here)."""
+        return self._origin_key
+
     def _start_connection(self, conn: redis.connection.AbstractConnection) -> list[tuple[Arg, ...]]:
         """What starts each command connection: check that Redis is the master, mark the data
         with the master's replication id (see :attr:`_master_key`), load the scripts."""
@@ -301,7 +314,11 @@ class RedisBroker(Broker):
                     if ":" in line)
         if info.get("role") != "master":
             raise redis.ConnectionError("Redis is a replica, not the master")
-        return [("SET", self._master_key, info.get("master_replid", "")), *self._load_scripts()]
+        return [*self._mark_master(info.get("master_replid", "")), *self._load_scripts()]
+
+    def _mark_master(self, replid: str) -> list[tuple[Arg, ...]]:
+        """What tells the publish script the master's replication id (see :attr:`_master_key`)."""
+        return [("SET", self._master_key, replid)]
 
     def _load_scripts(self) -> list[tuple[Arg, ...]]:
         """The scripts, so that EVALSHA finds them."""
@@ -347,7 +364,7 @@ class RedisBroker(Broker):
         state, log_key, _ = self._keys(channel)
         cursor: list[Arg] = ["", ""] if since is None else [since.epoch, since.seq]
         epoch, seq, first, after, origin = self._result_of(
-            self._run_script("read", [state, log_key, self._origin_key], cursor)
+            self._run_script("read", [state, log_key, self._origin(channel)], cursor)
         )
         self._last_epoch = max(self._last_epoch, epoch)
         retained = [decode(channel, fields[-1]) for _, fields in after]

@@ -10,6 +10,13 @@ what a history read waits for (see :meth:`RedisBroker.history
 On any failure it reconnects with jittered exponential backoff, resubscribes,
 and replays from history what was published while it was away (dropping
 duplicates by id) before going live.
+
+On a Redis Cluster each shard has its listener (:class:`~.cluster.ShardListener`,
+``sharded``): sharded pub/sub (``SSUBSCRIBE``, one channel per command, since a
+command's channels must share a slot), and a channel whose slot moved goes to
+the new owner's listener (:meth:`Listener.release`, :meth:`Listener.adopt`):
+the watch's ``delivered`` goes with it, so the new listener replays exactly
+what was missed.
 """
 
 from __future__ import annotations
@@ -109,6 +116,9 @@ class Listener:
         self._failing = False
         self._closed = False
 
+    #: Sharded pub/sub (``SSUBSCRIBE``): a Redis Cluster shard's listener (:mod:`.cluster`).
+    sharded = False
+
     def start(self) -> None:
         if self._greenlet is None and not self._closed:
             self._greenlet = gevent.spawn(self._listen)
@@ -140,6 +150,23 @@ class Listener:
             del self.watches[channel], self._by_key[watch.key]
             self._send("UNSUBSCRIBE", watch)
 
+    def release(self, channel: str) -> Watch | None:
+        """Stop watching ``channel`` whatever its count (its slot moved), and hand its watch
+        over, for :meth:`adopt` by the listener of its new owner."""
+        watch = self.watches.pop(channel, None)
+        if watch is not None:
+            del self._by_key[watch.key]
+            watch.subscribed.clear()
+            self._send("UNSUBSCRIBE", watch)
+        return watch
+
+    def adopt(self, watch: Watch) -> None:
+        """Watch a channel released by another listener: subscribe, and replay from its
+        ``delivered`` once subscribed."""
+        self.watches[watch.channel] = self._by_key[watch.key] = watch
+        self.start()
+        self._send("SUBSCRIBE", watch)
+
     def _send(self, command: str, watch: Watch) -> None:
         """SUBSCRIBE/UNSUBSCRIBE now if connected; else the listener subscribes on connect."""
         with self._send_lock:
@@ -148,7 +175,7 @@ class Listener:
                 return
             self._acks.append((watch.key, watch if command == "SUBSCRIBE" else None))
             try:
-                conn.send_command(command, watch.key)
+                conn.send_command(("S" if self.sharded else "") + command, watch.key)
             except redis.RedisError as exc:
                 log.debug("%s %s failed: %s", command, watch.channel, exc)
                 self._conn = None  # the listener notices and starts over
@@ -169,7 +196,11 @@ class Listener:
                     watches = list(self.watches.values())
                     if watches:
                         self._acks.extend((watch.key, watch) for watch in watches)
-                        conn.send_command("SUBSCRIBE", *(watch.key for watch in watches))
+                        if self.sharded:  # one slot per command
+                            for watch in watches:
+                                conn.send_command("SSUBSCRIBE", watch.key)
+                        else:
+                            conn.send_command("SUBSCRIBE", *(watch.key for watch in watches))
                     self._conn = conn
                 if self.connections:
                     log.info("redis listener connected again")

@@ -1,13 +1,14 @@
 -- Runs after prelude.lua (the broker joins the two into one script).
 -- ARGV[3]: size, [4]: binary '0'/'1', [5]: sender ('' for none), [6]: data, [7]: pub/sub channel,
--- [8]: author ('' for none).
+-- [8]: author ('' for none); on a Redis Cluster, [9]: 'SPUBLISH', [10]: the replication id of
+-- the shard's master (there is no KEYS[3] then: it would be a key of another slot).
 -- KEYS[3]: the replication id of the master the workers write to (set as they connect).
 -- The channel's state is created here, by its first message, and only here; a state written
 -- under another master may have lost its last writes in a failover, so its position may have
 -- gone back: it is replaced like a missing one, by a new epoch after the old.
 local s = redis.call('HMGET', state, 'epoch', 'seq', 'master')
 local epoch = tonumber(s[1])
-local master = redis.call('GET', KEYS[3]) or ''
+local master = ARGV[10] or redis.call('GET', KEYS[3]) or ''
 local floor = tonumber(ARGV[1])
 if epoch and s[3] ~= master then
   floor = math.max(floor, epoch + 1)
@@ -31,5 +32,5 @@ redis.call('XADD', log, 'MAXLEN', ARGV[3], string.format('%d-%d', epoch, seq),
 trim_age()
 redis.call('PEXPIRE', state, ttl)
 redis.call('PEXPIRE', log, ttl)
-redis.call('PUBLISH', ARGV[7], message)
+redis.call(ARGV[9] or 'PUBLISH', ARGV[7], message)
 return {epoch, seq, now}
