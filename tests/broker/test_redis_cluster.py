@@ -16,6 +16,7 @@ from tests.broker.test_broker import Recorder
 from tests.support import RedisClusterProcesses, free_port, wait_until
 from wsrelay.broker import BrokerUnavailable
 from wsrelay.broker.redis import ClusterBroker
+from wsrelay.broker.redis.broker import CONTROL_CHANNEL
 from wsrelay.broker.redis.slots import channel_slot
 
 pytestmark = pytest.mark.e2e  # starts redis-servers
@@ -173,3 +174,30 @@ def test_callers_at_once_share_one_shard_per_master(redis_cluster, channel):
         assert len(names) == 3  # one command connection per master, none left behind
     finally:
         broker.close()
+
+
+def test_control_messages_reach_every_worker_on_a_cluster(redis_cluster):
+    """relay.disconnect's requests (logouts) go through the control channel's shard to
+    every worker of the prefix, the sender included; another prefix's workers never see them."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    brokers = {"first": make(redis_cluster.url, prefix), "second": make(redis_cluster.url, prefix),
+               "stranger": make(redis_cluster.url, f"{prefix}-other")}
+    got: dict[str, list[bytes]] = {name: [] for name in brokers}
+    try:
+        for name, broker in brokers.items():
+            broker.start(Recorder())
+            broker.listen_control(got[name].append)
+
+        def subscribed(broker: ClusterBroker) -> bool:
+            shard = broker._watched.get(CONTROL_CHANNEL)
+            watch = shard and shard._listener.watches.get(CONTROL_CHANNEL)
+            return bool(watch and watch.subscribed.is_set())
+        wait_until(lambda: all(subscribed(b) for b in brokers.values()), 10)
+        brokers["first"].send_control(b"logout ada")
+        brokers["second"].send_control(b"logout bob")
+        wait_until(lambda: got["first"] == got["second"] == [b"logout ada", b"logout bob"], 10,
+                   message=str(got))
+        assert got["stranger"] == []
+    finally:
+        for broker in brokers.values():
+            broker.close()

@@ -217,16 +217,16 @@ class RedisBroker(Broker):
         """Watch :data:`CONTROL_CHANNEL` for ``receive`` as long as the broker runs: its
         messages are replayed from its history after a reconnection like any channel's, so
         a worker whose pub/sub connection was down misses none (within the history)."""
-        self._listener.watch(CONTROL_CHANNEL, self._keys(CONTROL_CHANNEL)[2].encode(),
-                             lambda message: receive(message.data))
+        self.watch(CONTROL_CHANNEL, lambda message: receive(message.data))
 
     def send_control(self, payload: bytes) -> None:
         """Publish ``payload`` on :data:`CONTROL_CHANNEL`, once Redis has taken it."""
         self.publish(CONTROL_CHANNEL, payload)
 
-    def watch(self, channel: str) -> None:
-        """Subscribe (asynchronously: a following :meth:`history` waits until it is active)."""
-        self._listener.watch(channel, self._keys(channel)[2].encode())
+    def watch(self, channel: str, receive: Deliver | None = None) -> None:
+        """Subscribe (asynchronously: a following :meth:`history` waits until it is active);
+        ``receive``: who takes its messages, if not the hub (the control channel's receiver)."""
+        self._listener.watch(channel, self._keys(channel)[2].encode(), receive)
 
     def unwatch(self, channel: str) -> None:
         self._listener.unwatch(channel)

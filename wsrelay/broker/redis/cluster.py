@@ -53,8 +53,8 @@ from redis.exceptions import RedisClusterException
 
 from ...ids import MessageId
 from ...message import Message
-from ..base import Broker, BrokerUnavailable, Deliver, History, Publishing
-from .broker import MAX_PENDING, RedisBroker, redact
+from ..base import Broker, BrokerUnavailable, Control, Deliver, History, Publishing
+from .broker import CONTROL_CHANNEL, MAX_PENDING, RedisBroker, redact
 from .codec import decode
 from .listener import Listener, Watch
 from .pipeline import Arg
@@ -233,6 +233,8 @@ class ClusterBroker(Broker):
         #: Watched channels whose subscription a node ended or refused: subscribed again
         #: (where the map says) at the next refresh.
         self._dropped: set[str] = set()
+        #: Who takes a watched channel's messages instead of the hub (the control channel's).
+        self._receivers: dict[str, Deliver] = {}
         self._wanted = Event()
         #: Held while the map or a shard is made: callers at once make one.
         self._making = Semaphore()
@@ -277,7 +279,17 @@ class ClusterBroker(Broker):
                 self._unplaced[channel] = self._unplaced.get(channel, 0) + 1
                 return
             self._watched[channel] = shard
-        shard.watch(channel)
+        shard.watch(channel, self._receivers.get(channel))
+
+    def listen_control(self, receive: Control) -> None:
+        """Watch the control channel on its slot's shard; it follows its slot like any
+        watched channel, and replays what it missed after a reconnection."""
+        self._receivers[CONTROL_CHANNEL] = lambda message: receive(message.data)
+        self.watch(CONTROL_CHANNEL)
+
+    def send_control(self, payload: bytes) -> None:
+        """Publish ``payload`` on the control channel, once its shard has taken it."""
+        self.publish(CONTROL_CHANNEL, payload)
 
     def unwatch(self, channel: str) -> None:
         shard = self._watched.get(channel)
