@@ -76,13 +76,22 @@ class AutoPipeline:
 
     def submit(self, *args: Arg) -> Reply:
         """Queue a command; wait for room first when ``max_pending`` are waiting."""
+        self._wait_for_room()
+        return self.submit_now(*args)
+
+    def extend(self, reply: Reply, *args: Arg) -> bool:
+        """Add a part to the queued command of ``reply`` if it is still the last one queued
+        (see :meth:`CommandPipeline.extend`), after waiting for room like :meth:`submit`."""
+        self._wait_for_room()
+        return self._pipeline.extend(reply, *args)
+
+    def _wait_for_room(self) -> None:
         if self._closed:
             raise BrokerUnavailable("the message broker is closed")
         while len(self._pipeline) >= self.max_pending:
             self._room.clear()
             if not self._room.wait(self.timeout):
                 raise BrokerUnavailable("the message broker is unavailable (too many waiting)")
-        return self.submit_now(*args)
 
     def submit_now(self, *args: Arg) -> Reply:
         """Queue a command whatever the bound (for a reply's callback, which must not wait)."""
