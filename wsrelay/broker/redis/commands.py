@@ -39,6 +39,8 @@ from .pipeline import Arg, CommandPipeline, ProtocolError, Reply
 
 log = logging.getLogger(__name__)
 
+#: What one read takes at most, into a buffer kept for the connection: ``recv`` of a new
+#: 256 KiB bytes object costs some 20 µs more than the read itself, on every round trip.
 READ_SIZE = 256 * 1024
 
 
@@ -69,6 +71,7 @@ class AutoPipeline:
         self._room.set()
         self._greenlet: gevent.Greenlet | None = None
         self._conn: redis.connection.AbstractConnection | None = None
+        self._buffer = bytearray(READ_SIZE)
         self._closed = False
         #: Round trips so far, and commands they carried (the batching, as numbers).
         self.round_trips = 0
@@ -140,17 +143,17 @@ class AutoPipeline:
 
     def _exchange(self, sock: Any) -> None:
         """Round trips until nothing is left: send all that queued, read all it is owed."""
-        pipeline = self._pipeline
+        pipeline, buffer = self._pipeline, self._buffer
         while len(pipeline):
             data = pipeline.outgoing()
             if data:
                 sock.sendall(data)
                 self.round_trips += 1
             while pipeline.in_flight:
-                chunk = sock.recv(READ_SIZE)  # the socket's timeout: redis-py's socket_timeout
-                if not chunk:
+                size = sock.recv_into(buffer)  # the socket's timeout: redis-py's socket_timeout
+                if not size:
                     raise redis.ConnectionError("Redis closed the connection")
-                self.commands += pipeline.receive(chunk)
+                self.commands += pipeline.receive(buffer, size)
                 if len(pipeline) < self.max_pending:
                     self._room.set()
                 if pipeline.stale:

@@ -128,14 +128,16 @@ class CommandPipeline:
         self._awaiting.extend((reply, weight) for _, reply, weight in queued)
         return b"".join([_pack(words) for words, _, _ in queued])
 
-    def receive(self, data: bytes) -> int:
-        """Feed bytes read from the connection; resolve the replies they complete, in order.
+    def receive(self, data: bytes | bytearray, size: int | None = None) -> int:
+        """Feed bytes read from the connection (the first ``size`` of ``data``: a buffer
+        read into); resolve the replies they complete, in order.
 
         Returns how many were resolved. A reply with nobody awaiting it means
         the connection is out of step: :class:`ProtocolError`.
         """
         reader = self._reader
-        reader.feed(data)
+        # hiredis reads any buffer (its stub names only str and bytes)
+        reader.feed(data, 0, len(data) if size is None else size)  # type: ignore[arg-type]
         resolved = 0
         while True:
             answer = reader.gets()
