@@ -306,6 +306,24 @@ def test_heartbeat_detects_a_redis_that_stopped_answering(make_broker, client, c
     assert ids(recorder.wait_for(channel, 1)) == [message.id]
 
 
+def test_a_redis_owing_answers_for_the_timeout_fails_what_waits_and_is_dropped(
+        make_broker, client, channel):
+    """No timer per read: a watchdog tells the silence, fails every publish in flight within
+    about the timeout, and the next publish connects again."""
+    broker = make_broker(timeout=0.5)
+    broker.publish(channel, b"before")
+    client.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+    started = time.monotonic()
+    pending = [broker.publish_async(channel, b"%d" % i) for i in range(5)]
+    for publishing in pending:
+        with pytest.raises(BrokerUnavailable, match="owed answers"):
+            publishing.result(5)
+    assert 0.4 < time.monotonic() - started < 1.5
+    assert broker.status()["ok"] is False
+    wait_until(lambda: time.monotonic() - started > 2.6, 5)
+    assert broker.publish(channel, b"after").id.seq >= 2
+
+
 @pytest.mark.e2e  # starts a redis-server of its own
 def test_unix_socket_url(tmp_path, channel):
     path = tmp_path / "redis.sock"
