@@ -89,6 +89,22 @@ def test_a_lost_connection_fails_every_waiting_command_and_starts_afresh():
     assert again.value == b"A"
 
 
+def test_only_the_last_queued_command_grows_and_counts_each_part():
+    pipeline = CommandPipeline()
+    first = pipeline.submit("RPUSH", "a", 1)
+    assert pipeline.extend(first, 2) and pipeline.extend(first, 3)
+    other = pipeline.submit("RPUSH", "b", 1)
+    assert not pipeline.extend(first, 4)  # another command was queued after it
+    assert (pipeline.queued, len(pipeline)) == (2, 4)
+    assert pipeline.outgoing() == (b"*5\r\n$5\r\nRPUSH\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\n2\r\n"
+                                   b"$1\r\n3\r\n*3\r\n$5\r\nRPUSH\r\n$1\r\nb\r\n$1\r\n1\r\n")
+    assert not pipeline.extend(other, 2)  # sent: it can no longer grow
+    pipeline.receive(b":3\r\n")
+    assert (first.value, other.done, len(pipeline)) == (3, False, 1)
+    pipeline.receive(b":1\r\n")
+    assert len(pipeline) == 0
+
+
 def test_a_reply_nobody_asked_for_is_a_protocol_error():
     pipeline = CommandPipeline()
     with pytest.raises(ProtocolError):

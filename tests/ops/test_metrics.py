@@ -13,6 +13,7 @@ from wsrelay.ops.metrics import (
     Metrics,
     MetricsSync,
     close_code_label,
+    observe_all,
     read_totals,
     sum_samples,
 )
@@ -137,6 +138,28 @@ def test_latency_samples_are_observed_once_and_never_negative(hub, registry):
     assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.00025") == 3
     assert value(registry, "wsrelay_publish_latency_seconds_bucket", le="0.005") == 4
     assert value(registry, "wsrelay_publish_latency_seconds_sum") == pytest.approx(0.00325)
+
+
+def test_observing_all_at_once_counts_exactly_as_observing_each():
+    """The bulk update reads the histogram's own bounds and values: it must agree with
+    prometheus_client's ``observe`` sample by sample (bounds included, +Inf, 0, negatives)."""
+    samples = [0.0, 0.0001, 0.00010001, 0.004, 0.05, 9.99, 10.0, 11.0, 1e9, -0.5, 0.0025, 0.0025]
+    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
+    each = Metrics(one_by_one).latency
+    for seconds in samples:
+        each.observe(max(seconds, 0.0))
+    bulk = Metrics(at_once).latency
+    observe_all(bulk, samples)
+    observe_all(bulk, [])  # nothing to add: nothing changes
+
+    def series(registry: CollectorRegistry) -> dict:
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for metric in registry.collect() if metric.name == "wsrelay_publish_latency_seconds"
+                for sample in metric.samples if not sample.name.endswith("_created")}
+
+    expected = series(one_by_one)
+    assert expected[("wsrelay_publish_latency_seconds_count", ())] == len(samples)
+    assert series(at_once) == pytest.approx(expected)
 
 
 def test_the_busiest_channels_are_kept_for_a_window(hub, registry):

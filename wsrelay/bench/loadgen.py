@@ -335,6 +335,8 @@ async def redis(spec: dict, tally: Tally, meter: Meter) -> dict:
         "flood_server_cpu_us_per_message": figures["server_cpu_s"] / max(per_reader, 1) * 1e6,
         "flood_others_cpu_share": figures["others_cpu_share"],
     }
+    if "redis_cpu_s" in figures:
+        flood["flood_redis_cpu_us_per_message"] = figures["redis_cpu_s"] / max(per_reader, 1) * 1e6
     try:
         if flood["flood_lost"]:  # its backlog would reach the stream's subscribers too
             raise RuntimeError(f"the flood was not delivered within {p['drain']} s")

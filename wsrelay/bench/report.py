@@ -82,6 +82,7 @@ COLUMNS: dict[str, list[Column]] = {
               ("flood undelivered", "flood_lost", _int),
               ("flood out of order", "flood_reordered", _int),
               ("flood server CPU µs/message", "flood_server_cpu_us_per_message", _fixed(1)),
+              ("flood redis-server CPU µs/message", "flood_redis_cpu_us_per_message", _fixed(1)),
               *NOISE],
 }
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two syncs of a process's counters (and the busiest-channels window).
 SYNC_INTERVAL = 1.0
-#: Latency samples observed between two yields to the event loop (~1-2 ms of work: a
-#: histogram observation costs 1-2 us, and a busy second holds up to 10,000 samples).
-OBSERVE_SLICE = 1000
 
 #: The totals exported as counters: field of :meth:`MetricsSync.totals`, name, help.
 TOTALS: dict[str, tuple[str, str]] = {
@@ -185,13 +183,7 @@ class MetricsSync:
             metrics.closes.labels(close_code_label(code)).inc(delta)
         for transport, delta in _changes(stats.connections, self._connections):
             metrics.connections.labels(transport).inc(delta)
-        latencies = stats.take_latencies()
-        observe = metrics.latency.observe
-        for start in range(0, len(latencies), OBSERVE_SLICE):
-            if start:
-                gevent.sleep(0)  # let the flusher and the requests run in between
-            for seconds in latencies[start:start + OBSERVE_SLICE]:
-                observe(max(seconds, 0.0))  # clocks of two hosts can disagree; never negative
+        observe_all(metrics.latency, stats.take_latencies())
 
     def tick(self) -> None:
         """The periodic step: sync, and end the busiest-channels window. ``take_busiest``
@@ -252,6 +244,32 @@ class MetricsSync:
                 self.tick()
             except Exception:  # a metrics bug must not stop the counting
                 log.exception("metrics sync failed")
+
+
+def observe_all(histogram: Histogram, samples: list[float]) -> None:
+    """What ``histogram.observe`` of each sample does (a negative one counts as 0: clocks of
+    two hosts can disagree), with one update per bucket that grew and one of the sum.
+
+    Every update is a locked write to a shared file under gunicorn (prometheus_client's
+    multiprocess mode), and a busy second holds thousands of samples: one update each
+    cost a worker as much as delivering them. Uses the histogram's bounds and values
+    (``_upper_bounds``, ``_buckets``, ``_sum``), as ``observe`` does; a test holds the two
+    to the same result.
+    """
+    if not samples:
+        return
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for seconds in samples:
+        if seconds < 0.0:
+            seconds = 0.0
+        total += seconds
+        counts[bisect_left(bounds, seconds)] += 1  # the first bound >= it, as observe finds
+    histogram._sum.inc(total)
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 
 def sum_samples(series: list[list[dict[str, Any]]], count: int) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ import logging
 import os
 import time
 import uuid
+from functools import partial
 from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -79,6 +80,10 @@ CONTROL_CHANNEL = "@control"
 #: Commands of a worker that may wait for Redis at once (queued and in flight); past it a
 #: caller waits for room, so a flood is slowed rather than buffered.
 MAX_PENDING = 8192
+#: Publishes joined into one script call at most, and the bytes after which no more join:
+#: Redis runs a script alone, so a call is kept short.
+MAX_BATCH = 64
+MAX_BATCH_BYTES = 256 * 1024
 
 
 def _text(value: bytes | str) -> str:
@@ -103,6 +108,25 @@ def redact(url: str) -> str:
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if k.lower() != "password"])
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+class _Batch:
+    """Publishes of one channel in one queued script call, answered together, in order.
+
+    While the call is still queued, the next publish of the same channel adds its
+    words to it instead of queuing a call of its own: a flood costs one script call
+    (one state read, one expiry refresh) per round trip, not one per message, and
+    the order is the queue's.
+    """
+
+    __slots__ = ("channel", "publishes", "reply", "size")
+
+    def __init__(self, channel: str, reply: Reply) -> None:
+        self.channel = channel
+        self.reply = reply
+        #: (publishing, data, binary, sender, author) of each publish, in order.
+        self.publishes: list[tuple[Publishing, bytes, bool, str | None, str | None]] = []
+        self.size = 0
 
 
 class RedisBroker(Broker):
@@ -139,6 +163,7 @@ class RedisBroker(Broker):
         self._last_epoch = 0
         self._commands_ok = True
         self._error: str | None = None
+        self._batch: _Batch | None = None
         #: Names this worker's connections and presence reports (a Cluster's shards share it).
         worker = worker or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._commands = AutoPipeline(
@@ -169,32 +194,46 @@ class RedisBroker(Broker):
         self, channel: str, data: bytes, *, binary: bool = False, sender: str | None = None,
         author: str | None = None,
     ) -> Publishing:
-        """Queue the publish script in the worker's pipeline; resolved when Redis answered."""
+        """Queue the publish in the worker's pipeline; resolved when Redis answered.
+
+        A publish to the channel of the script call queued last joins that call
+        (see :class:`_Batch`), else it starts a call of its own.
+        """
         data = bytes(data)
-        state, log_key, topic = self._keys(channel)
-        keys, more = self._publish_keys(state, log_key)
-        reply = self._run_script("publish", keys, [
-            self.history_size, int(binary), sender or "", data, topic, author or "", *more,
-        ])
-        publishing = Publishing()
-
-        def answered(reply: Reply) -> None:
-            try:
-                epoch, seq, ms = self._result(reply)
-            except BrokerUnavailable as exc:
-                publishing.resolve(None, exc)
+        words = (int(binary), sender or "", author or "", data)
+        batch = self._batch
+        if (batch is None or batch.channel != channel or len(batch.publishes) >= MAX_BATCH
+                or batch.size >= MAX_BATCH_BYTES or not self._commands.extend(batch.reply, *words)):
+            state, log_key, topic = self._keys(channel)
+            keys, more = self._publish_keys(state, log_key)
+            reply = self._run_script("publish", keys, [self.history_size, topic, *more, *words])
+            batch = self._batch = _Batch(channel, reply)
+            if reply.done:
+                self._answer(batch, reply)
             else:
-                self._last_epoch = max(self._last_epoch, epoch)
-                publishing.resolve(
-                    Message(channel, MessageId(epoch, seq), data, binary, sender or None, ms / 1000,
-                            author)
-                )
-
-        if reply.done:
-            answered(reply)
-        else:
-            reply.callback = answered
+                reply.callback = partial(self._answer, batch)
+        publishing = Publishing()
+        batch.publishes.append((publishing, data, binary, sender or None, author))
+        batch.size += len(data)
         return publishing
+
+    def _answer(self, batch: _Batch, reply: Reply) -> None:
+        """Redis answered a publish call: each of its publishes gets the next id, in order
+        (or all of them the error)."""
+        if self._batch is batch:
+            self._batch = None
+        try:
+            epoch, seq, ms = self._result(reply)
+        except BrokerUnavailable as exc:
+            for publishing, *_ in batch.publishes:
+                publishing.resolve(None, exc)
+            return
+        self._last_epoch = max(self._last_epoch, epoch)
+        channel, when = batch.channel, ms / 1000
+        for publishing, data, binary, sender, author in batch.publishes:
+            publishing.resolve(Message(channel, MessageId(epoch, seq), data, binary, sender, when,
+                                       author))
+            seq += 1
 
     def history(self, channel: str, since: MessageId | None) -> History:
         """Read history; for a watched channel, only once its subscription is active, and
@@ -298,9 +337,9 @@ class RedisBroker(Broker):
         return f"{base}:state", f"{base}:log", base
 
     def _publish_keys(self, state: str, log_key: str) -> tuple[list[str], list[Arg]]:
-        """The publish script's keys, and its arguments after the message's (a hook for
-        :mod:`.cluster`): here the master key, one for the whole Redis."""
-        return [state, log_key, self._master_key], []
+        """The publish script's keys, and its arguments before the messages' (a hook for
+        :mod:`.cluster`): here the master key, one for the whole Redis, and PUBLISH."""
+        return [state, log_key, self._master_key], ["PUBLISH", ""]
 
     def _origin(self, channel: str) -> str:
         """The origin key the read script of ``channel`` uses (one per Redis here)."""

@@ -5,6 +5,10 @@ author_len\\n`` followed by the sender, the author and the data, and stores
 those bytes in the channel's history and PUBLISHes the same bytes, so a
 message reads alike from both. A head without ``author_len`` (written before
 authors existed, by a worker not yet upgraded) reads as no author.
+
+Every message each worker receives passes through :func:`decode`, so it
+reads the parts in place by offset (one copy, of the data) instead of
+splitting the payload into pieces first.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from ...message import Message
 
 def decode(channel: str, payload: bytes) -> Message:
     """A message of ``channel`` as the scripts encode it."""
-    head, _, rest = payload.partition(b"\n")
-    epoch, seq, ms, binary, sender_len, *author_len = (int(part) for part in head.split())
-    sender = rest[:sender_len].decode("utf-8") if sender_len else None
-    author_end = sender_len + (author_len[0] if author_len else 0)
-    author = rest[sender_len:author_end].decode("utf-8") if author_end > sender_len else None
-    return Message(channel, MessageId(epoch, seq), rest[author_end:], bool(binary), sender,
-                   ms / 1000, author)
+    start = payload.index(b"\n") + 1
+    head = payload[:start].split()
+    end = start + int(head[4])
+    sender = payload[start:end].decode("utf-8") if end > start else None
+    author = None
+    if len(head) > 5 and head[5] != b"0":
+        start, end = end, end + int(head[5])
+        author = payload[start:end].decode("utf-8")
+    return Message(channel, MessageId(int(head[0]), int(head[1])), payload[end:],
+                   head[3] == b"1", sender, int(head[2]) / 1000, author)

@@ -9,6 +9,12 @@ answers a connection's commands in the order it received them, so the n-th
 reply belongs to the n-th command sent: each :class:`Reply` is resolved with
 its own answer, an error reply included, and its neighbours are unaffected.
 
+A command still queued may grow (:meth:`~CommandPipeline.extend`): the
+broker adds the publishes that queue behind a publish of the same channel to
+its command, so a flood becomes one script call per round trip, not one per
+message. Such a command counts once per part in :func:`len`, which is what
+bounds the waiting work.
+
 The encoding and the parsing are hiredis's (``pack_command`` and ``Reader``,
 installed with ``redis[hiredis]``): a parser that is fed bytes, which is what
 makes this object testable without a socket.
@@ -31,9 +37,9 @@ NOT_MASTER = ("READONLY", "MASTERDOWN")
 Arg = bytes | str | int | float
 
 
-def _pack(args: tuple[Arg, ...]) -> bytes:
+def _pack(args: list[Arg]) -> bytes:
     """A command in RESP (hiredis's stub declares a one-word tuple: it takes any number)."""
-    return hiredis.pack_command(args)  # type: ignore[arg-type]
+    return hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
 
 
 class ReplyError(Exception):
@@ -69,16 +75,19 @@ class CommandPipeline:
     """Commands waiting to be sent, commands awaiting their replies, and the reply parser."""
 
     def __init__(self) -> None:
-        self._queued: list[tuple[bytes, Reply]] = []
-        self._awaiting: deque[Reply] = deque()
+        #: Queued: each command's words (packed when sent, so the last may still grow), its
+        #: reply and its weight (how many parts it carries: 1, or the publishes it joins).
+        self._queued: list[tuple[list[Arg], Reply, int]] = []
+        self._awaiting: deque[tuple[Reply, int]] = deque()
+        self._waiting = 0
         self._reader = hiredis.Reader(replyError=ReplyError)
         #: True once Redis answered that it no longer takes writes (a master turned replica
         #: in a failover): the connection should be dropped and made again.
         self.stale = False
 
     def __len__(self) -> int:
-        """Commands not yet answered: queued plus in flight."""
-        return len(self._queued) + len(self._awaiting)
+        """Parts not yet answered, queued plus in flight (a command counts as its weight)."""
+        return self._waiting
 
     @property
     def queued(self) -> int:
@@ -91,28 +100,44 @@ class CommandPipeline:
     def submit(self, *args: Arg) -> Reply:
         """Queue a command; its reply is resolved once its answer was received."""
         reply = Reply()
-        self._queued.append((_pack(args), reply))
+        self._queued.append((list(args), reply, 1))
+        self._waiting += 1
         return reply
+
+    def extend(self, reply: Reply, *args: Arg) -> bool:
+        """Add words to the last queued command, if ``reply`` is still its reply (it was
+        not sent, and nothing was queued after it): one more part of it. False otherwise."""
+        queued = self._queued
+        if not queued or queued[-1][1] is not reply:
+            return False
+        words, _, weight = queued[-1]
+        words.extend(args)
+        queued[-1] = (words, reply, weight + 1)
+        self._waiting += 1
+        return True
 
     def put_first(self, commands: list[tuple[Arg, ...]]) -> None:
         """Queue commands ahead of every queued one, their replies awaited by nobody (what
         starts a connection)."""
-        self._queued[:0] = [(_pack(args), Reply()) for args in commands]
+        self._queued[:0] = [(list(args), Reply(), 1) for args in commands]
+        self._waiting += len(commands)
 
     def outgoing(self) -> bytes:
         """Every queued command as one block to send; they count as in flight from now on."""
         queued, self._queued = self._queued, []
-        self._awaiting.extend(reply for _, reply in queued)
-        return b"".join(packed for packed, _ in queued)
+        self._awaiting.extend((reply, weight) for _, reply, weight in queued)
+        return b"".join([_pack(words) for words, _, _ in queued])
 
-    def receive(self, data: bytes) -> int:
-        """Feed bytes read from the connection; resolve the replies they complete, in order.
+    def receive(self, data: bytes | bytearray, size: int | None = None) -> int:
+        """Feed bytes read from the connection (the first ``size`` of ``data``: a buffer
+        read into); resolve the replies they complete, in order.
 
         Returns how many were resolved. A reply with nobody awaiting it means
         the connection is out of step: :class:`ProtocolError`.
         """
         reader = self._reader
-        reader.feed(data)
+        # hiredis reads any buffer (its stub names only str and bytes)
+        reader.feed(data, 0, len(data) if size is None else size)  # type: ignore[arg-type]
         resolved = 0
         while True:
             answer = reader.gets()
@@ -120,7 +145,8 @@ class CommandPipeline:
                 return resolved
             if not self._awaiting:
                 raise ProtocolError(f"a reply nobody asked for: {answer!r}")
-            reply = self._awaiting.popleft()
+            reply, weight = self._awaiting.popleft()
+            self._waiting -= weight
             if isinstance(answer, ReplyError):
                 if str(answer).startswith(NOT_MASTER):
                     self.stale = True
@@ -135,9 +161,10 @@ class CommandPipeline:
         Afterwards the pipeline is ready for a new connection (the parser starts
         afresh). Returns how many commands failed.
         """
-        failed = list(self._awaiting) + [reply for _, reply in self._queued]
+        failed = [reply for reply, _ in self._awaiting] + [reply for _, reply, _ in self._queued]
         self._awaiting.clear()
         self._queued = []
+        self._waiting = 0
         self._reader = hiredis.Reader(replyError=ReplyError)
         self.stale = False
         for reply in failed:
