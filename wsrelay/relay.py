@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from flask import Flask, Request, current_app, g, has_app_context
+from flask import Flask, Request, current_app, has_app_context
 
 from .auth import Claims, Tokens
 from .broker import broker_from_config
@@ -32,7 +32,7 @@ from .message import Message
 from .ops.metrics import MetricsSync
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint, routing_errors_in_json
-from .transports.checks import Publication, ask_hooks
+from .transports.checks import Publication, ask_hooks, here
 from .transports.websocket import app_protocol, negotiate_compression
 from .websocket.connection import WebSocketConnection
 from .websocket.deflate import deflater
@@ -226,12 +226,12 @@ class AppRelay:
 
     def open_connection(
         self, sock: Any, *, expires: float | None = None, json: bool = False,
-        deflate: Deflate | None = None,
+        deflate: Deflate | None = None, identity: Any = None,
     ) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
         (``json``) request frame may exceed a message by its base64 and envelope.
-        ``deflate``: permessage-deflate as negotiated in its handshake, if it was. Called in
-        the client's request: the connection keeps the identity its checks found."""
+        ``deflate``: permessage-deflate as negotiated in its handshake, if it was.
+        ``identity``: what the client's identity hooks found, kept for the disconnect hooks."""
         config = self.app.config
         limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
         connection = WebSocketConnection(
@@ -249,7 +249,6 @@ class AppRelay:
                 deflate.server_max_window_bits, config["WSRELAY_COMPRESSION_MIN_SIZE"]
             ),
         )
-        identity = g.get("wsrelay_identity")
         if identity is not None:
             self.identities[connection.id] = (connection, identity)
         return connection
@@ -265,7 +264,7 @@ class AppRelay:
         serves it in its request, since the route's code may follow the call.
         """
         check_channel(channel)
-        compression = negotiate_compression(ws)
+        compression = negotiate_compression(ws, here())
         taken = take_socket(ws, extensions=compression and compression[0])
         mode = RawMode(channel, since, may_publish=True, rate=None, echo=echo)
         connection = self.open_connection(taken.sock, deflate=compression and compression[1])
