@@ -30,9 +30,11 @@ from .ids import MessageId
 from .limits import Limits, TokenBucket
 from .message import Message
 from .ops.metrics import MetricsSync
+from .server.handler import DIRECT_ROUTE
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint, routing_errors_in_json
 from .transports.checks import Publication, ask_hooks, here
+from .transports.direct import DirectPath
 from .transports.websocket import app_protocol, negotiate_compression
 from .websocket.connection import WebSocketConnection
 from .websocket.deflate import deflater
@@ -84,6 +86,8 @@ class Relay:
         app.register_blueprint(create_blueprint(app.config))
         app.before_request(routing_errors_in_json(prefix))
         _offer_subprotocol(app, prefix)
+        # long-polls and upgrades skip Flask when nothing needs it (wsrelay's handler asks)
+        setattr(app, DIRECT_ROUTE, DirectPath(app, state).route)
         log.info("wsrelay on %s, broker %s", app.name, redact_url(app.config["WSRELAY_BROKER_URL"]))
         return state
 

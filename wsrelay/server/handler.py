@@ -20,6 +20,10 @@ connection instead of reading the rest, however large it claims to be. A head
 whose framing is ambiguous (:mod:`wsrelay.server.request_head`) is refused with 400
 and its connection closed, where pywsgi would guess.
 
+An app may answer some requests itself, before Flask: ``app.wsrelay_direct(environ)``
+(:data:`DIRECT_ROUTE`; wsrelay's :mod:`~wsrelay.transports.direct` path for long-polls and
+upgrades) returns the WSGI application to run instead, or None.
+
 A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
 hold a request to notice its client leave. And once its application stops
 (:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
@@ -50,6 +54,9 @@ from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
 SOCKET_KEY = "wsrelay.socket"
+#: The attribute of a served app that routes a request around it: ``route(environ)`` is the
+#: WSGI application that answers it, or None for the app itself.
+DIRECT_ROUTE = "wsrelay_direct"
 #: The logger of access lines (``manage.py serve``), under wsrelay's so that it has its form.
 ACCESS_LOGGER = "wsrelay.access"
 
@@ -224,9 +231,15 @@ class RelayHandler(WebSocketHandler):
         else:
             self.environ[SOCKET_KEY] = self.socket
         self.upgraded = False
+        application: Any = self.application  # type: ignore[has-type]
+        route = getattr(application, DIRECT_ROUTE, None)
+        direct = route(self.environ) if route is not None else None
+        if direct is not None:
+            self.application = direct
         try:
             WSGIHandler.run_application(self)
         finally:
+            self.application = application
             self.environ.pop("wsgi.websocket", None)
             self.environ.pop(SOCKET_KEY, None)
 

@@ -32,7 +32,8 @@ from ..origins import DEFAULT_PORTS, origin_allowed, own_origin
 if TYPE_CHECKING:
     from flask import Request
 
-    from ..relay import AppRelay
+#: An app's :class:`~wsrelay.relay.AppRelay` (a layer above: named, not imported).
+AppRelay = Any
 
 
 def relay() -> AppRelay:
