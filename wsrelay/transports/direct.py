@@ -14,7 +14,8 @@ those), and every request while the application has connect or identity
 hooks (they are given Flask's request and may read its session), while wsrelay
 answers CORS for foreign origins (``WSRELAY_ALLOWED_ORIGINS``, for polls: Flask-CORS
 writes those headers), in debug mode, or when the app is not a plain Flask app
-serving these paths with wsrelay's routes only (see :func:`plain_app`).
+serving these paths with wsrelay's routes only (see :func:`plain_app`), or with
+``WSRELAY_DIRECT_PATH=0``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class DirectPath:
         if relay.connect_hooks or relay.identity_hooks or self.app.debug:
             return False
         if self._plain is None:
-            self._plain = plain_app(self.app, self.prefix)
+            self._plain = self.app.config["WSRELAY_DIRECT_PATH"] and plain_app(
+                self.app, self.prefix)
         return self._plain
 
     def route(self, environ: dict[str, Any]) -> WSGIApp | None:
