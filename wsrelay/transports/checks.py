@@ -46,7 +46,8 @@ class ClientRequest:
     that answers it, and, in a Flask view, the Flask ``request`` the application's hooks
     are given (None on the direct path). ``identity`` is what the identity hooks found."""
 
-    __slots__ = ("_args", "config", "environ", "identified", "identity", "request", "state")
+    __slots__ = ("_args", "_host", "config", "environ", "identified", "identity", "request",
+                 "state")
 
     def __init__(self, environ: dict[str, Any], state: AppRelay,
                  request: Request | None = None) -> None:
@@ -57,6 +58,7 @@ class ClientRequest:
         self.identity: Any = None
         self.identified = False
         self._args: dict[str, str] | None = None
+        self._host: str | None = None
 
     def arg(self, name: str) -> str | None:
         """The query parameter's first value, decoded as werkzeug's ``request.args`` is."""
@@ -77,7 +79,9 @@ class ClientRequest:
     @property
     def host(self) -> str:
         """``Host`` as werkzeug's ``request.host`` reads it (no default port)."""
-        return get_host(self.environ)
+        if self._host is None:
+            self._host = get_host(self.environ)
+        return self._host
 
 
 def here() -> ClientRequest:
