@@ -67,6 +67,7 @@ def test_everything_else_goes_through_flask(demo):
     assert not direct(demo, "/poll/news", "HEAD")
     assert not direct(demo, "/poll/news", "POST")
     assert not direct(demo, "/ws/news")  # not an upgrade: Flask answers 426
+    assert not direct(demo, "/poll/news", upgrade=True)  # werkzeug answers 400
     assert not direct(demo, "/poll/bad name")  # Flask's routing and checks answer it
     assert not direct(demo, "/poll/a/b")
     assert not direct(demo, "/healthz")
@@ -179,6 +180,7 @@ REQUESTS = {
                                 OWN),
     "websocket, no key": get("/ws/{channel}", *UPGRADE[:2], "Sec-WebSocket-Version: 13", OWN),
     "websocket, bad since": get("/ws/{channel}?since=x", *UPGRADE, OWN),
+    "upgrade on a poll": get("/poll/{channel}?timeout=0", *UPGRADE, OWN),
 }
 
 

@@ -107,13 +107,14 @@ class DirectPath:
         if environ.get("REQUEST_METHOD") != "GET" or not path.startswith(prefix):
             return None
         path = path[len(prefix):]
+        upgrade = isinstance(environ.get("wsgi.websocket"), DeferredWebSocket)
         channel: str | None
         if path.startswith("/poll/"):
-            if self._cors:
+            if self._cors or upgrade:  # werkzeug refuses an upgrade on a plain route
                 return None
             channel = path[6:]
             answer = self._poll
-        elif isinstance(environ.get("wsgi.websocket"), DeferredWebSocket):
+        elif upgrade:
             if path == "/ws":
                 channel = None
             elif path.startswith("/ws/"):
