@@ -301,6 +301,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("WSRELAY_URL_PREFIX", "", _text(_url_prefix),
            "path every wsrelay route is served under (`/realtime`: `/realtime/ws/<channel>`); "
            "empty: the contract's paths"),
+    Option("WSRELAY_DIRECT_PATH", True, _flag,
+           "answer long-polls and WebSocket upgrades without Flask when nothing needs it "
+           "(`0`: Flask answers every request)"),
     Option("WSRELAY_DEMO_PAGE", False, _flag,
            "serve the demo page at the prefix's `/` (on in `create_app()`, off for `Relay(app)`)"),
     Option("WSRELAY_CONFIG_FILE", "", _text(),

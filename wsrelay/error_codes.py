@@ -39,6 +39,7 @@ CODES: dict[str, ErrorCode] = {
     "invalid_encoding": ErrorCode(None, False, "encoding is neither absent nor base64"),
     "request_entity_too_large": ErrorCode(
         413, False, "a message over WSRELAY_MAX_MESSAGE_SIZE (the connection stays open)"),
+    "internal_server_error": ErrorCode(500, False, "the server failed (its log has why)"),
     "method_not_allowed": ErrorCode(405, False, "a method the endpoint does not take"),
     "not_found": ErrorCode(404, False, "no such API route"),
     "upgrade_required": ErrorCode(426, False, "a plain request on a WebSocket endpoint"),

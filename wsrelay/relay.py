@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
-from flask import Flask, Request, current_app, g, has_app_context
+from flask import Flask, Request, current_app, has_app_context
 
 from .auth import Claims, Tokens
 from .broker import broker_from_config
@@ -32,9 +32,11 @@ from .ids import MessageId
 from .limits import Limits, TokenBucket
 from .message import Message
 from .ops.metrics import MetricsSync
+from .server.handler import DIRECT_ROUTE
 from .server.keep_alive import end_keep_alive
 from .transports import create_blueprint, routing_errors_in_json
-from .transports.checks import Publication, ask_hooks
+from .transports.checks import Publication, ask_hooks, here
+from .transports.direct import DirectPath
 from .transports.event_stream import EventStream
 from .transports.websocket import app_protocol, negotiate_compression
 from .websocket.connection import WebSocketConnection
@@ -100,6 +102,8 @@ class Relay:
         app.register_blueprint(create_blueprint(app.config))
         app.before_request(routing_errors_in_json(prefix))
         _offer_subprotocol(app, prefix)
+        # long-polls and upgrades skip Flask when nothing needs it (wsrelay's handler asks)
+        setattr(app, DIRECT_ROUTE, DirectPath(app, state).route)
         log.info("wsrelay on %s, broker %s", app.name, redact_url(app.config["WSRELAY_BROKER_URL"]))
         return state
 
@@ -306,10 +310,9 @@ class AppRelay:
             ended += 1
         return ended
 
-    def track(self, connection: Any) -> Client | None:
-        """Remember ``connection`` under the identity its request's identity hook found (in
-        that request), until the hub lets it go; None when it has none."""
-        identity = g.get("wsrelay_identity")
+    def track(self, connection: Any, identity: Any) -> Client | None:
+        """Remember ``connection`` under ``identity`` (what its request's identity hooks
+        found), until the hub lets it go; None when it has none."""
         if identity is None:
             return None
         client = Client(connection, identity, identity_key(identity))
@@ -338,12 +341,12 @@ class AppRelay:
 
     def open_connection(
         self, sock: Any, *, expires: float | None = None, json: bool = False,
-        deflate: Deflate | None = None,
+        deflate: Deflate | None = None, identity: Any = None,
     ) -> WebSocketConnection:
         """A connection on an accepted socket, with this app's limits; a ``wsrelay.v1``
         (``json``) request frame may exceed a message by its base64 and envelope.
-        ``deflate``: permessage-deflate as negotiated in its handshake, if it was. Called in
-        the client's request: the connection keeps the identity its checks found."""
+        ``deflate``: permessage-deflate as negotiated in its handshake, if it was.
+        ``identity``: what the client's identity hooks found, kept for the disconnect hooks."""
         config = self.app.config
         limit = config["WSRELAY_MAX_MESSAGE_SIZE"]
         connection = WebSocketConnection(
@@ -361,7 +364,7 @@ class AppRelay:
                 deflate.server_max_window_bits, config["WSRELAY_COMPRESSION_MIN_SIZE"]
             ),
         )
-        self.track(connection)
+        self.track(connection, identity)
         return connection
 
     def serve_websocket(
@@ -375,7 +378,7 @@ class AppRelay:
         serves it in its request, since the route's code may follow the call.
         """
         check_channel(channel)
-        compression = negotiate_compression(ws)
+        compression = negotiate_compression(ws, here())
         taken = take_socket(ws, extensions=compression and compression[0])
         mode = RawMode(channel, since, may_publish=True, rate=None, echo=echo)
         connection = self.open_connection(taken.sock, deflate=compression and compression[1])

@@ -20,6 +20,10 @@ connection instead of reading the rest, however large it claims to be. A head
 whose framing is ambiguous (:mod:`wsrelay.server.request_head`) is refused with 400
 and its connection closed, where pywsgi would guess.
 
+An app may answer some requests itself, before Flask: ``app.wsrelay_direct(environ)``
+(:data:`DIRECT_ROUTE`; wsrelay's :mod:`~wsrelay.transports.direct` path for long-polls and
+upgrades) returns the WSGI application to run instead, or None.
+
 A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
 hold a request to notice its client leave. And once its application stops
 (:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
@@ -38,7 +42,7 @@ import time
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler
+from gevent.pywsgi import WSGIHandler, _NoopLog  # type: ignore[attr-defined]
 from geventwebsocket.handler import WebSocketHandler
 
 from ..config import DEFAULTS, from_environ
@@ -50,6 +54,9 @@ from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
 SOCKET_KEY = "wsrelay.socket"
+#: The attribute of a served app that routes a request around it: ``route(environ)`` is the
+#: WSGI application that answers it, or None for the app itself.
+DIRECT_ROUTE = "wsrelay_direct"
 #: The logger of access lines (``manage.py serve``), under wsrelay's so that it has its form.
 ACCESS_LOGGER = "wsrelay.access"
 
@@ -73,6 +80,8 @@ def _refusal(status: str, error: str, message: str) -> bytes:
 _REQUEST_TIMEOUT = _refusal("408 Request Timeout", "request_timeout",
                             "the request head came too slowly")
 
+#: A response body up to this size is sent with its head (larger ones are not copied).
+SMALL_BODY = 64 * 1024
 #: Headers of one request, in bytes and in lines (the blank line that ends them included).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_LINES = 100
@@ -154,6 +163,7 @@ class RelayHandler(WebSocketHandler):
 
     upgraded = False
     _head_deadline = 0.0
+    _server_addr: str | None = None
     #: True once a request of this connection was read: a client that pipelines requests
     #: gets one answer per turn of the event loop, like a WebSocket's fair reading.
     _answered = False
@@ -167,11 +177,15 @@ class RelayHandler(WebSocketHandler):
 
     def get_environ(self) -> dict[str, Any]:
         """pywsgi's environ, with ``SERVER_ADDR``: the address the connection arrived on
-        (the host check tells loopback from the rest by it)."""
+        (the host check tells loopback from the rest by it), asked once per connection."""
         environ = super().get_environ()
-        with contextlib.suppress(OSError, TypeError, IndexError):
-            address = self.socket.getsockname()
-            environ["SERVER_ADDR"] = str(address[0] if isinstance(address, tuple) else address)
+        if self._server_addr is None:
+            self._server_addr = ""
+            with contextlib.suppress(OSError, TypeError, IndexError):
+                address = self.socket.getsockname()
+                self._server_addr = str(address[0] if isinstance(address, tuple) else address)
+        if self._server_addr:
+            environ["SERVER_ADDR"] = self._server_addr
         return environ
 
     def read_requestline(self) -> str:
@@ -224,9 +238,15 @@ class RelayHandler(WebSocketHandler):
         else:
             self.environ[SOCKET_KEY] = self.socket
         self.upgraded = False
+        application: Any = self.application  # type: ignore[has-type]
+        route = getattr(application, DIRECT_ROUTE, None)
+        direct = route(self.environ) if route is not None else None
+        if direct is not None:
+            self.application = direct
         try:
             WSGIHandler.run_application(self)
         finally:
+            self.application = application
             self.environ.pop("wsgi.websocket", None)
             self.environ.pop(SOCKET_KEY, None)
 
@@ -239,12 +259,32 @@ class RelayHandler(WebSocketHandler):
             headers = [*headers, ("Connection", "close")]
         return WSGIHandler.start_response(self, status, headers, exc_info)
 
+    def _write_with_headers(self, data: bytes) -> None:
+        """pywsgi's, but a small body goes out in the same send as the head: one packet
+        and one system call instead of two (a long-poll's answer, an error)."""
+        if len(data) > SMALL_BODY:
+            WSGIHandler._write_with_headers(self, data)  # type: ignore[attr-defined]
+            return
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 %s\r\n" % self.status)  # latin-1 bytes, as pywsgi's
+        for header, value in self.response_headers:
+            towrite += b"%s: %s\r\n" % (header, value)
+        towrite += b"\r\n"
+        if data and self.response_use_chunked:
+            towrite += b"%x\r\n%s\r\n" % (len(data), data)
+        else:
+            towrite += data
+        self._sendall(towrite)
+
     def process_result(self) -> None:
         if not self.upgraded:
             WSGIHandler.process_result(self)
 
     def log_request(self) -> None:
-        if not self.upgraded:
+        """pywsgi's access line, not even formatted when there is no access log (4 % of
+        a keep-alive long-poll's time went into formatting lines nobody wrote)."""
+        if not self.upgraded and not isinstance(self.server.log, _NoopLog):
             WSGIHandler.log_request(self)
 
     def format_request(self) -> str:

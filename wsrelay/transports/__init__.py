@@ -42,7 +42,7 @@ def create_blueprint(config: dict[str, Any]) -> Blueprint:
     """wsrelay's routes for one app, under ``WSRELAY_URL_PREFIX``."""
     bp = Blueprint("wsrelay", __name__, static_folder="../static", static_url_path=STATIC_URL,
                    template_folder="../templates", url_prefix=config["WSRELAY_URL_PREFIX"])
-    bp.before_request(checks.check_host)  # before anything else, on every route
+    bp.before_request(checks.check_host_here)  # before anything else, on every route
     bp.before_request(yield_to_the_host)
     bp.register_error_handler(ApiError, ApiError.response)
     bp.register_error_handler(HTTPException, http_error_response)

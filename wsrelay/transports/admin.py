@@ -23,7 +23,7 @@ from ..ops.metrics import (
     multiprocess_dir,
     read_totals,
 )
-from .checks import client_address, relay, request_token
+from .checks import client_address, here, relay, request_token
 from .pages import CONTENT_SECURITY_POLICY
 
 
@@ -41,14 +41,14 @@ def _from_this_host() -> bool:
         return False
     if not is_loopback_name(host_name(request.host)):
         return False
-    return is_loopback_address(client_address())
+    return is_loopback_address(client_address(here()))
 
 
 def check_admin() -> None:
     """401 without the admin token when one is set; 403 from another host when none is."""
     expected = current_app.config["WSRELAY_ADMIN_TOKEN"]
     if expected:
-        shown = request_token()
+        shown = request_token(here())
         if shown is None:
             raise ApiError(401, "token_required", "send WSRELAY_ADMIN_TOKEN as "
                            "'Authorization: Bearer <token>' or ?token=<token>",

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, g, jsonify, request
+from flask import Response, current_app, jsonify, request
 
 from ..auth import PUBLISH
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
-from .checks import admit, check_publish_rate, relay
+from .checks import admit, check_publish_rate, here, relay
 
 
 def publish(channel: str) -> Response:
     """``application/octet-stream`` is binary; any other body must be UTF-8 text."""
-    access = admit(channel, PUBLISH)
+    client = here()
+    access = admit(client, channel, PUBLISH)
     name = access.channel
-    check_publish_rate(access.claims)
+    check_publish_rate(client, access.claims)
     limit = current_app.config["WSRELAY_MAX_MESSAGE_SIZE"]
     # A declared length over the limit is refused before reading; a chunked body is read
     # one byte past the limit, since Werkzeug stops there silently instead of refusing.
@@ -33,7 +34,7 @@ def publish(channel: str) -> Response:
             ) from None
     try:  # the publish hooks have their say, and the identity is stamped as the sender
         message = relay().publish_from_client(name, data, binary=binary, transport="http",
-                                              identity=g.get("wsrelay_identity"))
+                                              identity=client.identity)
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
     return jsonify(id=str(message.id))

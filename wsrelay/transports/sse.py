@@ -17,7 +17,7 @@ from ..broker import BrokerUnavailable
 from ..hub import MessageServer
 from ..ids import MessageId
 from ..server.handler import SOCKET_KEY
-from .checks import admit, checked_since, occupy, relay
+from .checks import admit, checked_since, here, occupy, relay
 from .event_stream import BROKER_UNAVAILABLE, CONNECTED, OPEN, EventStream
 from .hangup import watch_hangup
 
@@ -64,11 +64,11 @@ def sse(channel: str) -> Response:
     The stream ends when the token it was opened with expires, the server stops or the
     client leaves. ``?format=json`` sends every message as a ``json`` event (the long-poll
     item, with its time), for a client that wants more than the text."""
-    access = admit(channel, SUBSCRIBE)
+    access = admit(here(), channel, SUBSCRIBE)
     as_json = request.args.get("format") == "json"
     since = checked_since(request.headers.get("Last-Event-ID") or request.args.get("since"))
     config = current_app.config
-    release = occupy(stream=True)
+    release = occupy(here(), stream=True)
     sock: Any | None = request.environ.get(SOCKET_KEY)
     state = relay()
     hub = state.hub
@@ -82,7 +82,7 @@ def sse(channel: str) -> Response:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
-    state.track(stream)  # until the hub lets it go: disconnect() finds it
+    state.track(stream, here().identity)  # until the hub lets it go: disconnect() finds it
     response.call_on_close(release)  # the server closes every response, however it ended
     response.call_on_close(lambda: state.untrack(stream))  # also if it never began
     return response

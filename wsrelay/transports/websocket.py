@@ -10,13 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
 
-from flask import Flask, Response, current_app, request
+from flask import Response, request
 from geventwebsocket.websocket import WebSocket
-
-if TYPE_CHECKING:
-    from werkzeug.local import LocalProxy
 
 from ..auth import PUBLISH, SUBSCRIBE
 from ..errors import ApiError
@@ -26,104 +22,124 @@ from ..websocket.handshake import Deflate, negotiate_deflate
 from ..websocket.modes import JsonMode, Policy, RawMode
 from ..websocket.protocol import CloseCode, close_frame
 from ..websocket.upgrade import DeferredWebSocket, take_socket
-from .checks import admit, admit_channel, admit_client, checked_since, occupy, publisher, relay
+from .checks import (
+    ClientRequest,
+    admit,
+    admit_channel,
+    admit_client,
+    checked_since,
+    here,
+    occupy,
+    publisher,
+)
 
 
 def upgrade(channel: str | None = None) -> Response:
-    """Check the request, accept it, then let the connection serve the socket.
-
-    The client needs the right to subscribe to the URL's channel; in raw
-    mode whether what it sends is published depends on its right to publish
-    (without it, its first message closes the connection with 1008). Under
-    wsrelay's handler the view returns once the connection is open and waits for
-    input (see :meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`), so
-    nothing may need this request afterwards.
-    """
-    ws = request.environ.get("wsgi.websocket")
+    """The Flask view of :func:`accept_websocket`: an error response when it refuses."""
+    client = here()
+    ws = client.environ.get("wsgi.websocket")
     try:
-        if ws is None:
-            raise ApiError(
-                501, "websocket_unsupported",
-                "this server cannot upgrade: run manage.py serve or the gevent-websocket "
-                "worker",
-            )
-        json = SUBPROTOCOL in _offered_subprotocols()
-        mode: Mode
-        if channel is None and not json:
-            raise ApiError(
-                400, "channel_required",
-                f"raw mode relays one channel: /ws/<channel>, or offer {SUBPROTOCOL}",
-            )
-        access = admit(channel, SUBSCRIBE) if channel is not None else admit_client()
-        since = checked_since(request.args.get("since"))
-        rate = publisher(access.claims)
-        if json:
-            policy = Policy(_checks_after_the_request(), rate,
-                            current_app.config["WSRELAY_MAX_SUBSCRIPTIONS"])
-            mode = JsonMode(policy, (access.channel, since) if channel is not None else None,
-                            max_data=current_app.config["WSRELAY_MAX_MESSAGE_SIZE"])
-        else:
-            echo = request.args.get("echo", "1") != "0"
-            mode = RawMode(access.channel, since, may_publish=_may_publish(access.channel),
-                           rate=rate, echo=echo)
-        compression = negotiate_compression(ws)
-        leave = occupy(stream=False)
-        try:
-            taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True,
-                                extensions=compression and compression[0])
-            connection = relay().open_connection(
-                taken.sock, expires=access.expires, json=json,
-                deflate=compression and compression[1],
-            )
-        except BaseException:
-            leave()
-            raise
+        accept_websocket(client, channel)
     except ApiError as exc:
         if ws is None or isinstance(ws, DeferredWebSocket):
             return exc.response()
         _refuse_upgraded(ws, exc)
-        return Response(status=204)
-    # once ended, the connection gives up its place in the per-IP count
-    taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending,
-                                  on_end=leave, watch=taken.detached))
     return Response(status=204)
 
 
-def negotiate_compression(ws: object) -> tuple[str, Deflate] | None:
+def accept_websocket(client: ClientRequest, channel: str | None) -> None:
+    """Check the request, accept it, then let the connection serve the socket; ApiError
+    when refused, before any 101 under wsrelay's handler.
+
+    The client needs the right to subscribe to the URL's channel; in raw
+    mode whether what it sends is published depends on its right to publish
+    (without it, its first message closes the connection with 1008). Under
+    wsrelay's handler this returns once the connection is open and waits for
+    input (see :meth:`~wsrelay.websocket.upgrade.DeferredWebSocket.detach`), so
+    nothing may need this request afterwards.
+    """
+    ws = client.environ.get("wsgi.websocket")
+    if ws is None:
+        raise ApiError(
+            501, "websocket_unsupported",
+            "this server cannot upgrade: run manage.py serve or the gevent-websocket "
+            "worker",
+        )
+    json = SUBPROTOCOL in _offered_subprotocols(client)
+    mode: Mode
+    if channel is None and not json:
+        raise ApiError(
+            400, "channel_required",
+            f"raw mode relays one channel: /ws/<channel>, or offer {SUBPROTOCOL}",
+        )
+    access = admit(client, channel, SUBSCRIBE) if channel is not None else admit_client(client)
+    since = checked_since(client.arg("since"))
+    rate = publisher(client, access.claims)
+    config = client.config
+    if json:
+        policy = Policy(_checks_after_the_request(client), rate,
+                        config["WSRELAY_MAX_SUBSCRIPTIONS"])
+        mode = JsonMode(policy, (access.channel, since) if channel is not None else None,
+                        max_data=config["WSRELAY_MAX_MESSAGE_SIZE"])
+    else:
+        echo = client.arg("echo") != "0"
+        mode = RawMode(access.channel, since, may_publish=_may_publish(client, access.channel),
+                       rate=rate, echo=echo)
+    compression = negotiate_compression(ws, client)
+    leave = occupy(client, stream=False)
+    try:
+        taken = take_socket(ws, SUBPROTOCOL if json else None, detach=True,
+                            extensions=compression and compression[0])
+        connection = client.state.open_connection(
+            taken.sock, expires=access.expires, json=json,
+            deflate=compression and compression[1], identity=client.identity,
+        )
+    except BaseException:
+        leave()
+        raise
+    # once ended, the connection gives up its place in the per-IP count
+    taken.serve(functools.partial(connection.run, mode, taken.handshake, taken.pending,
+                                  on_end=leave, watch=taken.detached))
+
+
+def negotiate_compression(ws: object, client: ClientRequest) -> tuple[str, Deflate] | None:
     """permessage-deflate as agreed with the request's client: the
     ``Sec-WebSocket-Extensions`` to answer and the parameters; None when declined, turned
     off (``WSRELAY_COMPRESSION``), or the 101 is out already (gevent-websocket's stock
     handler). ApiError 400 for a malformed offer."""
-    if not current_app.config["WSRELAY_COMPRESSION"] or not isinstance(ws, DeferredWebSocket):
+    if not client.config["WSRELAY_COMPRESSION"] or not isinstance(ws, DeferredWebSocket):
         return None
-    return negotiate_deflate(request.headers.get("Sec-WebSocket-Extensions", ""))
+    return negotiate_deflate(client.header("Sec-WebSocket-Extensions") or "")
 
 
-def _may_publish(channel: str) -> bool:
+def _may_publish(client: ClientRequest, channel: str) -> bool:
     """The raw client's right to publish to its channel, decided while its request is here."""
     try:
-        admit_channel(channel, PUBLISH)
+        admit_channel(client, channel, PUBLISH)
     except ApiError:
         return False
     return True
 
 
-def _checks_after_the_request() -> Callable[[str, str], object]:
+def _checks_after_the_request(client: ClientRequest) -> Callable[[str, str], object]:
     """``admit_channel`` for the channels a ``wsrelay.v1`` client names later, once its
-    request has ended: run in a request context rebuilt from a copy of this request's
-    environ, its CGI variables and headers (not its streams, socket or objects)."""
-    app = cast("LocalProxy[Flask]", current_app)._get_current_object()
-    environ = {key: value for key, value in request.environ.items() if isinstance(value, str)}
+    request has ended, on a copy of this request's environ, its CGI variables and headers
+    (not its streams, socket or objects); with connect hooks, in a request context rebuilt
+    from it, since the hooks are given the Flask request."""
+    state = client.state
+    environ = {key: value for key, value in client.environ.items() if isinstance(value, str)}
 
     def check(channel: str, action: str) -> object:
-        with app.request_context(environ):
-            return admit_channel(channel, action)
+        if not state.connect_hooks:
+            return admit_channel(ClientRequest(environ, state), channel, action)
+        with state.app.request_context(environ):
+            return admit_channel(ClientRequest(environ, state, request), channel, action)
 
     return check
 
 
-def _offered_subprotocols() -> set[str]:
-    header = request.headers.get("Sec-WebSocket-Protocol", "")
+def _offered_subprotocols(client: ClientRequest) -> set[str]:
+    header = client.header("Sec-WebSocket-Protocol") or ""
     return {token.strip() for token in header.split(",") if token.strip()}
 
 
