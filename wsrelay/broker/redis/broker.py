@@ -201,10 +201,7 @@ class RedisBroker(Broker):
             reply = self._run_script("publish", [state, log_key, self._master_key],
                                      [self.history_size, topic, *words])
             batch = self._batch = _Batch(channel, reply)
-            if reply.done:
-                self._answer(batch, reply)
-            else:
-                reply.callback = partial(self._answer, batch)
+            reply.callback = partial(self._answer, batch)  # a new reply: not answered yet
         publishing = Publishing()
         batch.publishes.append((publishing, data, binary, sender or None, author))
         batch.size += len(data)
