@@ -208,10 +208,7 @@ class RedisBroker(Broker):
             keys, more = self._publish_keys(state, log_key)
             reply = self._run_script("publish", keys, [self.history_size, topic, *more, *words])
             batch = self._batch = _Batch(channel, reply)
-            if reply.done:
-                self._answer(batch, reply)
-            else:
-                reply.callback = partial(self._answer, batch)
+            reply.callback = partial(self._answer, batch)  # a new reply: not answered yet
         publishing = Publishing()
         batch.publishes.append((publishing, data, binary, sender or None, author))
         batch.size += len(data)

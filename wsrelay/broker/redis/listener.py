@@ -290,7 +290,7 @@ class Listener:
     def _watch(self, conn: redis.connection.AbstractConnection, sock: socket.socket) -> None:
         """Silence for ``heartbeat`` seconds is answered with a PING; silence for another
         ``heartbeat`` after it, or a send that failed, shuts the connection down, so the
-        read in progress fails."""
+        read (and any send stuck on a full buffer) in progress fails."""
         pinged: float | None = None
         while self._conn is conn:
             gevent.sleep(self.heartbeat / 4)
@@ -299,17 +299,20 @@ class Listener:
                 pinged = None
             elif pinged is None:
                 pinged = now
-                with self._send_lock:
-                    if self._conn is conn:
-                        try:
-                            conn.send_command("PING")
-                        except redis.RedisError:
-                            self._conn = None
+                gevent.spawn(self._ping, conn)  # a send may block: the watchdog must not
             elif now - pinged >= self.heartbeat:
                 self._silent = True
                 break
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+    def _ping(self, conn: redis.connection.AbstractConnection) -> None:
+        with self._send_lock:
+            if self._conn is conn:
+                try:
+                    conn.send_command("PING")
+                except redis.RedisError:
+                    self._conn = None  # the watchdog shuts the connection down
 
     def _handle(self, reply: object) -> None:
         """One reply of the pub/sub connection other than a message: an acknowledgement, a
