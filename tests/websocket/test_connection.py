@@ -175,7 +175,7 @@ def watched(hub, *, close_timeout=5.0, expires=None, channel="c"):
     return connection, theirs, ended
 
 
-def test_idle_connections_hold_no_greenlet_and_still_answer(hub):
+def test_idle_connections_hold_no_greenlet_nor_parser_and_still_answer(hub):
     before = live_greenlets()
     pairs = [watched(hub) for _ in range(200)]
     assert live_greenlets() - before < 5, "no greenlet per idle connection"
@@ -188,6 +188,8 @@ def test_idle_connections_hold_no_greenlet_and_still_answer(hub):
         assert sorted(frames) == sorted((0x1, b"%d" % i) for i in range(20))
     wait_until(lambda: live_greenlets() - before < 5, timeout=5,
                message="readers end once the input is answered")
+    assert all(connection.session._protocol is None for connection, _, _ in pairs), (
+        "once answered, a connection gives its parser back")
 
 
 def test_an_idle_connection_is_woken_by_a_message(hub):

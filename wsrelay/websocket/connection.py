@@ -260,6 +260,7 @@ class WebSocketConnection:
         watcher = self._watcher
         if waiting and watcher is not None and self.state is not CLOSED:
             self._reading = False
+            self.session.park()  # between frames, it holds no parser
             watcher.start(self._on_readable)
         else:
             self._release()
