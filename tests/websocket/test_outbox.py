@@ -130,3 +130,15 @@ def test_pongs_partly_written_are_finished_before_newer_ones():
     outbox.consume(1)
     outbox.push_pongs(b"new")
     assert b"o" + drain(outbox, 100) == b"oldnewdata"
+
+
+def test_an_empty_outbox_holds_no_queue():
+    outbox = Outbox(10**9)
+    assert outbox._chunks is None and outbox.peek() == b""
+    outbox.push(b"abc")
+    outbox.push_pongs(b"p")
+    assert drain(outbox, 2) == b"pabc"
+    assert outbox._chunks is None, "written out: the queue goes"
+    outbox.push(b"abc")
+    outbox.drop_unstarted()
+    assert outbox._chunks is None and not outbox
