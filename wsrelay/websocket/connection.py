@@ -9,7 +9,9 @@ non-blocking and happen when the hub's flusher asks; only when the kernel
 buffer is full does a writer greenlet exist, to wait for the socket and finish
 the queue. Pings come from the hub's heartbeat; a token's expiry and the close
 timeout are libev timers, which spawn a greenlet only when they fire. An idle
-connection is its objects and two watchers: ~3-4 KiB. A socket still in its
+connection holds no parser either (its session gives the ``websockets`` core back
+between frames) and no queue (an empty outbox has none): its objects, its socket
+and watchers, ~2-3 KiB. A socket still in its
 request (the stock handler, TLS) is read by the request's greenlet instead,
 blocking, until it ends.
 
