@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
+from gevent.lock import BoundedSemaphore
 from gevent.socket import wait_write
 
 from ..broker import BrokerUnavailable, History
@@ -60,6 +61,15 @@ READ_SIZE = 64 * 1024
 FEED_SIZE = 1024
 #: Seconds of work on one client's input after which the other sockets get their turn.
 TURN = 0.001
+#: Connections subscribing (reading their history: a broker command each) at once. In a
+#: reconnect storm every accepted handshake would otherwise have its read in flight together,
+#: each bounded by the broker's timeout, on a CPU that handles their answers one at a time:
+#: past a few thousand the answers come too late, clients are closed with 1013, come back and
+#: add to the load. Beyond this many they wait their turn, as in the accept queue.
+OPENING_AT_ONCE = 64
+#: Seconds a connection waits for its turn to subscribe before it is closed with 1013.
+OPENING_WAIT = 60.0
+_opening = BoundedSemaphore(OPENING_AT_ONCE)
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -218,10 +228,15 @@ class WebSocketConnection:
     def _open(self, mode: Mode, handshake: Callable[[], None] | None) -> None:
         if handshake is not None:
             self.state = OPENING
-        try:
-            mode.start(self)
-        except BrokerUnavailable:
-            self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+        if _opening.acquire(timeout=OPENING_WAIT):
+            try:
+                mode.start(self)
+            except BrokerUnavailable:
+                self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+            finally:
+                _opening.release()
+        else:
+            self.close(CloseCode.TRY_AGAIN_LATER, "too many clients connecting: try again")
         if handshake is not None:
             try:
                 handshake()
