@@ -106,9 +106,10 @@ def test_connect_and_disconnect_cycles_leave_nothing_behind(served):
     assert hub.counts()["connections"] == 0
     assert open_files() <= files, "every socket closed"
     assert live_greenlets() <= greenlets + 2, "no greenlet left per connection"
-    # An idle connection is 4-6 KiB: one never freed would show as more than that per cycle.
-    # What is measured is ~0.9 KiB per cycle, the same before the watcher (the allocator's
-    # arenas, client and server in one process; no Python object is left behind).
+    # An idle connection is 2-3 KiB (a connection's parser and queue are freed when idle):
+    # one never freed would show as that on top of what is measured, ~0.9 KiB per cycle, the
+    # same before the watcher (the allocator's arenas, client and server in one process; no
+    # Python object is left behind).
     assert rss() - memory < CYCLES * 2048, "no connection's memory left behind"
     # the per-IP count was given back each time: the full allowance still opens
     socks = []

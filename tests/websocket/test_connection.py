@@ -5,12 +5,14 @@ import time
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.socket
 import pytest
 
 from tests.support import client_frame, live_greenlets, server_frames, wait_until
 from wsrelay.broker import MemoryBroker
 from wsrelay.hub import MessageServer
+from wsrelay.websocket import connection as connection_module
 from wsrelay.websocket.connection import State, WebSocketConnection
 from wsrelay.websocket.modes import RawMode
 from wsrelay.websocket.upgrade import take_buffered
@@ -202,7 +204,7 @@ def watched(hub, *, close_timeout=5.0, expires=None, channel="c"):
     return connection, theirs, ended
 
 
-def test_idle_connections_hold_no_greenlet_and_still_answer(hub):
+def test_idle_connections_hold_no_greenlet_nor_parser_and_still_answer(hub):
     before = live_greenlets()
     pairs = [watched(hub) for _ in range(200)]
     assert live_greenlets() - before < 5, "no greenlet per idle connection"
@@ -215,6 +217,8 @@ def test_idle_connections_hold_no_greenlet_and_still_answer(hub):
         assert sorted(frames) == sorted((0x1, b"%d" % i) for i in range(20))
     wait_until(lambda: live_greenlets() - before < 5, timeout=5,
                message="readers end once the input is answered")
+    assert all(connection.session._protocol is None for connection, _, _ in pairs), (
+        "once answered, a connection gives its parser back")
 
 
 def test_an_idle_connection_is_woken_by_a_message(hub):
@@ -275,3 +279,53 @@ def test_an_idle_connection_dropped_by_the_heartbeat_is_released(hub):
     connection.last_seen -= hub.ping_interval + hub.ping_timeout + 1
     hub.ping_all(time.monotonic())
     assert ended.wait(5) and connection.state is State.CLOSED
+
+
+class BlockingMode:
+    """Raw mode whose subscribing waits for ``go``, as a history read on a busy broker does."""
+
+    def __init__(self, go: gevent.event.Event) -> None:
+        self.go, self.started = go, 0
+        self.raw = raw_mode("c")
+
+    def start(self, connection):
+        self.started += 1
+        self.go.wait()
+        self.raw.start(connection)
+
+    def receive(self, connection, message):
+        self.raw.receive(connection, message)
+
+
+def test_connections_subscribe_a_few_at_a_time_and_the_rest_wait_their_turn(hub, monkeypatch):
+    monkeypatch.setattr(connection_module, "_opening", gevent.lock.BoundedSemaphore(2))
+    go = gevent.event.Event()
+    mode = BlockingMode(go)
+    pairs = [socket.socketpair() for _ in range(5)]
+    connections = [WebSocketConnection(ours, hub, max_message_size=65536, buffer_limit=1 << 20,
+                                       close_timeout=5.0) for ours, _ in pairs]
+    runners = [gevent.spawn(c.run, mode, lambda: None, watch=True) for c in connections]
+    gevent.sleep(0.1)
+    assert mode.started == 2, "the others wait before reading their history"
+    go.set()
+    gevent.joinall(runners, timeout=5, raise_error=True)
+    assert mode.started == 5 and all(c.state is State.OPEN for c in connections)
+    assert hub.counts()["subscribers"] == 5
+
+
+def test_a_connection_that_waits_too_long_for_its_turn_is_told_to_try_again(hub, monkeypatch):
+    monkeypatch.setattr(connection_module, "_opening", gevent.lock.BoundedSemaphore(1))
+    monkeypatch.setattr(connection_module, "OPENING_WAIT", 0.1)
+    go = gevent.event.Event()
+    (first_ours, _first_theirs), (ours, theirs) = socket.socketpair(), socket.socketpair()
+    first, late = (WebSocketConnection(sock, hub, max_message_size=65536, buffer_limit=1 << 20,
+                                       close_timeout=5.0) for sock in (first_ours, ours))
+    blocked = gevent.spawn(first.run, BlockingMode(go), lambda: None, watch=True)
+    gevent.sleep(0.01)
+    late.run(raw_mode("c"), lambda: ours.sendall(b"101\r\n"), watch=True)
+    theirs.settimeout(5)
+    assert theirs.recv(5) == b"101\r\n"
+    opcode, body = read_until_close(theirs)[-1]
+    assert (opcode, body[:2]) == (0x8, (1013).to_bytes(2, "big"))
+    go.set()
+    blocked.join(5)

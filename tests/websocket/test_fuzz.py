@@ -142,6 +142,7 @@ def run_session(chunks: list[bytes], allowance: int | None = None) -> list[tuple
         assert not (ended and len(events) > before), "nothing after the close frame"
         ended = ended or eof
         assert ended == session.finished == any(e[0] == "close" for e in events)
+        session.park()  # as the connection does once it read all: the parser may go back
     if not session.closed_by_peer:  # 1011 echoed to a client that sent it is no failure
         assert all(e[1] != 1011 for e in events if e[0] == "close"), "the parser failed"
     return events

@@ -188,3 +188,15 @@ def test_whatever_the_pushes_pongs_and_partial_writes_every_frame_goes_out_whole
     assert sent_pongs == sorted(set(sent_pongs))
     if pongs:
         assert sent_pongs[-1] == pongs, "the latest ping is answered"
+
+
+def test_an_empty_outbox_holds_no_queue():
+    outbox = Outbox(10**9)
+    assert outbox._chunks is None and outbox.peek() == b""
+    outbox.push(b"abc")
+    outbox.push_pongs(b"p")
+    assert drain(outbox, 2) == b"pabc"
+    assert outbox._chunks is None, "written out: the queue goes"
+    outbox.push(b"abc")
+    outbox.drop_unstarted()
+    assert outbox._chunks is None and not outbox

@@ -260,3 +260,58 @@ def test_frame_remaining_is_what_a_large_frame_still_needs():
     assert s.receive_data(wire[1000:] + following[:3]) == [InboundMessage(b"x" * 100_000, True)]
     assert s.frame_remaining() == 0, "the next frame's header is not whole yet"
     assert s.frame_remaining(following[3:]) == len(following) - 3
+
+
+# -- parking: an idle session holds no parser ----------------------------------------------
+
+
+def test_a_session_between_messages_gives_its_parser_back():
+    s = session()
+    assert s._protocol is None, "nothing is parsed before the first byte"
+    assert s.receive_data(client_frame(Opcode.TEXT, b"hi")) == [InboundMessage(b"hi", False)]
+    s.park()
+    assert s._protocol is None
+    assert s.open and not s.finished and s.close_code is None and s.close_reason == ""
+    assert s.take_output() == (b"", b"", False)
+    assert s.receive_data(client_frame(Opcode.PING, b"p")) == []
+    assert server_frames(s.take_output().pongs) == [(Opcode.PONG, b"p")]
+
+
+@pytest.mark.parametrize("split", [1, 2, 7, 20], ids=lambda n: f"after {n} bytes")
+def test_a_session_keeps_its_parser_in_the_middle_of_a_frame(split):
+    wire = client_frame(Opcode.TEXT, b"x" * 100)
+    s = session()
+    assert s.receive_data(wire[:split]) == []
+    s.park()
+    assert s._protocol is not None
+    assert s.receive_data(wire[split:]) == [InboundMessage(b"x" * 100, False)]
+
+
+def test_a_session_keeps_its_parser_in_the_middle_of_a_message_and_after_its_close():
+    s = session()
+    s.receive_data(client_frame(Opcode.TEXT, "é".encode()[:1], fin=False))
+    s.park()
+    assert s._protocol is not None, "the message's text decoder is under way"
+    assert s.receive_data(client_frame(Opcode.CONT, "é".encode()[1:])) == [
+        InboundMessage("é".encode(), False)]
+    s.close(CloseCode.GOING_AWAY, "bye")
+    s.park()
+    assert sent_close(s) == (CloseCode.GOING_AWAY, "bye")
+
+
+def test_a_parser_given_back_serves_the_next_session_as_new():
+    """The spare carries nothing of its last session: position, rate, close, pongs."""
+    first = limited(burst=1)
+    first.receive_data(client_frame(Opcode.BINARY, b"one") + client_frame(Opcode.PING, b"1"))
+    first.take_output()
+    first.park()
+    second = limited(burst=2)
+    wire = client_frame(Opcode.PING, b"a") + client_frame(Opcode.PING, b"b")
+    [message] = second.receive_data(wire + client_frame(Opcode.TEXT, b"two"))
+    assert message.data == b"two"
+    assert [p for _op, p in server_frames(message.replies)] == [b"a", b"b"]
+    second.park()
+    assert first.receive_data(client_frame(Opcode.PING, b"2")) == []  # its bucket is empty
+    assert sent_close(first)[0] == CloseCode.POLICY_VIOLATION
+    assert not second.finished
+    assert second.frame_remaining(wire) == len(wire) // 2, "it starts at a frame boundary"

@@ -9,7 +9,9 @@ non-blocking and happen when the hub's flusher asks; only when the kernel
 buffer is full does a writer greenlet exist, to wait for the socket and finish
 the queue. Pings come from the hub's heartbeat; a token's expiry and the close
 timeout are libev timers, which spawn a greenlet only when they fire. An idle
-connection is its objects and two watchers: ~3-4 KiB. A socket still in its
+connection holds no parser either (its session gives the ``websockets`` core back
+between frames) and no queue (an empty outbox has none): its objects, its socket
+and watchers, ~2-3 KiB. A socket still in its
 request (the stock handler, TLS) is read by the request's greenlet instead,
 blocking, until it ends.
 
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
+from gevent.lock import BoundedSemaphore
 from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_write
 
@@ -59,6 +62,15 @@ READ_SIZE = 64 * 1024
 FEED_SIZE = 1024
 #: Seconds of work on one client's input after which the other sockets get their turn.
 TURN = 0.001
+#: Connections subscribing (reading their history: a broker command each) at once. In a
+#: reconnect storm every accepted handshake would otherwise have its read in flight together,
+#: each bounded by the broker's timeout, on a CPU that handles their answers one at a time:
+#: past a few thousand the answers come too late, clients are closed with 1013, come back and
+#: add to the load. Beyond this many they wait their turn, as in the accept queue.
+OPENING_AT_ONCE = 64
+#: Seconds a connection waits for its turn to subscribe before it is closed with 1013.
+OPENING_WAIT = 60.0
+_opening = BoundedSemaphore(OPENING_AT_ONCE)
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -219,10 +231,15 @@ class WebSocketConnection:
     def _open(self, mode: Mode, handshake: Callable[[], None] | None) -> None:
         if handshake is not None:
             self.state = OPENING
-        try:
-            mode.start(self)
-        except BrokerUnavailable:
-            self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+        if _opening.acquire(timeout=OPENING_WAIT):
+            try:
+                mode.start(self)
+            except BrokerUnavailable:
+                self.close(CloseCode.TRY_AGAIN_LATER, "broker unavailable")
+            finally:
+                _opening.release()
+        else:
+            self.close(CloseCode.TRY_AGAIN_LATER, "too many clients connecting: try again")
         if handshake is not None:
             try:
                 handshake()
@@ -263,6 +280,7 @@ class WebSocketConnection:
         watcher = self._watcher
         if waiting and watcher is not None and self.state is not CLOSED:
             self._reading = False
+            self.session.park()  # between frames, it holds no parser
             watcher.start(self._on_readable)
         else:
             self._release()

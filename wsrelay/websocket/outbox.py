@@ -22,12 +22,16 @@ class Outbox:
     answered however much data is queued for it. Pongs not yet begun are
     replaced by newer ones, so a client that pings and never reads costs one
     batch of pongs, not a queue, and never gets an older pong after a newer.
+
+    An empty outbox holds no queue (a deque is 600 bytes: most of an idle
+    connection's outbox): it is made by the first frame and dropped once all
+    was written.
     """
 
     __slots__ = ("_chunks", "_offset", "_pong_head", "_pongs", "limit", "size")
 
     def __init__(self, limit: int) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes] | None = None
         self._offset = 0
         self._pongs = b""  # pongs waiting for the next frame boundary
         self._pong_head = False  # True while the first chunk is pongs, alone
@@ -39,7 +43,7 @@ class Outbox:
 
     def push(self, frame: bytes) -> bool:
         """Queue a frame; return False when the outbox is now over its limit."""
-        self._chunks.append(frame)
+        self._queue().append(frame)
         self.size += len(frame)
         return self.size <= self.limit
 
@@ -48,7 +52,7 @@ class Outbox:
         waiting (RFC 6455 5.5.3: only the answer to the latest ping is due); return False
         when the outbox is now over its limit."""
         if self._pong_head and not self._offset:  # peeked, but the socket took none of them
-            self.size -= len(self._chunks.popleft())
+            self.size -= len(self._queue().popleft())
             self._pong_head = False
         self.size += len(pongs) - len(self._pongs)
         self._pongs = pongs
@@ -57,16 +61,17 @@ class Outbox:
     def peek(self) -> bytes | memoryview:
         """The next bytes to write: the unwritten rest of the queue, up to :data:`WRITE_SIZE`."""
         chunks = self._chunks
-        if self._offset:  # the rest of a partly written chunk goes out alone
+        if self._offset and chunks:  # the rest of a partly written chunk goes out alone
             return memoryview(chunks[0])[self._offset :]
         if not self._pong_head:  # else the pongs go out alone
             if self._pongs:  # at a frame boundary: the pongs first
+                chunks = self._queue()
                 chunks.appendleft(self._pongs)
                 self._pongs = b""
                 self._pong_head = True
-            elif len(chunks) > 1:
+            elif chunks is not None and len(chunks) > 1:
                 if self.size > WRITE_SIZE:
-                    self._join_head()
+                    self._join_head(chunks)
                 else:  # the usual case: all of it, joined in C
                     joined = b"".join(chunks)
                     chunks.clear()
@@ -74,9 +79,14 @@ class Outbox:
                     return joined
         return chunks[0] if chunks else b""
 
-    def _join_head(self) -> None:
-        """Join the first chunks into one, up to :data:`WRITE_SIZE` (the queue holds more)."""
+    def _queue(self) -> deque[bytes]:
         chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
+        return chunks
+
+    def _join_head(self, chunks: deque[bytes]) -> None:
+        """Join the first chunks into one, up to :data:`WRITE_SIZE` (the queue holds more)."""
         parts = [chunks.popleft()]
         total = len(parts[0])
         while chunks and total + len(chunks[0]) <= WRITE_SIZE:
@@ -87,7 +97,7 @@ class Outbox:
     def consume(self, written: int) -> None:
         """Forget ``written`` bytes that reached the socket."""
         if written == self.size:  # all of it, the usual case (waiting pongs count in size)
-            self._chunks.clear()
+            self._chunks = None
             self._offset = 0
             self._pong_head = False
             self.size = 0
@@ -99,17 +109,20 @@ class Outbox:
             offset -= len(chunks.popleft())
             self._pong_head = False
         self._offset = offset
+        if not chunks:
+            self._chunks = None
 
     def drop_unstarted(self) -> None:
         """Drop every frame not yet begun; keep the rest of a partly written one."""
         self._pongs = b""
-        if self._offset and self._chunks:
-            head = self._chunks[0]
-            self._chunks.clear()
-            self._chunks.append(head)
+        chunks = self._chunks
+        if self._offset and chunks:
+            head = chunks[0]
+            chunks.clear()
+            chunks.append(head)
             self.size = len(head) - self._offset
         else:
-            self._chunks.clear()
+            self._chunks = None
             self._offset = 0
             self._pong_head = False
             self.size = 0
