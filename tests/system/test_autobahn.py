@@ -6,7 +6,7 @@ to it: the echo server Autobahn expects. kosoku opens every connection on the UR
 unchanged, so each case gets a run of its own on a channel of its own (``/ws/autobahn-6.4.3``)
 and cases run side by side without seeing each other's messages.
 
-The server runs with five settings opened, each for a reason of the suite, not of wsrelay:
+The server runs with six settings changed, each for a reason of the suite, not of wsrelay:
 
 - ``WSRELAY_MAX_MESSAGE_SIZE`` 16 MiB: cases 9.1.6 and 9.2.6 echo a 16 MiB message (the 1 MiB
   default would close them with 1009, which is right for wsrelay but not what 9.x measures);
@@ -24,7 +24,18 @@ The server runs with five settings opened, each for a reason of the suite, not o
   binary or not, where Autobahn hands bytes: 12.x.1 then fails on its hash (text) or its
   length (binary). Compressing every message keeps the cases measuring the server; plain
   messages on a compressing connection are checked by tests/transports/test_websocket_deflate.py
-  and by Chromium (tests/browser/).
+  and by Chromium (tests/browser/);
+- ``WSRELAY_WRITE_DELAY`` 0: a socket written to less than 30 ms ago gathers what follows
+  until those 30 ms are over (one ``send`` for many messages under fan-out load), and the
+  compression cases echo 1000 messages in lockstep, each sent when the last came back: 30 ms
+  a round trip, 31 s a case whatever its size (12.1.1, 1000 messages of 16 B: 31.1 s with the
+  window, 0.42 s without), 108 minutes of waiting for the 216 of them.
+
+All 517 cases run, the compression cases (two at a time, largest first) beside the others
+(sixteen at a time). The compression cases echo 10.9 GB through zlib each way, and the
+auto-fragmented ones (x.x.11-18) up to 440,000 frames each: one run cost the server 415 s of
+CPU and kosoku (with pytest) 255 s, and took 11 min 51 s on two cores other runs shared
+(30 Nov). The server, one process, is the floor: about 7 minutes however quiet the machine.
 
 The publish rate (9.7 and 9.8 send 1000 messages back to back, over the default 100/s with
 a burst of 200) and the per-IP connection cap need no setting: kosoku connects from
@@ -38,7 +49,6 @@ temporary directory the message names.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,36 +61,23 @@ from kosoku.cases import CASES  # the runner's index of the cases: id -> Autobah
 
 from tests.support import ServerProcess
 
-pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
+pytestmark = [
+    pytest.mark.e2e,  # its tests start processes (servers, manage.py) themselves
+    pytest.mark.timeout(3600),  # the first test runs every case: 4 min alone, 30 on a busy machine
+]
 
 if TYPE_CHECKING:
     from kosoku._kosoku import CaseResult
 
 SECTIONS = sorted({case.split(".")[0] for case in CASES}, key=int)
-#: Autobahn's compression cases (sections 12 and 13) each echo 1000 messages of 16 B to
-#: 128 KiB, in 18 sizes for each of 12 subcategories: 10.9 GB through zlib in each direction
-#: in all, minutes of CPU on both sides, far past the suite's budget. The suite runs 13 of
-#: them: every data set (12.1-12.5) and every negotiation (13.1-13.7) with 4 KiB messages
-#: (x.5), and JSON text of 8 KiB sent in 256-byte fragments (12.1.11), the costliest size for
-#: its bytes (32 frames a message parsed in Python). ``AUTOBAHN_ALL=1`` runs every case
-#: (see docs/development.md).
-COMPRESSION_SECTIONS = frozenset({"12", "13"})
-COMPRESSION_SAMPLE = frozenset(
-    {f"{case.rsplit('.', 1)[0]}.5" for case in CASES if case.split(".")[0] in COMPRESSION_SECTIONS}
-    | {"12.1.11"}
-)
 
 
-ALL = os.environ.get("AUTOBAHN_ALL") == "1"
+def bytes_echoed(case: str) -> int:
+    """What a compression case (12.x, 13.x) sends: ``COUNT`` messages of ``LEN`` bytes, up
+    to 1000 of 128 KiB; 0 for the others."""
+    case_class = CASES[case]
+    return getattr(case_class, "LEN", 0) * getattr(case_class, "COUNT", 0)
 
-
-def selected_cases() -> list[str]:
-    """Every case, but in sections 12 and 13 only COMPRESSION_SAMPLE's unless
-    ``AUTOBAHN_ALL=1``."""
-    if ALL:
-        return list(CASES)
-    return [case for case in CASES
-            if case.split(".")[0] not in COMPRESSION_SECTIONS or case in COMPRESSION_SAMPLE]
 
 SERVER_ENV = {
     "WSRELAY_MAX_MESSAGE_SIZE": str(16 << 20),
@@ -88,14 +85,22 @@ SERVER_ENV = {
     "WSRELAY_CONTROL_FRAME_BURST": str(1 << 20),
     "WSRELAY_PING_INTERVAL": "3600",
     "WSRELAY_COMPRESSION_MIN_SIZE": "0",
+    "WSRELAY_WRITE_DELAY": "0",
 }
-#: Cases run at once: most wait on the suite's 1 s timers, so the run takes the time of its
-#: slowest cases (9.x, CPU-bound on both sides) rather than of the sum.
+#: Cases run at once besides the compression cases: most of them wait on the suite's 1 s
+#: timers or on a close, so sections 1-10 take the time of their slowest few.
 CONCURRENCY = 16
-#: A case without a verdict by then means the server hangs: the slowest case of the suite's
-#: selection takes a few seconds; of all of them (12.x.18: 128 MiB echoed), minutes when 16
-#: run at once on two cores.
-CASE_TIMEOUT = 900.0 if ALL else 60.0
+#: Compression cases run at once: each keeps the server or kosoku busy (zlib on both sides,
+#: Python for every frame), so more would only share the machine thinner, and each case
+#: must end within its own timer (480 s for the large ones): 12.2.15, 128 KiB of bitmap in
+#: 256-byte fragments, 440,000 frames, took 50 s alone on a busy machine and failed that
+#: timer four at a time. Largest first: a 128 MiB echo started last would run alone at the
+#: end of the run.
+COMPRESSION_CONCURRENCY = 2
+#: A case without a verdict by then means the server hangs: the slowest (12.2.15, 20 s of
+#: the server's CPU) takes under a minute alone, a few on a busy machine, and kosoku's own
+#: timer fails it at 480 s.
+CASE_TIMEOUT = 600.0
 
 
 async def run_case(ws_url: str, case: str, slots: asyncio.Semaphore) -> CaseResult:
@@ -112,10 +117,13 @@ async def run_case(ws_url: str, case: str, slots: asyncio.Semaphore) -> CaseResu
 
 
 async def run_suite(ws_url: str) -> list[CaseResult]:
+    """Every case: the compression cases, largest first, beside all the others."""
     slots = asyncio.Semaphore(CONCURRENCY)
-    return list(await asyncio.gather(
-        *(run_case(ws_url, case, slots) for case in selected_cases())
-    ))
+    compression_slots = asyncio.Semaphore(COMPRESSION_CONCURRENCY)
+    return list(await asyncio.gather(*(
+        run_case(ws_url, case, compression_slots if bytes_echoed(case) else slots)
+        for case in sorted(CASES, key=bytes_echoed, reverse=True)
+    )))
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +144,16 @@ def autobahn() -> dict[str, list[CaseResult]]:
 
 
 def summary(by_section: dict[str, list[CaseResult]]) -> str:
-    """Per section, how many cases got each verdict."""
+    """Per section, how many cases got each verdict, and where the time went: the cases'
+    durations added up, and the slowest."""
     lines = []
     for section, results in by_section.items():
         counts = Counter(result.behavior.value for result in results)
+        slowest = max(results, key=lambda result: result.duration)
         lines.append(f"section {section}: " + ", ".join(
-            f"{count} {verdict}" for verdict, count in sorted(counts.items())))
+            f"{count} {verdict}" for verdict, count in sorted(counts.items()))
+            + f"; {sum(result.duration for result in results) / 1000:.1f} s in all, slowest "
+            f"{slowest.case_id} {slowest.duration / 1000:.1f} s")
     return "\n".join(lines)
 
 

@@ -79,6 +79,18 @@ def test_a_smaller_window_is_honoured():
     assert inflate(payload, window_bits=9) == JSON * 10
 
 
+@pytest.mark.parametrize("window_bits", range(9, 16))
+def test_every_window_inflates_within_its_bits(window_bits):
+    """A smaller window has a smaller zlib hash table (mem_level): text, binary and random
+    bytes still come back whole through an inflater of that window."""
+    data = JSON * 40 + bytes(range(256)) * 64 + os.urandom(8192)
+    d = Deflater(window_bits, 0)
+    for _ in range(2):  # the second message after the first one's flush
+        payload = d.compress(data)
+        assert payload is not None
+        assert inflate(payload, window_bits=window_bits) == data
+
+
 def test_one_deflater_per_setting_in_the_process():
     assert deflater(15, 300) is deflater(15, 300)
     assert deflater(15, 300) is not deflater(10, 300)
