@@ -251,6 +251,15 @@ class WSClient:
             raise Closed(self.close_code, self.close_reason)
         return data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
 
+    def until_closed(self, most: int = 50) -> tuple[int | None, str]:
+        """Read on until the server closes (within ``most`` messages): its code and reason."""
+        try:
+            for _ in range(most):
+                self.recv()
+        except Closed as closed:
+            return closed.code, closed.reason
+        raise AssertionError(f"still open after {most} messages")
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame and read the server's answer (kept in ``close_code``)."""
         if not self.conn.connected:

@@ -15,7 +15,7 @@ from flask import Flask, request
 from gevent.pywsgi import WSGIServer
 
 import wsrelay
-from tests.support import Closed, EventStream, WSClient, free_port, wait_until
+from tests.support import EventStream, WSClient, free_port, wait_until
 from wsrelay.server.handler import RelayHandler
 
 
@@ -80,12 +80,6 @@ def envelope(ws, kind):
             return answer
 
 
-def closed_by_server(ws):
-    with pytest.raises(Closed) as closed:
-        for _ in range(50):
-            ws.recv()
-    return closed.value.code, closed.value.reason
-
 
 def sse(host, user, channel):
     stream = EventStream(f"{host.url}/sse/{channel}", headers={"X-User": user})
@@ -116,8 +110,8 @@ def test_disconnect_ends_every_connection_of_the_user_and_no_one_elses(host):
 
     answer = requests.post(f"{host.url}/logout/ada", timeout=5)
     assert answer.json() == {"ended": 4}
-    assert closed_by_server(ada_raw) == (1008, "logged out")
-    assert closed_by_server(ada_v1) == (1008, "logged out")
+    assert ada_raw.until_closed() == (1008, "logged out")
+    assert ada_v1.until_closed() == (1008, "logged out")
     event = ada_sse.next_event()
     assert (event.type, event.data) == ("error", "logged out")
     with pytest.raises(StopIteration):  # the stream has ended
@@ -149,7 +143,7 @@ def test_unsubscribe_ends_one_channel_and_leaves_the_rest_open(host):
     assert answer.json() == {"ended": 3}
     assert envelope(ada_v1, "unsubscribed") == {
         "type": "unsubscribed", "channel": "user-ada", "reason": "left the room"}
-    assert closed_by_server(ada_raw_private) == (1008, "left the room")
+    assert ada_raw_private.until_closed() == (1008, "left the room")
     assert ada_sse_private.next_event().type == "error"
 
     publish(host, "user-ada", "private")

@@ -68,15 +68,14 @@ def check_loaded_app(worker: Any) -> None:
 
 
 def _fail_to_boot(worker: Any) -> None:
-    """Exit so that gunicorn halts. The first worker exits at once; the others give the
-    arbiter a second to stop them first, since a second boot failure that reaches it
-    while it halts is a traceback of gunicorn's."""
+    """Exit so that gunicorn halts. The first worker exits at once; the others (which
+    load the same settings, so the first fails too, maybe later) wait until the halting
+    arbiter stops them, since a second boot failure that reaches it while it halts is a
+    traceback of gunicorn's."""
     if worker.age > 1:
-        deadline = time.monotonic() + 1.0
-        while worker.alive and time.monotonic() < deadline:
+        while worker.alive:
             gevent.sleep(0.05)
-        if not worker.alive:  # stopped by the halting arbiter
-            raise SystemExit(0)
+        raise SystemExit(0)
     raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
 
