@@ -251,6 +251,21 @@ class WSClient:
             raise Closed(self.close_code, self.close_reason)
         return data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
 
+    def ask(self, **request) -> dict:
+        """Send a wsrelay.v1 request; its ``ack`` or ``error`` (other envelopes skipped)."""
+        self.send(json.dumps(request))
+        while True:
+            answer = json.loads(self.recv())
+            if answer["type"] in ("ack", "error"):
+                return answer
+
+    def envelope(self, kind: str, timeout: float = 5) -> dict:
+        """The next wsrelay.v1 envelope of type ``kind`` (others skipped)."""
+        while True:
+            answer = json.loads(self.recv(timeout))
+            if answer["type"] == kind:
+                return answer
+
     def until_closed(self, most: int = 50) -> tuple[int | None, str]:
         """Read on until the server closes (within ``most`` messages): its code and reason."""
         try:

@@ -5,7 +5,6 @@ clients (several processes on Redis: tests/system/test_logout.py)."""
 
 from __future__ import annotations
 
-import json
 import types
 
 import gevent
@@ -61,24 +60,8 @@ def raw(host, user, channel):
 def v1(host, user, *channels):
     ws = WSClient(f"{host.ws}/ws", subprotocols=["wsrelay.v1"], headers={"X-User": user})
     for number, channel in enumerate(channels, 1):
-        assert ask(ws, type="subscribe", channel=channel, ack=number)["type"] == "ack"
+        assert ws.ask(type="subscribe", channel=channel, ack=number)["type"] == "ack"
     return ws
-
-
-def ask(ws, **req):
-    ws.send(json.dumps(req))
-    while True:
-        answer = json.loads(ws.recv())
-        if answer["type"] in ("ack", "error"):
-            return answer
-
-
-def envelope(ws, kind):
-    while True:
-        answer = json.loads(ws.recv())
-        if answer["type"] == kind:
-            return answer
-
 
 
 def sse(host, user, channel):
@@ -125,7 +108,7 @@ def test_disconnect_ends_every_connection_of_the_user_and_no_one_elses(host):
 
     publish(host, "lobby", "still here")
     assert bob_raw.recv() == "still here"
-    assert envelope(bob_v1, "message")["data"] == "still here"
+    assert bob_v1.envelope("message")["data"] == "still here"
     assert bob_sse.next_event().data == "still here"
     assert requests.post(f"{host.url}/logout/ada", timeout=5).json() == {"ended": 0}
     for client in (bob_raw, bob_v1, bob_sse, ada_sse):
@@ -141,23 +124,23 @@ def test_unsubscribe_ends_one_channel_and_leaves_the_rest_open(host):
 
     answer = requests.post(f"{host.url}/leave/ada/user-ada", timeout=5)
     assert answer.json() == {"ended": 3}
-    assert envelope(ada_v1, "unsubscribed") == {
+    assert ada_v1.envelope("unsubscribed") == {
         "type": "unsubscribed", "channel": "user-ada", "reason": "left the room"}
     assert ada_raw_private.until_closed() == (1008, "left the room")
     assert ada_sse_private.next_event().type == "error"
 
     publish(host, "user-ada", "private")
     publish(host, "lobby", "public")
-    assert envelope(ada_v1, "message")["data"] == "public"  # and not "private"
+    assert ada_v1.envelope("message")["data"] == "public"  # and not "private"
     assert ada_raw_lobby.recv() == "public"
     assert ada_sse_lobby.next_event().data == "public"
-    assert envelope(bob_v1, "message")["data"] == "private"
+    assert bob_v1.envelope("message")["data"] == "private"
     # This connection may not come back to the channel; a new one passes the checks anew.
-    again = ask(ada_v1, type="subscribe", channel="user-ada", ack=9)
+    again = ada_v1.ask(type="subscribe", channel="user-ada", ack=9)
     assert (again["type"], again["code"]) == ("error", "refused")
-    sent = ask(ada_v1, type="publish", channel="user-ada", data="x", ack=10)
+    sent = ada_v1.ask(type="publish", channel="user-ada", data="x", ack=10)
     assert sent["code"] == "refused"
-    assert ask(ada_elsewhere, type="subscribe", channel="user-ada", ack=11)["code"] == "refused"
+    assert ada_elsewhere.ask(type="subscribe", channel="user-ada", ack=11)["code"] == "refused"
     with v1(host, "ada", "user-ada"):
         pass
     for client in (ada_v1, ada_elsewhere, ada_raw_lobby, ada_sse_private, ada_sse_lobby, bob_v1):

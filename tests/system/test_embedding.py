@@ -46,14 +46,6 @@ def socket(server, web=None):
                     headers={"Cookie": cookie} if cookie else {})
 
 
-def ask(ws, **request):
-    ws.send(json.dumps(request))
-    while True:
-        answer = json.loads(ws.recv())
-        if answer["type"] in ("ack", "error"):
-            return answer
-
-
 def next_message(ws):
     while True:
         answer = json.loads(ws.recv())
@@ -67,15 +59,15 @@ def test_the_guides_app_stamps_refuses_and_logs_out(chat):
     assert "ada" in home.text and "/static/wsrelay.js" in home.text  # the host's own page
     assert ada.get(chat.url + "/static/wsrelay.js", timeout=5).ok
     with socket(chat, ada) as ada_ws, socket(chat, bob) as bob_ws:
-        assert ask(bob_ws, type="subscribe", channel="lobby", ack=1)["type"] == "ack"
+        assert bob_ws.ask(type="subscribe", channel="lobby", ack=1)["type"] == "ack"
         # The identity hook's user is stamped as the sender; the publish hook cleans the text.
-        assert ask(ada_ws, type="publish", channel="lobby", data="  hi  ", ack=2)["type"] == "ack"
+        assert ada_ws.ask(type="publish", channel="lobby", data="  hi  ", ack=2)["type"] == "ack"
         got = next_message(bob_ws)
         assert (got["data"], got["sender"]) == ("hi", "ada")
         # A refused message is an error envelope; the connection stays open.
-        refused = ask(ada_ws, type="publish", channel="lobby", data="spam!", ack=3)
+        refused = ada_ws.ask(type="publish", channel="lobby", data="spam!", ack=3)
         assert (refused["type"], refused["code"]) == ("error", "refused")
-        assert ask(ada_ws, type="publish", channel="lobby", data="sorry", ack=4)["type"] == "ack"
+        assert ada_ws.ask(type="publish", channel="lobby", data="sorry", ack=4)["type"] == "ack"
         assert next_message(bob_ws)["data"] == "sorry"
         # POST /publish passes the same hooks, with the session's identity.
         posted = bob.post(chat.url + "/publish/lobby", data="from http", timeout=5)
@@ -85,7 +77,7 @@ def test_the_guides_app_stamps_refuses_and_logs_out(chat):
         assert bob.post(chat.url + "/publish/lobby", data="spam", timeout=5).json()["error"] \
             == "refused"
         # Someone else's private channel is refused by the connect hook.
-        assert ask(bob_ws, type="subscribe", channel="user-ada", ack=5)["code"] == "refused"
+        assert bob_ws.ask(type="subscribe", channel="user-ada", ack=5)["code"] == "refused"
         # The host's own error page stays the host's.
         forbidden = bob.post(chat.url + "/notify/ada", data="x", timeout=5)
         assert forbidden.status_code == 403 and "json" not in forbidden.headers["Content-Type"]
@@ -99,6 +91,6 @@ def test_the_guides_app_stamps_refuses_and_logs_out(chat):
 
 def test_an_anonymous_client_may_not_join(chat):
     with socket(chat) as anonymous:
-        assert ask(anonymous, type="subscribe", channel="lobby", ack=1)["code"] == "refused"
+        assert anonymous.ask(type="subscribe", channel="lobby", ack=1)["code"] == "refused"
     refused = requests.post(chat.url + "/publish/lobby", data="hi", timeout=5)
     assert refused.status_code == 403 and refused.json()["error"] == "refused"

@@ -5,7 +5,6 @@ one of them; a bystander on both stays connected and served."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import textwrap
@@ -140,26 +139,11 @@ def v1(server, pid, user, *channels):
     def attempt():
         ws = WSClient(f"{server.ws_url}/ws?user={user}&pid={pid}", subprotocols=["wsrelay.v1"])
         for number, channel in enumerate(channels, 1):
-            if ask(ws, type="subscribe", channel=channel, ack=number)["type"] != "ack":
+            if ws.ask(type="subscribe", channel=channel, ack=number)["type"] != "ack":
                 ws.close()
                 raise Elsewhere
         return ws
     return on(server, pid, attempt)
-
-
-def ask(ws, **req):
-    ws.send(json.dumps(req))
-    while True:
-        answer = json.loads(ws.recv())
-        if answer["type"] in ("ack", "error"):
-            return answer
-
-
-def envelope(ws, kind, timeout=5):
-    while True:
-        answer = json.loads(ws.recv(timeout))
-        if answer["type"] == kind:
-            return answer
 
 
 def sse(server, pid, user, channel):
@@ -195,7 +179,6 @@ def view(server, pid, method, path):
     return on(server, pid, attempt)
 
 
-
 def publish(server, channel, data):
     assert requests.post(f"{server.url}/publish/{channel}", data=data, timeout=5).ok
 
@@ -227,14 +210,14 @@ def test_logout_on_one_worker_ends_the_users_connections_on_both(host):
         assert (answer.status_code, answer.json()["message"]) == (403, "logged out")
         assert view(host, pid, "GET", "/clients/ada") == {}
     # Each worker's disconnect hook heard of its two WebSockets and its SSE stream.
-    left = Counter(envelope(audit, "message")["data"] for _ in range(6))
+    left = Counter(audit.envelope("message")["data"] for _ in range(6))
     assert left == {f"ada left {pid}": 3 for pid in host.pids}
 
     publish(host, "lobby", "bob is still here")
     for pid in host.pids:
         ws_raw, ws_v1, stream = bob[pid]
         assert ws_raw.recv() == "bob is still here"
-        assert envelope(ws_v1, "message")["data"] == "bob is still here"
+        assert ws_v1.envelope("message")["data"] == "bob is still here"
         assert stream.next_event().data == "bob is still here"
     for client in [audit, *bob[here], *bob[there]]:
         client.close()
@@ -249,16 +232,16 @@ def test_unsubscribe_on_one_worker_ends_that_channel_on_both(host):
 
     for pid in host.pids:
         ws_v1, private, lobby = ada[pid]
-        assert envelope(ws_v1, "unsubscribed") == {
+        assert ws_v1.envelope("unsubscribed") == {
             "type": "unsubscribed", "channel": "user-ada", "reason": "left the room"}
         assert private.until_closed() == (1008, "left the room")
     publish(host, "user-ada", "private")
     publish(host, "lobby", "public")
     for pid in host.pids:
         ws_v1, _, lobby = ada[pid]
-        assert envelope(ws_v1, "message")["data"] == "public"  # "private" never came
+        assert ws_v1.envelope("message")["data"] == "public"  # "private" never came
         assert lobby.recv() == "public"
-        assert ask(ws_v1, type="subscribe", channel="user-ada", ack=7)["code"] == "refused"
+        assert ws_v1.ask(type="subscribe", channel="user-ada", ack=7)["code"] == "refused"
         ws_v1.close()
         lobby.close()
 
