@@ -16,7 +16,6 @@ from tests.browser import new_page
 from tests.support import PYTHON, ServerProcess, free_port
 from tests.system.test_embedding import (
     STOCK_WORKER,
-    ask,
     login,
     next_message,
     socket,
@@ -76,9 +75,9 @@ def test_the_guides_app_from_the_wheel_under_two_stock_workers(chat):
     listeners = [socket(chat, login(chat, f"bob{n}")) for n in range(4)]  # both workers
     try:
         for n, ws in enumerate(listeners):
-            assert ask(ws, type="subscribe", channel="lobby", ack=n)["type"] == "ack"
+            assert ws.ask(type="subscribe", channel="lobby", ack=n)["type"] == "ack"
         with socket(chat, ada) as ada_ws:
-            assert ask(ada_ws, type="publish", channel="lobby", data="hi all",
+            assert ada_ws.ask(type="publish", channel="lobby", data="hi all",
                        ack=9)["type"] == "ack"
         for ws in listeners:
             got = next_message(ws)
@@ -106,7 +105,7 @@ def test_the_guides_page_from_the_wheel_in_chromium(chat, browser):
     expect(lines).to_have_text(["grace: hello"])
     # Another user, on a socket of his own (perhaps the other worker), says hi.
     with socket(chat, login(chat, "bob")) as bob_ws:
-        assert ask(bob_ws, type="publish", channel="lobby", data="hi grace",
+        assert bob_ws.ask(type="publish", channel="lobby", data="hi grace",
                    ack=1)["type"] == "ack"
     # A view publishes to her private channel (the guide's /notify, for its admin).
     notified = login(chat, "admin").post(chat.url + "/notify/grace", data="tea at five",
