@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import FakeConnection, wait_until
 from wsrelay.broker import Broker, MemoryBroker
+from wsrelay.fairness import let_others_run
 from wsrelay.hub import Encoder, MessageServer, Subscription
 from wsrelay.ids import MessageId
 from wsrelay.message import Message
@@ -210,6 +211,33 @@ def test_connections_written_in_one_pass_fall_due_together(make_hub):
     hub.publish("c", "second")
     wait_until(lambda: all(c.flushes == 2 for c in connections), 3, 0.01)
     assert len(passes) == 2, f"{len(passes)} passes wrote the two windows"
+
+
+def test_a_pass_waits_for_input_at_hand_at_most_one_more_window(make_hub):
+    """While a client's input is still being handled (a flood that never ends, here), a due
+    write waits for it, but not longer than one more write delay."""
+    hub = make_hub(write_delay=0.2)
+    connection = join(hub)
+    connection.written = time.monotonic() - 1  # idle: due at once
+    hub.publish("c", "first")
+    started = time.monotonic()
+    while not connection.flushes and time.monotonic() - started < 2:
+        let_others_run(more_input=True)
+    assert 0.15 <= time.monotonic() - started < 1.0
+    assert connection.frames == text_frames(b"first")
+
+
+def test_a_pass_waits_for_nothing_once_the_input_is_handled(make_hub):
+    hub = make_hub(write_delay=0.5)
+    connection = join(hub)
+    connection.written = time.monotonic() - 1
+    for n in range(10):  # a burst, fanned out a piece at a time
+        hub.publish("c", str(n))
+        let_others_run(more_input=True)
+    assert connection.flushes == 0, "held while the burst was being handled"
+    let_others_run()
+    assert connection.flushes == 1
+    assert connection.frames == text_frames(*(str(n).encode() for n in range(10)))
 
 
 def test_the_latency_metric_counts_the_wait_for_the_window(make_hub):

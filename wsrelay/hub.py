@@ -32,6 +32,7 @@ import gevent
 from gevent.event import Event
 
 from .broker import Broker, History, Publishing
+from .fairness import input_pending, let_others_run
 from .ids import MessageId
 from .message import Message
 from .pacing import WRITE_DELAY, write_at
@@ -270,11 +271,24 @@ class MessageServer:
         self._wakeup.set()
 
     def _flusher(self) -> None:
+        """Write what is due; while a client's input is still being fanned out (a burst:
+        the messages that will reach the same sockets are already read), hold the pass
+        until that input is handled, at most one more write delay: a burst then costs a
+        ``send`` or two per socket, not one per window it takes to fan out."""
         wakeup = self._wakeup
         timeout: float | None = None
+        held = 0.0  # when the pass began to wait for input being handled (0.0: it does not)
         while True:
             wakeup.wait(timeout)
             wakeup.clear()
+            if input_pending() and self.write_delay:
+                now = time.monotonic()
+                held = held or now
+                if now - held < self.write_delay:
+                    let_others_run()
+                    timeout = 0.0
+                    continue
+            held = 0.0
             timeout = self.flush_pending()
 
     def flush_pending(self) -> float | None:

@@ -12,6 +12,10 @@ Nagle, the wait is a bound in time rather than an acknowledgement.
 
 The decision is pure (times in, time out): the hub's flusher asks
 :func:`write_at` for every connection it holds (WebSockets and SSE streams).
+One more rule lives in the flusher, since it is about the server rather than
+a socket: while a client's input is still being fanned out
+(:func:`wsrelay.fairness.input_pending`), a pass waits for it, at most one
+window more, so a burst is written once it is all queued.
 """
 
 from __future__ import annotations

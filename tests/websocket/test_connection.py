@@ -329,3 +329,81 @@ def test_a_connection_that_waits_too_long_for_its_turn_is_told_to_try_again(hub,
     assert (opcode, body[:2]) == (0x8, (1013).to_bytes(2, "big"))
     go.set()
     blocked.join(5)
+
+
+def read_frames(sock: socket.socket, count: int, timeout: float) -> list[tuple[int, bytes]]:
+    """The first ``count`` frames the server sends on ``sock``, waiting ``timeout`` at most."""
+    sock.settimeout(timeout)
+    data = b""
+    while len(server_frames(data)) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    return server_frames(data)
+
+
+def test_a_burst_from_one_client_reaches_an_idle_subscriber_in_one_write():
+    """A client's burst is fanned out before the next write pass: each idle subscriber gets
+    all of it in one write once it is handled, not its first frames at once and the rest a
+    window later (here the window is a second; the burst takes milliseconds)."""
+    hub = MessageServer(MemoryBroker(history_size=1000, history_ttl=60), write_delay=1.0)
+    hub.start()
+    try:
+        subscribers = [connect(hub) for _ in range(20)]
+        _publisher, peer, _runner = subscribers[0]
+        burst = [b"m%03d" % n for n in range(300)]
+        writes = hub.stats.writes
+        started = time.monotonic()
+        peer.sendall(b"".join(client_frame(0x1, text) for text in burst))
+        for _connection, theirs, _runner in subscribers:
+            assert read_frames(theirs, 300, 5) == [(0x1, text) for text in burst]
+        assert time.monotonic() - started < 0.6, "the rest did not wait for the window"
+        assert hub.stats.writes - writes == len(subscribers), "one write each"
+    finally:
+        for connection, _peer, runner in subscribers:
+            connection.abort()
+            runner.join(5)
+        hub.stop()
+
+
+def test_pings_are_answered_at_once_while_a_flood_holds_the_writes():
+    """While one client floods (its input always pending, so the hub holds its writes for up to
+    a second more), another subscriber's ping is still answered at once."""
+    hub = MessageServer(MemoryBroker(history_size=1000, history_ttl=60), write_delay=1.0)
+    hub.start()
+    try:
+        flooder, flood_peer, flood_runner = connect(hub)
+        other, peer, other_runner = connect(hub)
+        frames = b"".join(client_frame(0x1, b"f%05d" % n) for n in range(500))
+        stop = gevent.event.Event()
+
+        def flood() -> None:
+            while not stop.is_set():
+                flood_peer.sendall(frames)
+                gevent.sleep(0)
+
+        flooding = [gevent.spawn(flood), gevent.spawn(_drain_forever, flood_peer)]
+        gevent.sleep(0.3)  # the flood is under way: the hub holds its write passes
+        peer.settimeout(5)
+        pinged = time.monotonic()
+        peer.sendall(client_frame(0x9, b"are you there"))
+        data = b""
+        while (0xA, b"are you there") not in server_frames(data):
+            data += peer.recv(1 << 20)
+        assert time.monotonic() - pinged < 0.5, "the pong waited for the held pass"
+        stop.set()
+        flooding[0].join(5)
+    finally:
+        for connection, runner in ((flooder, flood_runner), (other, other_runner)):
+            connection.abort()
+            runner.join(5)
+        hub.stop()
+
+
+def _drain_forever(sock: socket.socket) -> None:
+    """Read and forget what the server sends, until the socket closes."""
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except OSError:
+        pass

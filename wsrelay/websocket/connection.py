@@ -325,7 +325,7 @@ class WebSocketConnection:
                     return False
                 busy += time.perf_counter() - started
                 if busy >= TURN:
-                    let_others_run()
+                    let_others_run(more_input=True)
                     busy = 0.0
             data = b""
         return False
