@@ -22,8 +22,8 @@ class Stats:
     published: int = 0
     delivered: int = 0
     bytes_sent: int = 0
-    #: Writes to WebSockets (``send`` calls): ``delivered / writes`` is how many messages
-    #: one write carries on average (see ``WSRELAY_WRITE_DELAY``).
+    #: Writes to WebSockets and SSE streams (``send`` calls): ``delivered / writes`` is how
+    #: many messages one write carries on average (see ``WSRELAY_WRITE_DELAY``).
     writes: int = 0
     slow_consumer_closes: int = 0
     #: Close codes of ended WebSockets (1006 when no close frame was exchanged).

@@ -16,3 +16,10 @@ def test_the_command_prints_a_row_per_batch_size_and_the_bare_send_floor(capsys)
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ")]
     assert rows == ["messages per send", "1.0", "4.0", "bare `send` loop"]
+
+
+def test_sse_streams_are_measured_the_same_way_their_sends_counted():
+    """SSE streams' writes count in ``writes`` as WebSockets' do (they were left out)."""
+    row = flush_cost.measure(subscribers=20, messages=3, rounds=5, transport="sse")
+    assert row["deliveries"] == 20 * 3 * 5
+    assert row["sends"] == 20 * 5, "one send per stream per pass"

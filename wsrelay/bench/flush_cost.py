@@ -18,16 +18,17 @@ import resource
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gevent.socket
 
 from ..broker import MemoryBroker
-from ..hub import MessageServer, Subscription
+from ..hub import Connection, MessageServer, Subscription
 from ..ids import MessageId
 from ..message import Message
+from ..transports.event_stream import EventStream
 from ..websocket.connection import WebSocketConnection
 from ..websocket.encoders import RAW
 from .procstat import machine_busy_seconds
@@ -85,18 +86,36 @@ class Peers:
             sock.close()
 
 
-def measure(subscribers: int, messages: int, rounds: int) -> dict[str, float]:
+def _websocket(hub: MessageServer, sock: gevent.socket.socket) -> Connection:
+    connection = WebSocketConnection(sock, hub, max_message_size=1 << 20,
+                                     buffer_limit=1 << 22, close_timeout=5.0)
+    hub.subscribe(Subscription(connection, "c", RAW), None)
+    return connection
+
+
+def _sse(hub: MessageServer, sock: gevent.socket.socket) -> Connection:
+    stream = EventStream(hub, "c", sock, as_json=False, chunked=True, buffer_limit=1 << 22)
+    hub.subscribe(stream.subscription, None)
+    hub.hold(stream)
+    stream.open(3600.0, None)
+    return stream
+
+
+#: How each transport's server side is made and subscribed.
+TRANSPORTS: dict[str, Callable[[MessageServer, gevent.socket.socket], Connection]] = {
+    "websocket": _websocket, "sse": _sse,
+}
+
+
+def measure(subscribers: int, messages: int, rounds: int,
+            transport: str = "websocket") -> dict[str, float]:
     """Fan-out and write costs with ``messages`` queued per socket per pass."""
     peers = Peers(subscribers)
     hub = MessageServer(MemoryBroker(history_size=100, history_ttl=60), write_delay=0)
-    connections = [
-        WebSocketConnection(gevent.socket.socket(fileno=server.detach()), hub,
-                            max_message_size=1 << 20, buffer_limit=1 << 22, close_timeout=5.0)
-        for server in peers.servers
-    ]
+    make = TRANSPORTS[transport]
+    connections = [make(hub, gevent.socket.socket(fileno=server.detach()))
+                   for server in peers.servers]
     try:
-        for connection in connections:
-            hub.subscribe(Subscription(connection, "c", RAW), None)
         hub.flush_pending()
         peers.drain()
         fan_out, writing = Cost(), Cost()
@@ -118,7 +137,7 @@ def measure(subscribers: int, messages: int, rounds: int) -> dict[str, float]:
         deliveries = hub.stats.delivered - delivered
     finally:
         for connection in connections:
-            connection.sock.close()
+            connection.abort()
         peers.close()
     return {
         "messages_per_send": deliveries / sends, "sends": sends, "deliveries": deliveries,
@@ -158,15 +177,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, nargs="+", default=[1, 3, 10],
                         help="messages queued on each socket per pass (one row each)")
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="websocket",
+                        help="the server side of each socket: a WebSocket or an SSE stream")
     args = parser.parse_args(argv)
     bare = floor(args.subscribers, args.rounds)
-    print(f"{args.subscribers} subscribers, {args.rounds} passes, {SIZE} B messages "
-          "(µs of CPU; others' CPU: what other processes took meanwhile, 100 % = one core)")
+    print(f"{args.subscribers} {args.transport} subscribers, {args.rounds} passes, "
+          f"{SIZE} B messages (µs of CPU; others' CPU: what other processes took "
+          "meanwhile, 100 % = one core)")
     print("| messages per send | per delivery | fan-out per delivery | Python per send "
           "| kernel per send | others' CPU |")
     print("|---:|---:|---:|---:|---:|---:|")
     for messages in args.messages:
-        row = measure(args.subscribers, messages, args.rounds)
+        row = measure(args.subscribers, messages, args.rounds, args.transport)
         print(f"| {row['messages_per_send']:.1f} | {row['us_per_delivery']:.2f} "
               f"| {row['fan_out_us_per_delivery']:.2f} | {row['python_us_per_send']:.2f} "
               f"| {row['kernel_us_per_send']:.2f} | {row['others_cpu_share']:.0%} |")

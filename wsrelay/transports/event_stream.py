@@ -180,16 +180,19 @@ class EventStream:
     def _write_some(self) -> bool:
         """True once the queue is empty."""
         outbox = self.outbox
-        while outbox:
+        send = self._raw.send
+        stats = self.hub.stats
+        while outbox.size:
             data = outbox.peek()
             try:
-                written = self._raw.send(data)
+                written = send(data)
             except (BlockingIOError, InterruptedError):
                 written = 0
             outbox.consume(written)
+            stats.writes += 1
             if written:
+                stats.bytes_sent += written
                 self.written = time.monotonic()
-            self.hub.stats.bytes_sent += written
             if written < len(data):
                 return False
         return True
