@@ -141,13 +141,14 @@ class EventStream:
         state = self.state
         if state is not OPEN and state is not OPENING:
             return
-        if not self.outbox.push(frame):
+        outbox = self.outbox
+        if not outbox.push(frame):
             if state is OPENING:  # a replay larger than the queue: it goes out, then the
                 self.state = CLOSING  # stream ends, and the client resumes after it
                 return
             self.hub.stats.slow_consumer_closes += 1
             self.abort()
-        elif self.outbox.size >= WRITE_SIZE and self._writable is None:
+        elif outbox.size >= WRITE_SIZE and self._writable is None:
             self.flush()  # a publisher that never yields must not fill fast readers' queues
 
     def ping(self) -> None:

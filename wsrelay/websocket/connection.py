@@ -393,9 +393,10 @@ class WebSocketConnection:
         state = self.state
         if state is not OPEN and state is not OPENING:
             return
-        if not self.outbox.push(frame):
+        outbox = self.outbox
+        if not outbox.push(frame):
             self._too_slow()
-        elif self.outbox.size >= WRITE_SIZE and self.writer is None:
+        elif outbox.size >= WRITE_SIZE and self.writer is None:
             self.flush()  # a publisher that never yields must not fill fast readers' queues
 
     def flush(self) -> None:

@@ -43,9 +43,12 @@ class Outbox:
 
     def push(self, frame: bytes) -> bool:
         """Queue a frame; return False when the outbox is now over its limit."""
-        self._queue().append(frame)
-        self.size += len(frame)
-        return self.size <= self.limit
+        chunks = self._chunks  # once per message per subscriber: no call to _queue here
+        if chunks is None:
+            chunks = self._chunks = deque()
+        chunks.append(frame)
+        size = self.size = self.size + len(frame)
+        return size <= self.limit
 
     def push_pongs(self, pongs: bytes) -> bool:
         """Queue pong frames ahead of every frame not yet begun, in place of the pongs still
