@@ -324,7 +324,7 @@ class WebSocketConnection:
                     self._finish_writes_and_close()
                     return False
                 busy += time.perf_counter() - started
-                if busy >= TURN:
+                if busy >= TURN:  # a burst: this loop reads on until the socket is empty
                     let_others_run(more_input=True)
                     busy = 0.0
             data = b""
