@@ -29,6 +29,10 @@ from .request_head import framing_problem
 
 #: The most a single receive takes in.
 RECEIVE_SIZE = 64 * 1024
+#: A head the front parses is shorter than this and has at most ``LEAN_FIELDS`` header
+#: fields; a larger one goes to pywsgi, whose limits answer it (414, 431).
+LEAN_HEAD = 8 * 1024
+LEAN_FIELDS = 64
 
 
 class SocketReader:
@@ -54,6 +58,16 @@ class SocketReader:
             return False
         self.buffer += data
         return True
+
+    def fill_ready(self) -> bool:
+        """Receive what has arrived already, without waiting; False when nothing has."""
+        sock = self._sock
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            return self.fill()
+        finally:
+            sock.settimeout(timeout)
 
     def take(self, size: int) -> bytes:
         """The first ``size`` buffered bytes, read."""
@@ -139,8 +153,9 @@ class _Collector:
 def parse_head(head: bytes) -> RequestHead | None:
     """The parsed head of an HTTP/1.1 request without a body, or None when pywsgi should
     read it: anything httptools refuses, another version, a body, a bare LF, a header name
-    with ``_`` (pywsgi drops those), or framing :mod:`~wsrelay.server.request_head` refuses."""
-    if head.count(b"\n") != head.count(b"\r\n"):
+    with ``_`` (pywsgi drops those), framing :mod:`~wsrelay.server.request_head` refuses, or
+    a head over :data:`LEAN_HEAD` bytes or :data:`LEAN_FIELDS` fields."""
+    if len(head) >= LEAN_HEAD or head.count(b"\n") != head.count(b"\r\n"):
         return None
     collector = _Collector()
     parser = httptools.HttpRequestParser(collector)
@@ -151,6 +166,8 @@ def parse_head(head: bytes) -> RequestHead | None:
     except httptools.HttpParserError:
         return None
     if parser.get_http_version() != "1.1":
+        return None
+    if len(collector.headers) > LEAN_FIELDS:
         return None
     headers = []
     close = None
@@ -212,7 +229,8 @@ def http_date() -> bytes:
 def response_bytes(status: str, headers: list[tuple[str, str]], body: bytes,
                    close: bool) -> bytes:
     """A whole response as pywsgi (with wsrelay's handler) writes it: the application's
-    headers, ``Connection: close`` when ``close``, the date, then the body."""
+    headers, ``Connection: close`` when ``close`` (the server stops: the client's own
+    ``close`` is not answered with one), the date, then the body."""
     out = bytearray(b"HTTP/1.1 %s\r\n" % status.encode("latin-1"))
     length = False
     for name, value in headers:

@@ -204,8 +204,8 @@ class RelayHandler(WebSocketHandler):
         reader: SocketReader = self.rfile
         if reader.closed:
             return None
-        if self._answered:  # a keep-alive client's next request (maybe pipelined): others first
-            let_others_run()
+        if self._answered and (reader.buffer or reader.fill_ready()):
+            let_others_run()  # a keep-alive client's next request is here (pipelined): others first
         self._answered = True
         application = self.server.application
         connections = keep_alive(application)
@@ -283,8 +283,8 @@ class RelayHandler(WebSocketHandler):
             environ.pop(SOCKET_KEY, None)
         if self.upgraded:
             return None
-        close = head.close or keep_alive(self.server.application).ending
-        response = response_bytes(answer[0], answer[1], body, close)
+        ending = keep_alive(self.server.application).ending  # pywsgi's answer says it then
+        response = response_bytes(answer[0], answer[1], body, ending)
         try:
             self.socket.sendall(response)
         except OSError:
@@ -295,7 +295,7 @@ class RelayHandler(WebSocketHandler):
             self.response_length = len(response)
             self.time_finish = time.time()
             self.log_request()
-        return None if close else True
+        return None if head.close or ending else True
 
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within what is left of the idle timeout; else answer 408."""
