@@ -25,8 +25,6 @@ from urllib.parse import unquote
 import httptools
 from gevent.pywsgi import format_date_time  # type: ignore[attr-defined]
 
-from .request_head import framing_problem
-
 #: The most a single receive takes in.
 RECEIVE_SIZE = 64 * 1024
 #: A head the front parses is shorter than this and has at most ``LEAN_FIELDS`` header
@@ -134,31 +132,18 @@ class RequestHead(NamedTuple):
     line: str
 
 
-class _Collector:
-    """httptools' callbacks: the target and the header fields."""
-
-    __slots__ = ("headers", "target")
-
-    def __init__(self) -> None:
-        self.target = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-
-    def on_url(self, url: bytes) -> None:
-        self.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-
 def parse_head(head: bytes) -> RequestHead | None:
     """The parsed head of an HTTP/1.1 request without a body, or None when pywsgi should
     read it: anything httptools refuses, another version, a body, a bare LF, a header name
     with ``_`` (pywsgi drops those), framing :mod:`~wsrelay.server.request_head` refuses, or
-    a head over :data:`LEAN_HEAD` bytes or :data:`LEAN_FIELDS` fields."""
+    a head over :data:`LEAN_HEAD` bytes or :data:`LEAN_FIELDS` fields.
+
+    httptools checks the syntax (in C, without a callback per field); the head, valid,
+    is then split at its CRLFs and colons.
+    """
     if len(head) >= LEAN_HEAD or head.count(b"\n") != head.count(b"\r\n"):
         return None
-    collector = _Collector()
-    parser = httptools.HttpRequestParser(collector)
+    parser = httptools.HttpRequestParser(_NO_CALLBACKS)
     try:
         parser.feed_data(head)
     except httptools.HttpParserUpgrade:
@@ -167,24 +152,33 @@ def parse_head(head: bytes) -> RequestHead | None:
         return None
     if parser.get_http_version() != "1.1":
         return None
-    if len(collector.headers) > LEAN_FIELDS:
+    line, *fields = head[:-4].decode("latin-1").split("\r\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or len(fields) > LEAN_FIELDS:
         return None
     headers = []
     close = None
-    for raw_name, raw_value in collector.headers:
-        name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1").strip()
+    hosts = 0
+    for field in fields:
+        name, _, value = field.partition(":")
         lower = name.lower()
-        if "_" in name or lower in ("content-length", "transfer-encoding"):
+        if "_" in name or lower in _FRAMING:
             return None
-        if close is None and lower == "connection":
+        value = value.strip()
+        if lower == "host":
+            hosts += 1
+        elif close is None and lower == "connection":
             close = value.lower() == "close"
         headers.append((name, value))
-    if framing_problem(headers, "HTTP/1.1"):
+    if hosts != 1:
         return None
-    line = head[: head.index(b"\r\n")].decode("latin-1").rstrip()
-    return RequestHead(parser.get_method().decode("latin-1"),
-                       collector.target.decode("latin-1"), headers, bool(close), line)
+    return RequestHead(parts[0], parts[1], headers, bool(close), line)
+
+
+#: The fields that frame a body: a request with one goes to pywsgi.
+_FRAMING = ("content-length", "transfer-encoding")
+#: httptools' protocol object: no callbacks, the syntax only.
+_NO_CALLBACKS = object()
 
 
 def request_environ(base: dict[str, Any], head: RequestHead, client_address: Any
