@@ -102,6 +102,10 @@ class SocketReader:
             return self._sock.recv(RECEIVE_SIZE if size < 0 else size)
         return self.take(len(self.buffer) if size < 0 else size)
 
+    def pending(self) -> bytes:
+        """What is buffered, read (a WebSocket's first frames past its head)."""
+        return self.take(len(self.buffer))
+
     def close(self) -> None:
         """Read no more; the buffer's memory goes (the socket stays open)."""
         self.closed = True
