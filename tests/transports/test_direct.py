@@ -211,7 +211,7 @@ def test_the_direct_path_answers_as_flask_does(both, channel, name):
 def exchange_all(port: int, request: bytes, *, answers: int, pieces: int = 1) -> bytes:
     """Send ``request`` (in ``pieces`` packets) and read ``answers`` whole answers, or until the
     server closes; masked as :func:`exchange` masks."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         size = -(-len(request) // pieces)
         try:
@@ -289,6 +289,7 @@ FRONT = {
 }
 
 
+@pytest.mark.e2e  # two servers (the fixture's name does not mark it)
 @pytest.mark.parametrize("pieces", [1, 40], ids=["whole", "in 40 packets"])
 @pytest.mark.parametrize("name", FRONT)
 def test_the_front_answers_as_pywsgi_does(both, channel, name, pieces):
