@@ -112,12 +112,13 @@ class SocketReader:
         self.buffer = bytearray()
 
 
-def head_end(buffer: bytearray) -> int:
+def head_end(buffer: bytearray, start: int = 0) -> int:
     """Where the request head in ``buffer`` ends (after its empty line), or -1 when it is
-    not all there yet. A head whose lines end in bare LFs ends where pywsgi ends it too
-    (its first empty line), and is then left to pywsgi (:func:`parse_head` refuses it)."""
-    crlf = buffer.find(b"\n\r\n")
-    lf = buffer.find(b"\n\n", 0, crlf if crlf >= 0 else len(buffer))
+    not all there yet; ``start``: where to search from (no empty line ends before it). A
+    head whose lines end in bare LFs ends where pywsgi ends it too (its first empty line),
+    and is then left to pywsgi (:func:`parse_head` refuses it)."""
+    crlf = buffer.find(b"\n\r\n", start)
+    lf = buffer.find(b"\n\n", start, crlf if crlf >= 0 else len(buffer))
     if lf >= 0:
         return lf + 2
     return crlf + 3 if crlf >= 0 else -1

@@ -232,16 +232,24 @@ class RelayHandler(WebSocketHandler):
         """Receive until the buffer holds a whole head: where it ends, 0 when pywsgi must
         read it as it is (the stream ended, or it is over the limits), None to close the
         connection quietly, or the 408 refusal."""
-        buffer = reader.buffer
+        buffer = reader.buffer  # filled in place
         timer = gevent.Timeout(timeout)
         timer.start()
         try:
+            scanned = 0  # each byte is searched once, however small the packets
             with connections.waiting(self.socket):
-                while b"\n" not in reader.buffer:  # the request line
+                while buffer.find(b"\n", scanned) < 0:  # the request line
+                    if len(buffer) >= MAX_REQUEST_LINE:
+                        return 0  # pywsgi answers 414 from the buffer
+                    scanned = len(buffer)
                     if not reader.fill():
-                        return 0 if reader.buffer else None
-            while (end := head_end(reader.buffer)) < 0:
-                if len(reader.buffer) > MAX_REQUEST_LINE + MAX_HEADER_BYTES or not reader.fill():
+                        return 0 if buffer else None
+            scanned = 0
+            while (end := head_end(buffer, scanned)) < 0:
+                if len(buffer) > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+                    return 0  # pywsgi answers 414 or 431 from the buffer
+                scanned = max(0, len(buffer) - 2)
+                if not reader.fill():
                     return 0
             return end
         except gevent.Timeout as exc:
