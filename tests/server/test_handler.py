@@ -1,5 +1,6 @@
 """Both ways a request reaches the view: wsrelay's handler, and gevent-websocket's own."""
 
+import contextlib
 import json
 import re
 import socket
@@ -110,6 +111,22 @@ def test_oversized_headers_are_431(server, headers):
     answer, _ = raw_request(server, head + headers + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert b"headers_too_large" in answer
+    assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("packet", [65536, 1000], ids=["large packets", "small packets"])
+def test_a_request_line_without_an_end_is_414_not_buffered(server, packet):
+    """The front stops reading a request line at pywsgi's limit (8 KiB), whatever follows."""
+    line = b"GET /poll/x?" + b"a" * 500_000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        answer = b""
+        with contextlib.suppress(OSError):  # refused and closed while it still sends
+            for start in range(0, len(line), packet):
+                sock.sendall(line[start:start + packet])
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 414 "), answer[:200]
     assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
 
 

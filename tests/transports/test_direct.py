@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import time
 
 import pytest
 from flask import Flask
@@ -203,3 +204,101 @@ def test_the_direct_path_answers_as_flask_does(both, channel, name):
     assert answers[0] == answers[1]
     status = answers[0].split(b" ", 2)[1]
     assert status in {b"101", b"200", b"400", b"401", b"403", b"426"}, answers[0]
+
+
+# -- the lean front (server/front.py) answers as pywsgi does ---------------------------------
+
+def exchange_all(port: int, request: bytes, *, answers: int, pieces: int = 1) -> bytes:
+    """Send ``request`` (in ``pieces`` packets) and read ``answers`` whole answers, or until the
+    server closes; masked as :func:`exchange` masks."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        size = -(-len(request) // pieces)
+        try:
+            for start in range(0, len(request), size):
+                sock.sendall(request[start:start + size])
+                if pieces > 1:
+                    time.sleep(0.002)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed before the rest was sent (431)
+        data = b""
+        bodies = not request.startswith(b"HEAD ")
+        while len(STATUS.findall(data)) < answers or (bodies and not _complete(data)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer = data.replace(str(port).encode(), b"PORT")
+    for pattern, mask in [*VARYING, (ALLOW, b"Allow: METHODS")]:
+        answer = pattern.sub(mask, answer)
+    return answer
+
+
+STATUS = re.compile(rb"HTTP/1\.1 \d\d\d ")
+#: werkzeug lists the allowed methods in a set's order, which differs between processes.
+ALLOW = re.compile(rb"Allow: [A-Z, ]*")
+
+
+def _complete(data: bytes) -> bool:
+    """The last answer in ``data`` is whole (its head and its Content-Length's body)."""
+    starts = [match.start() for match in STATUS.finditer(data)]
+    head, sep, body = data[starts[-1] if starts else 0:].partition(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)", head, re.IGNORECASE)
+    return bool(sep) and len(body) >= (int(length.group(1)) if length else 0)
+
+
+def raw(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1",
+        host: str = "Host: 127.0.0.1:{port}", end: str = "\r\n", body: str = "") -> str:
+    lines = "".join(f"{line}{end}" for line in (host, *headers) if line)
+    return f"{method} {path} {version}{end}{lines}{end}{body}"
+
+
+POLL = "/poll/{channel}?timeout=0"
+FRONT = {
+    # name: (the bytes sent, answers expected)
+    "two polls pipelined": (raw(POLL) + raw("/poll/{channel}-full?timeout=0"), 2),
+    "a poll after a page": (raw("/no-such-page") + raw(POLL), 2),
+    "a page after a poll": (raw(POLL) + raw("/no-such-page"), 2),
+    "three polls, the last says close": (raw(POLL) * 2 + raw(POLL, "Connection: close"), 3),
+    "HEAD": (raw(POLL, method="HEAD"), 1),
+    "POST": (raw(POLL, "Content-Length: 0", method="POST"), 1),
+    "OPTIONS": (raw(POLL, method="OPTIONS"), 1),
+    "HTTP/1.0": (raw(POLL, version="HTTP/1.0"), 1),
+    "HTTP/1.0 keep-alive": (raw(POLL, "Connection: keep-alive", version="HTTP/1.0") * 2, 2),
+    "bare LF line ends": (raw(POLL, end="\n"), 1),
+    "obsolete line folding": (raw(POLL, "X-Folded: a", " b"), 1),
+    "a header name with _": (raw(POLL, "X_Under: 1"), 1),
+    "a header name with a space": (raw(POLL, "X Bad: 1"), 1),
+    "no Host": (raw(POLL, host=""), 1),
+    "two Hosts": (raw(POLL, "Host: 127.0.0.1"), 1),
+    "a body on a GET, then a poll": (raw(POLL, "Content-Length: 5", body="hello") + raw(POLL), 2),
+    "a chunked body on a GET": (raw(POLL, "Transfer-Encoding: chunked",
+                                    body="5\r\nhello\r\n0\r\n\r\n") + raw(POLL), 2),
+    "length and chunked": (raw(POLL, "Content-Length: 5", "Transfer-Encoding: chunked",
+                               body="hello"), 1),
+    "too many headers": (raw(POLL, *(f"X-{n}: {n}" for n in range(120))), 1),
+    "headers too large": (raw(POLL, *(f"X-{n}: {'v' * 4000}" for n in range(20))), 1),
+    "a request line too long": (raw(POLL + "&x=" + "a" * 9000), 1),
+    "an absolute target": (raw("http://127.0.0.1:{port}" + POLL), 1),
+    "an escaped path": (raw("/poll/%7Bchannel%7D?timeout=0".replace("%7Bchannel%7D", "{channel}")
+                            .replace("/poll/", "/po%6Cl/")), 1),
+    "repeated Origin headers": (raw(POLL, "Origin: http://127.0.0.1:{port}", "Origin: x"), 1),
+    "a cookie and a content type": (raw(POLL, "Cookie: a=1", "Cookie: b=2",
+                                        "Content-Type: text/plain"), 1),
+    "an upgrade after a poll": (raw(POLL) + raw("/ws/{channel}", *UPGRADE, OWN), 2),
+}
+
+
+@pytest.mark.e2e  # two servers (the fixture's name does not mark it)
+@pytest.mark.parametrize("pieces", [1, 40], ids=["whole", "in 40 packets"])
+@pytest.mark.parametrize("name", FRONT)
+def test_the_front_answers_as_pywsgi_does(both, channel, name, pieces):
+    request, count = FRONT[name]
+    answers = []
+    for server in both:
+        publish(server, f"{channel}-full", "one")
+        text = request.replace("{channel}", channel).replace("{port}", str(server.port))
+        answers.append(exchange_all(server.port, text.encode("latin-1"), answers=count,
+                                    pieces=pieces))
+    assert answers[0] == answers[1]
+    assert len(STATUS.findall(answers[0])) == count, answers[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import re
 import resource
@@ -12,8 +13,11 @@ import time
 import gevent
 import pytest
 import requests
+from gevent.pywsgi import WSGIServer
 
 from tests.support import ServerProcess, publish, publish_stream, untimed, wait_until
+from wsrelay import create_app
+from wsrelay.server.handler import RelayHandler
 
 pytestmark = pytest.mark.e2e  # its tests start processes (servers, manage.py) themselves
 
@@ -442,3 +446,38 @@ def test_each_item_carries_the_time_the_broker_accepted_it(server, channel):
     after = time.time() * 1000
     (item,) = poll_json(server, channel, since=first, timeout=0)["messages"]
     assert isinstance(item["time"], int) and before - 5 <= item["time"] <= after + 5
+
+
+def test_an_answered_poll_leaves_nothing_for_the_cyclic_collector():
+    """A poll's objects go by reference counting once it is answered: under 1000 held polls
+    the collector's traversals took a tenth of the server's time."""
+    app = create_app({"WSRELAY_BROKER_URL": "memory://"})
+    server = WSGIServer(("127.0.0.1", 0), app, handler_class=RelayHandler, log=None)
+    server.start()
+
+    def polls(count: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            for _ in range(count):
+                sock.sendall(b"GET /poll/cycles?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                data = b""
+                while not data.endswith(b"}"):
+                    data += sock.recv(65536)
+                assert data.startswith(b"HTTP/1.1 200 "), data
+
+    try:
+        polls(5)
+        gevent.sleep(0.1)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            polls(50)
+            gevent.sleep(0.1)
+            gc.collect()
+            left = {type(obj).__name__ for obj in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert not left & {"PollWaiter", "Subscription", "ClientRequest", "Event"}, left
+    finally:
+        server.stop()
+        app.extensions["wsrelay"].close()

@@ -130,6 +130,10 @@ class MemoryBroker(Broker):
         state = self._touch(channel, time.time())
         if state is None:  # a virtual epoch: now, before any message
             return read_after([], _now_ms(), 0, since, ttl_ms=self._ttl_ms, origin=self._origin)
+        if since is None or (since.epoch == state.epoch and since.seq == state.seq):
+            # nothing after it (a connect without a cursor, a poll that is caught up): the
+            # retained messages, up to WSRELAY_HISTORY_SIZE of them, are not copied
+            return History([], MessageId(state.epoch, state.seq))
         return read_after(list(state.retained), state.epoch, state.seq, since,
                           ttl_ms=self._ttl_ms, origin=self._origin)
 

@@ -42,13 +42,14 @@ import time
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler, _NoopLog  # type: ignore[attr-defined]
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, _NoopLog  # type: ignore[attr-defined]
 from geventwebsocket.handler import WebSocketHandler
 
 from ..config import DEFAULTS, from_environ
 from ..fairness import let_others_run
 from ..websocket.handshake import is_upgrade_request
 from ..websocket.upgrade import DeferredWebSocket
+from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
 from .keep_alive import keep_alive
 from .request_head import framing_problem
 
@@ -168,6 +169,9 @@ class RelayHandler(WebSocketHandler):
     #: gets one answer per turn of the event loop, like a WebSocket's fair reading.
     _answered = False
 
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        super().__init__(sock, address, server, rfile or SocketReader(sock))
+
     def handle(self) -> None:
         # pywsgi writes a response's head and body in two sends; with Nagle on, the body
         # waits for the client's delayed ACK of the head: 40 ms on every keep-alive answer.
@@ -176,35 +180,130 @@ class RelayHandler(WebSocketHandler):
         super().handle()
 
     def get_environ(self) -> dict[str, Any]:
-        """pywsgi's environ, with ``SERVER_ADDR``: the address the connection arrived on
-        (the host check tells loopback from the rest by it), asked once per connection."""
+        """pywsgi's environ, with ``SERVER_ADDR`` (:meth:`_local_address`)."""
         environ = super().get_environ()
+        if self._local_address():
+            environ["SERVER_ADDR"] = self._server_addr
+        return environ
+
+    def _local_address(self) -> str:
+        """The address the connection arrived on (the host check tells loopback from the
+        rest by it), asked once per connection; "" when unknown."""
         if self._server_addr is None:
             self._server_addr = ""
             with contextlib.suppress(OSError, TypeError, IndexError):
                 address = self.socket.getsockname()
                 self._server_addr = str(address[0] if isinstance(address, tuple) else address)
-        if self._server_addr:
-            environ["SERVER_ADDR"] = self._server_addr
-        return environ
+        return self._server_addr
 
-    def read_requestline(self) -> str:
-        """Wait for the next request line at most the idle timeout, and not once the server
-        stops; then close quietly (an idle keep-alive connection and a client that never
-        starts look the same)."""
-        if self._answered:  # a keep-alive client's next request (maybe pipelined): others first
-            let_others_run()
+    def handle_one_request(self) -> Any:
+        """Read the next request head within the idle timeout (closing quietly when none
+        begins, 408 when it begins but does not end in time, and not once the server
+        stops); answer it in the front when the app's direct path takes it
+        (:meth:`_answer`), else let pywsgi read it from the same buffer and answer it."""
+        reader: SocketReader = self.rfile
+        if reader.closed:
+            return None
+        if self._answered and (reader.buffer or reader.fill_ready()):
+            let_others_run()  # a keep-alive client's next request is here (pipelined): others first
         self._answered = True
         application = self.server.application
         connections = keep_alive(application)
         if connections.ending:  # checked after the turn: the server may have begun to stop
-            return ""  # pywsgi closes the connection on an empty request line
+            return None
         timeout = idle_timeout(application)
         self._head_deadline = time.monotonic() + timeout
-        # False: pass silently (gevent's documented value; types-gevent allows exceptions only)
-        with connections.waiting(self.socket), gevent.Timeout(timeout, False):  # type: ignore[arg-type]
-            return WSGIHandler.read_requestline(self)
-        return ""
+        received: int | tuple[str, bytes] | None = head_end(reader.buffer)
+        if received == -1:
+            received = self._receive_head(reader, connections, timeout)
+        if not isinstance(received, int):
+            return received  # None (close quietly), or the 408
+        end = received
+        route = getattr(application, DIRECT_ROUTE, None)
+        head = parse_head(bytes(reader.buffer[:end])) if route is not None and end > 0 else None
+        if head is not None:
+            answered = self._answer(reader, head, end, route)
+            if answered is not False:
+                return answered
+        return WSGIHandler.handle_one_request(self)
+
+    def _receive_head(self, reader: SocketReader, connections: Any, timeout: float
+                      ) -> int | tuple[str, bytes] | None:
+        """Receive until the buffer holds a whole head: where it ends, 0 when pywsgi must
+        read it as it is (the stream ended, or it is over the limits), None to close the
+        connection quietly, or the 408 refusal."""
+        buffer = reader.buffer  # filled in place
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        try:
+            scanned = 0  # each byte is searched once, however small the packets
+            with connections.waiting(self.socket):
+                while buffer.find(b"\n", scanned) < 0:  # the request line
+                    if len(buffer) >= MAX_REQUEST_LINE:
+                        return 0  # pywsgi answers 414 from the buffer
+                    scanned = len(buffer)
+                    if not reader.fill():
+                        return 0 if buffer else None
+            scanned = 0
+            while (end := head_end(buffer, scanned)) < 0:
+                if len(buffer) > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+                    return 0  # pywsgi answers 414 or 431 from the buffer
+                scanned = max(0, len(buffer) - 2)
+                if not reader.fill():
+                    return 0
+            return end
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            if b"\n" not in buffer:
+                return None
+            return "408", _REQUEST_TIMEOUT
+        finally:
+            timer.close()
+
+    def _answer(self, reader: SocketReader, head: RequestHead, end: int, route: Any) -> Any:
+        """Answer ``head`` without pywsgi if the direct path takes it: True to read the next
+        request, None to close, False when it does not take it (nothing read yet)."""
+        environ = request_environ(self.server.get_environ(), head, self.client_address)
+        if self._local_address():
+            environ["SERVER_ADDR"] = self._server_addr
+        upgrade = is_upgrade_request(environ)
+        if upgrade:
+            environ["wsgi.websocket"] = DeferredWebSocket(self)
+        else:
+            environ[SOCKET_KEY] = self.socket
+        application = route(environ)
+        if application is None:
+            return False
+        del reader.buffer[:end]
+        self.environ = environ
+        self.requestline = head.line
+        self.upgraded = False
+        self.close_connection = head.close
+        logging = not isinstance(self.server.log, _NoopLog)
+        if logging:
+            self.time_start = time.time()
+        answer: list[Any] = []
+        try:
+            body = b"".join(application(environ, lambda *response: answer.extend(response)))
+        finally:
+            environ.pop("wsgi.websocket", None)
+            environ.pop(SOCKET_KEY, None)
+        if self.upgraded:
+            return None
+        ending = keep_alive(self.server.application).ending  # pywsgi's answer says it then
+        response = response_bytes(answer[0], answer[1], body, ending)
+        try:
+            self.socket.sendall(response)
+        except OSError:
+            return None
+        if logging:
+            self.status = answer[0].encode("latin-1")
+            self._orig_status = answer[0]
+            self.response_length = len(response)
+            self.time_finish = time.time()
+            self.log_request()
+        return None if head.close or ending else True
 
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within what is left of the idle timeout; else answer 408."""

@@ -65,12 +65,7 @@ class ClientRequest:
         """The query parameter's first value, decoded as werkzeug's ``request.args`` is."""
         args = self._args
         if args is None:
-            query = self.environ.get("QUERY_STRING", "").encode("latin1").decode()
-            args = {}
-            for key, value in parse_qsl(query, keep_blank_values=True,
-                                        errors="werkzeug.url_quote"):
-                args.setdefault(key, value)
-            self._args = args
+            args = self._args = _query_args(self.environ.get("QUERY_STRING", ""))
         return args.get(name)
 
     def header(self, name: str) -> str | None:
@@ -83,6 +78,23 @@ class ClientRequest:
         if self._host is None:
             self._host = get_host(self.environ)
         return self._host
+
+
+def _query_args(query: str) -> dict[str, str]:
+    """Each query parameter's first value, as werkzeug decodes them. A query of plain ASCII
+    without ``%`` or ``+`` (a long-poll's ``since`` and ``timeout``) needs no decoding: it is
+    split as ``parse_qsl`` splits it (at ``&``, empty pairs skipped)."""
+    args: dict[str, str] = {}
+    if query.isascii() and "%" not in query and "+" not in query:
+        for pair in query.split("&"):
+            if pair:
+                key, _, value = pair.partition("=")
+                args.setdefault(key, value)
+        return args
+    for key, value in parse_qsl(query.encode("latin1").decode(), keep_blank_values=True,
+                                errors="werkzeug.url_quote"):
+        args.setdefault(key, value)
+    return args
 
 
 def here() -> ClientRequest:

@@ -61,6 +61,7 @@ def answer_poll(client: ClientRequest, channel: str) -> bytes:
         hub.let_go(waiter)
         hub.stats.connections["poll"] -= 1
         release()
+        waiter.end()
     if tracked is not None and tracked.ended:  # the application disconnected its identity
         raise ApiError(403, "refused", tracked.ended)
     # a gap is answered from the history page: the hub made no subscription then

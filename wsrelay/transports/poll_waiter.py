@@ -97,6 +97,13 @@ class PollWaiter:
     def abort(self) -> None:
         self.ready.set()
 
+    def end(self) -> None:
+        """The poll is answered: its subscription (which points back at it) goes now, by
+        reference counting, instead of waiting for the cyclic garbage collector; a
+        collection traverses every live object, and under 1000 held polls it took a
+        tenth of the server's time."""
+        del self.subscription
+
 
 
 def answer(channel: str, cursor: MessageId, items: list[bytes], reset: bool) -> bytes:

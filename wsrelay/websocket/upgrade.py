@@ -70,22 +70,24 @@ class DeferredWebSocket:
 
         The request's greenlet, its stacks and the request's objects then go, instead
         of living as long as the connection: most of an idle WebSocket's memory. The
-        connection keeps a duplicate of the socket (the server closes the original once
-        the request ends); it opens in the request's greenlet, then waits for input in a
-        libev watcher, with no greenlet (``TakenSocket.detached``).
+        connection takes the socket's descriptor in a socket object of its own; it opens
+        in the request's greenlet, then waits for input in a libev watcher, with no
+        greenlet (``TakenSocket.detached``).
         """
         handler = self._handler
         response = switching_protocols(  # ApiError
             accept_key(handler.environ), subprotocol, extensions
         )
         original = self._socket()
-        try:
-            sock = original.dup()
-        except NotImplementedError:  # an SSLSocket: its TLS state cannot be shared
+        if hasattr(original, "_sslobj"):  # an SSLSocket: its TLS state stays in its object
             return None
         pending = take_buffered(original, handler.rfile)
-        # pywsgi's cleanup reads what is left on its socket before closing it: with no
-        # socket it leaves the client's first frames to us (the server still closes it).
+        # The connection takes the descriptor itself: the request's socket object is left
+        # closed without closing it, so the server's cleanup (which closes it once the
+        # request ends) and pywsgi's (which reads what is left first: the client's first
+        # frames) leave it alone.
+        sock = socket.socket(original.family, original.type, original.proto,
+                             original.detach())
         handler.socket = None
         self._mark_upgraded(len(response))
         return TakenSocket(sock, pending, functools.partial(sock.sendall, response),
@@ -123,10 +125,17 @@ class TakenSocket(NamedTuple):
 
 def take_buffered(sock: socket.socket, rfile: Any) -> bytes:
     """What ``rfile`` took in past the request head, read without waiting; then close it.
+    wsrelay's front reader gives what it holds (what is still in the kernel wakes the
+    connection's watcher).
 
     ``sock.recv`` allocates its buffer only once data is there, whereas the
     request's buffered reader keeps its 8 KiB buffer for as long as it lives.
     """
+    pending = getattr(rfile, "pending", None)
+    if pending is not None:  # wsrelay's front (server/front.py): what it holds, no read
+        data: bytes = pending()
+        rfile.close()
+        return data
     timeout = sock.gettimeout()
     sock.settimeout(0.0)
     try:
