@@ -257,10 +257,11 @@ SPOILS = {
         CloseCode.INVALID_DATA),
 }
 
+#: Every message fits in LIMIT (a character is at most 4 bytes of UTF-8).
 message_specs = st.lists(st.tuples(
     st.booleans(),                                                   # binary
     st.one_of(st.text(max_size=40).map(str.encode),                  # data
-              st.text(min_size=200, max_size=2000).map(str.encode),
+              st.text(min_size=200, max_size=LIMIT // 4).map(str.encode),
               st.binary(max_size=2000)),
     st.booleans(),                                                   # compressed
     st.integers(1, 4),                                               # fragments
