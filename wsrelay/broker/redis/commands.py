@@ -39,6 +39,7 @@ from gevent.event import Event
 
 from ..base import BrokerUnavailable
 from .pipeline import Arg, CommandPipeline, ProtocolError, Reply
+from .sockets import receive_into, send_all
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,10 @@ class AutoPipeline:
             data = pipeline.outgoing()
             if data:
                 self._heard = time.monotonic()  # owed from now on (nothing was before)
-                sock.sendall(data)
+                send_all(sock, data)
                 self.round_trips += 1
             while pipeline.in_flight:
-                size = sock.recv_into(buffer)
+                size = receive_into(sock, buffer)
                 if not size:
                     raise redis.ConnectionError("Redis closed the connection")
                 self._heard = time.monotonic()
