@@ -221,6 +221,10 @@ OPTIONS: tuple[Option, ...] = (
            "`redis+cluster://host:port[,host:port…]` (many processes and hosts)"),
     Option("WSRELAY_REDIS_PREFIX", "wsrelay", _text(_key_prefix),
            "prefix of every Redis key and pub/sub channel (several relays can share one Redis)"),
+    Option("WSRELAY_REDIS_SEND_DELAY", 0.005, _non_negative_float,
+           "seconds a busy worker gathers commands before its next round trip to Redis (one "
+           "script call for several publishes); a command after a quiet spell goes at once; "
+           "0: each round trip as soon as the last one is answered"),
     Option("WSRELAY_HISTORY_SIZE", 1000, _positive_int,
            "messages retained per channel for `since` resume, long-poll and SSE"),
     Option("WSRELAY_HISTORY_MEMORY", 256 << 20, _positive_int,

@@ -19,6 +19,8 @@ from tests.support import RedisServer, free_port, wait_until
 from wsrelay.broker import BrokerUnavailable
 from wsrelay.broker.redis import RedisBroker, redact
 from wsrelay.broker.redis.broker import CONTROL_CHANNEL
+from wsrelay.broker.redis.commands import SEND_DELAY
+from wsrelay.config import OPTIONS
 from wsrelay.ids import MessageId
 
 
@@ -259,6 +261,61 @@ def test_publishes_queued_behind_one_of_their_channel_share_its_script_call(
                 if f"{mid.epoch}-{mid.seq}" in stored}
     assert len(retained) == 100  # history_size
     assert all(stored[mid].endswith(data) for mid, data in retained.items())
+
+
+def steady_stream(broker: RedisBroker, channel: str, count: int) -> tuple[list, int, int]:
+    """Publish ``count`` messages a millisecond apart, as a busy worker's clients do: their
+    answers, and the round trips and script calls they took."""
+    before = broker.status()
+    pending = []
+    for i in range(count):
+        pending.append(broker.publish_async(channel, b"%d" % i))
+        gevent.sleep(0.001)
+    messages = [publishing.result(5) for publishing in pending]
+    after = broker.status()
+    return (messages, after["round_trips"] - before["round_trips"],
+            after["commands"] - before["commands"])
+
+
+def test_a_steady_stream_of_publishes_shares_round_trips_and_script_calls(make_broker, channel):
+    """A busy worker gathers its publishes for the send delay between round trips: a round
+    trip and a script call carry several, each still answered with its own id, in order,
+    and every one is delivered, in order."""
+    recorder = Recorder()
+    broker = make_broker(send_delay=0.05)
+    broker.start(recorder)
+    watch(broker, channel)
+    messages, round_trips, calls = steady_stream(broker, channel, 100)
+    assert [m.id.seq for m in messages] == list(range(1, 101))
+    assert round_trips < 50 and calls < 50  # one each per publish without the delay
+    wait_until(lambda: len(recorder.messages) == 100, 5)
+    assert [m.data for m in recorder.messages] == [b"%d" % i for i in range(100)]
+
+
+def test_without_a_send_delay_each_publish_of_a_steady_stream_has_its_round_trip(
+        make_broker, channel):
+    messages, round_trips, _ = steady_stream(make_broker(send_delay=0), channel, 100)
+    assert [m.id.seq for m in messages] == list(range(1, 101))
+    assert round_trips > 50
+
+
+def test_a_command_after_a_quiet_spell_goes_at_once_the_next_waits_for_the_window(
+        make_broker, channel):
+    broker = make_broker(send_delay=1.0)
+    broker.publish(channel, b"connected")
+    gevent.sleep(1.1)  # quiet for longer than the window
+    started = time.monotonic()
+    broker.publish(channel, b"lone")
+    lone = time.monotonic() - started
+    started = time.monotonic()
+    broker.publish(channel, b"right after")
+    right_after = time.monotonic() - started
+    assert lone < 0.5 < right_after  # about 0 and about the window
+
+
+def test_the_send_delay_option_defaults_to_the_brokers_own():
+    (option,) = [o for o in OPTIONS if o.name == "WSRELAY_REDIS_SEND_DELAY"]
+    assert option.default == SEND_DELAY
 
 
 def test_publishes_to_other_channels_in_between_keep_every_order(make_broker, channel):

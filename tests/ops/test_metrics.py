@@ -251,3 +251,18 @@ def test_workers_share_their_samples_through_the_multiprocess_directory(
     assert (summed["published"], summed["bytes_sent"]) == (8, 70)
     assert summed["connections"] == {"websocket": 3, "sse": 1, "poll": 0}
     assert sync.samples[0]["published"] == 1  # the worker's own, apart
+
+
+def test_a_workers_samples_file_holds_its_last_five_minutes(hub, registry, tmp_path,
+                                                            monkeypatch):
+    """Each sample is encoded once and the file is rewritten from those: it still holds
+    exactly the samples the worker keeps, oldest first, once older ones have dropped out."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    sync = MetricsSync(hub, Metrics(registry))
+    for t in range(100, 100 + SAMPLES + 5):
+        hub.publish("room", "x")
+        sync.sample(t + 0.5)
+    (path,) = tmp_path.glob("wsrelay-samples-*.json")
+    written = json.loads(path.read_text())
+    assert written == list(sync.samples)
+    assert len(written) == SAMPLES and written[0]["t"] == 105 and written[-1]["published"] == 1

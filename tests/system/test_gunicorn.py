@@ -313,3 +313,38 @@ def test_a_flooded_worker_outlives_its_timeout_and_serves_the_others(gunicorn, c
     assert _children(server.proc.pid) == [worker], "the worker was replaced"
     assert report.close_code is None and report.seconds >= 8, report
     bystander.assert_served(p99=1.0)
+
+
+FROZEN_APP = '''
+import gc
+
+from flask import Flask
+
+from wsrelay import Relay
+
+app = Flask(__name__)
+Relay(app)
+
+
+@app.get("/frozen")
+def frozen():
+    return str(gc.get_freeze_count())
+'''
+
+
+@pytest.mark.parametrize("worker", ["wsrelay.gunicorn_worker.RelayWorker", STOCK_WORKER])
+def test_a_worker_freezes_its_loaded_heap_out_of_the_collectors_sight(tmp_path, worker):
+    """Once the app is loaded, a worker moves what it loaded out of the garbage collector's
+    generations (``gc.freeze``): a full collection no longer walks the app and its modules,
+    under wsrelay's worker and gevent-websocket's with the config file."""
+    (tmp_path / "frozen_app.py").write_text(FROZEN_APP)
+    port = free_port()
+    server = ServerProcess.start(
+        [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "1",
+         "-k", worker, "-b", f"127.0.0.1:{port}", "--chdir", str(tmp_path), "frozen_app:app"],
+        port, clean_env())
+    try:
+        frozen = int(requests.get(f"{server.url}/frozen", timeout=5).text)
+        assert frozen > 10_000  # flask, gevent, wsrelay and the app: tens of thousands
+    finally:
+        server.stop()

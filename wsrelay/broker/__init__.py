@@ -22,6 +22,8 @@ def broker_from_config(config: dict[str, Any]) -> Broker:
         return MemoryBroker(**options, history_memory=config["WSRELAY_HISTORY_MEMORY"])
     from .redis import ClusterBroker, RedisBroker
 
+    redis = {"prefix": config["WSRELAY_REDIS_PREFIX"],
+             "send_delay": config["WSRELAY_REDIS_SEND_DELAY"]}
     if url.split(":", 1)[0] in ("redis+cluster", "rediss+cluster"):
-        return ClusterBroker(url, prefix=config["WSRELAY_REDIS_PREFIX"], **options)
-    return RedisBroker(url, prefix=config["WSRELAY_REDIS_PREFIX"], **options)
+        return ClusterBroker(url, **redis, **options)
+    return RedisBroker(url, **redis, **options)

@@ -64,7 +64,7 @@ from ...ids import MessageId
 from ...message import Message
 from ..base import Broker, BrokerUnavailable, Control, Deliver, History, Publishing, read_after
 from .codec import decode
-from .commands import AutoPipeline, wait
+from .commands import SEND_DELAY, AutoPipeline, wait
 from .listener import Listener
 from .pipeline import Arg, Reply
 from .urls import connection_pool
@@ -140,7 +140,10 @@ class RedisBroker(Broker):
         self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
         timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
         max_pending: int = MAX_PENDING, worker: str | None = None,
+        send_delay: float = SEND_DELAY,
     ) -> None:
+        """``send_delay``: seconds a busy worker gathers commands before its next round trip
+        to Redis (see :mod:`.commands`); 0 sends each as soon as the connection is free."""
         super().__init__(history_size=history_size, history_ttl=history_ttl)
         self.url = url
         self.prefix = prefix
@@ -168,7 +171,7 @@ class RedisBroker(Broker):
         worker = worker or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._commands = AutoPipeline(
             pool, name=f"{prefix}-commands-{worker}", timeout=timeout, max_pending=max_pending,
-            on_connect=self._start_connection, on_error=self._failed,
+            on_connect=self._start_connection, on_error=self._failed, send_delay=send_delay,
         )
         self._listener = self.listener_class(
             pool, name=f"{prefix}-listener-{worker}",

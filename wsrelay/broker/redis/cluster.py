@@ -56,6 +56,7 @@ from ...message import Message
 from ..base import Broker, BrokerUnavailable, Control, Deliver, History, Publishing
 from .broker import CONTROL_CHANNEL, MAX_PENDING, RedisBroker, redact
 from .codec import decode
+from .commands import SEND_DELAY
 from .listener import Listener, Watch
 from .pipeline import Arg
 from .slots import SLOTS, channel_slot, slot_key
@@ -206,6 +207,7 @@ class ClusterBroker(Broker):
         self, url: str, *, history_size: int, history_ttl: float, prefix: str = "wsrelay",
         timeout: float = 3.0, heartbeat: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0),
         max_pending: int = MAX_PENDING, refresh: float = REFRESH,
+        send_delay: float = SEND_DELAY,
     ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
         self.url = url
@@ -216,7 +218,7 @@ class ClusterBroker(Broker):
         self._options: dict[str, Any] = {
             "history_size": history_size, "history_ttl": history_ttl, "prefix": prefix,
             "timeout": timeout, "heartbeat": heartbeat, "backoff": backoff,
-            "max_pending": max_pending,
+            "max_pending": max_pending, "send_delay": send_delay,
             # one name on every shard: a presence report stays this worker's when its
             # channel moves to another shard
             "worker": f"{os.getpid()}-{uuid.uuid4().hex[:8]}",

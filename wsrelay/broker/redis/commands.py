@@ -9,6 +9,14 @@ in the next write. A flood of publishes thus costs a round trip per batch,
 not per message; and since one connection carries them in queue order, the
 order of each channel and of each publisher is kept.
 
+Paced: a round trip less than ``send_delay`` after the previous one waits until that
+much time has passed, gathering what queues meanwhile into the same write (the rule
+of :mod:`wsrelay.pacing`, applied to Redis). A steady stream of publishes thus
+costs a round trip, a script call and one wake-up of each worker's listener per
+window rather than per message, for each of which a worker pays a system call and a
+switch of processes, as many as the Python that handles the message; a command after
+a quiet spell goes at once.
+
 Bounded: at most ``max_pending`` commands wait at once; a caller past that
 waits for room (up to ``timeout``), which slows whoever floods instead of
 buffering without limit.
@@ -37,14 +45,18 @@ import gevent
 import redis
 from gevent.event import Event
 
+from ...pacing import write_at
 from ..base import BrokerUnavailable
 from .pipeline import Arg, CommandPipeline, ProtocolError, Reply
+from .sockets import receive_into, send_all
 
 log = logging.getLogger(__name__)
 
 #: What one read takes at most, into a buffer kept for the connection: ``recv`` of a new
 #: 256 KiB bytes object costs some 20 µs more than the read itself, on every round trip.
 READ_SIZE = 256 * 1024
+#: Seconds a busy connection gathers commands before its next round trip (see above).
+SEND_DELAY = 0.005
 
 
 class AutoPipeline:
@@ -60,12 +72,15 @@ class AutoPipeline:
     def __init__(
         self, pool: redis.ConnectionPool, *, name: str, timeout: float, max_pending: int,
         on_connect: Callable[[redis.connection.AbstractConnection], list[tuple[Arg, ...]]],
-        on_error: Callable[[Exception], None],
+        on_error: Callable[[Exception], None], send_delay: float = SEND_DELAY,
     ) -> None:
         self._pool = pool
         self.name = name
         self.timeout = timeout
         self.max_pending = max_pending
+        self.send_delay = send_delay
+        #: When the last round trip was sent (``time.monotonic()``; 0.0 before the first).
+        self._sent = 0.0
         self._on_connect = on_connect
         self._on_error = on_error
         self._pipeline = CommandPipeline()
@@ -172,13 +187,17 @@ class AutoPipeline:
         """Round trips until nothing is left: send all that queued, read all it is owed."""
         pipeline, buffer = self._pipeline, self._buffer
         while len(pipeline):
+            now = time.monotonic()
+            due = write_at(self._sent, now, self.send_delay)
+            if due > now:  # the last round trip was moments ago: gather until its window ends
+                gevent.sleep(due - now)
             data = pipeline.outgoing()
             if data:
-                self._heard = time.monotonic()  # owed from now on (nothing was before)
-                sock.sendall(data)
+                self._sent = self._heard = time.monotonic()  # owed from now on
+                send_all(sock, data)
                 self.round_trips += 1
             while pipeline.in_flight:
-                size = sock.recv_into(buffer)
+                size = receive_into(sock, buffer)
                 if not size:
                     raise redis.ConnectionError("Redis closed the connection")
                 self._heard = time.monotonic()

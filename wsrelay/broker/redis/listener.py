@@ -41,6 +41,7 @@ from ...ids import MessageId
 from ...message import Message
 from ..base import BrokerUnavailable, Deliver, History
 from .codec import decode
+from .sockets import receive_into
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ class Listener:
                 if self._conn is not conn:
                     raise redis.ConnectionError("sending to Redis failed")
                 try:
-                    size = sock.recv_into(buffer)
+                    size = receive_into(sock, buffer)
                 except OSError:
                     if self._silent:
                         raise redis.TimeoutError("no answer to PING") from None
