@@ -14,9 +14,9 @@ from gevent.pywsgi import WSGIServer
 
 from ..app import create_app
 from ..config import ConfigError, redact_url
-from ..server.collector import GEN0_THRESHOLD, tune_collector
 from ..server.handler import ACCESS_LOGGER, RelayHandler
 from ..server.open_files import ACCEPT_BACKLOG, connection_capacity, raise_open_files_limit
+from ..server.process import GEN0_THRESHOLD, skip_thread_names, tune_collector
 from .ticker import ticker as demo_ticker
 
 
@@ -34,6 +34,7 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
         raise click.ClickException(str(exc)) from None
     files = raise_open_files_limit()
     frozen = tune_collector()  # the app is built: what it holds is out of the collector's sight
+    skip_thread_names()
     server = WSGIServer(  # a pool (unbounded), so that stop() waits for the requests
         (host, port), app, handler_class=RelayHandler,
         log=logging.getLogger(ACCESS_LOGGER) if access_log else None,

@@ -1,10 +1,15 @@
-"""A server process freezes what start-up built and collects its youngest generation rarely."""
+"""A server process freezes what start-up built, collects its youngest generation rarely,
+and logs without asking each greenlet for its thread."""
 
 import gc
+import logging
 import re
+import threading
+
+import gevent
 
 from tests.support import ServerProcess
-from wsrelay.server.collector import GEN0_THRESHOLD, tune_collector
+from wsrelay.server.process import GEN0_THRESHOLD, skip_thread_names, tune_collector
 
 
 def test_start_up_objects_are_frozen_and_the_threshold_raised():
@@ -33,3 +38,19 @@ def test_serve_says_how_its_collector_is_set():
         assert int(said.group(2)) == GEN0_THRESHOLD
     finally:
         server.stop()
+
+
+def test_a_greenlet_that_logs_gets_no_thread_object(caplog):
+    threads = len(threading.enumerate())
+    caplog.set_level(logging.INFO, logger="wsrelay.test")
+    try:
+        skip_thread_names()
+        made = []
+        greenlet = gevent.spawn(lambda: (logging.getLogger("wsrelay.test").info("closed"),
+                                         made.append(len(threading.enumerate()))))
+        greenlet.join()
+    finally:
+        logging.logThreads = True
+    assert made == [threads]  # no dummy thread was made for the greenlet
+    [record] = caplog.records
+    assert record.getMessage() == "closed" and record.threadName is None
