@@ -10,6 +10,7 @@ Pure: the request's parts are parameters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@functools.lru_cache(maxsize=1024)  # twice per browser request, of a few distinct origins
 def canonical_origin(text: str) -> str | None:
     """``scheme://host[:port]`` in canonical form, or None when ``text`` is no origin
     (``null``, no host, a path, credentials, a bad port). A scheme other than http and

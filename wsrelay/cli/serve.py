@@ -16,6 +16,7 @@ from ..app import create_app
 from ..config import ConfigError, redact_url
 from ..server.handler import ACCESS_LOGGER, RelayHandler
 from ..server.open_files import ACCEPT_BACKLOG, connection_capacity, raise_open_files_limit
+from ..server.process import GEN0_THRESHOLD, skip_thread_names, tune_collector
 from .ticker import ticker as demo_ticker
 
 
@@ -32,6 +33,8 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     files = raise_open_files_limit()
+    frozen = tune_collector()  # the app is built: what it holds is out of the collector's sight
+    skip_thread_names()
     server = WSGIServer(  # a pool (unbounded), so that stop() waits for the requests
         (host, port), app, handler_class=RelayHandler,
         log=logging.getLogger(ACCESS_LOGGER) if access_log else None,
@@ -50,6 +53,8 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
                f"(broker {broker}, 1 worker)", err=False)
     click.echo(f"open files limit {files}: room for about {connection_capacity(files)} "
                "connections", err=False)
+    click.echo(f"garbage collector: {frozen} start-up objects frozen, the youngest "
+               f"generation collected every {GEN0_THRESHOLD} allocations", err=False)
     sys.stdout.flush()
 
     def stop() -> None:
