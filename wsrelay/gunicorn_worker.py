@@ -8,7 +8,6 @@ file) and, through the config file's ``post_worker_init``, any other worker clas
 
 from __future__ import annotations
 
-import gc
 import signal
 import time
 import weakref
@@ -25,6 +24,7 @@ from gunicorn.workers.ggevent import PyWSGIServer
 from .config import load
 from .relay import AppRelay
 from .server.handler import RelayHandler
+from .server.process import settle
 
 
 class RelayServer(PyWSGIServer):
@@ -51,7 +51,7 @@ class RelayWorker(GeventWebSocketWorker):
         the in-memory broker: gunicorn stops (a worker that fails to boot halts it)."""
         super().load_wsgi()
         check_loaded_app(self)
-        freeze_heap()
+        settle()  # the app is loaded: out of the collector's sight (wsrelay.server.process)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM (a stop, or the old workers of a graceful reload): drain, then exit."""
@@ -67,15 +67,6 @@ def check_loaded_app(worker: Any) -> None:
         if problem:
             worker.log.error("%s", problem)
             _fail_to_boot(worker)
-
-
-def freeze_heap() -> None:
-    """Move everything the worker has loaded (the app, its modules) out of the garbage
-    collector's sight, once the app is loaded: it lives as long as the worker, and a full
-    collection would otherwise walk it all again, every so many thousand messages, in each
-    worker (``gc.freeze``; what Instagram does for its forked workers)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _fail_to_boot(worker: Any) -> None:
@@ -145,7 +136,7 @@ def adopt_stock_worker(worker: Any) -> None:
     if isinstance(worker, RelayWorker):
         return
     check_loaded_app(worker)
-    freeze_heap()
+    settle()
     if not isinstance(worker, GeventWebSocketWorker):
         return
     if worker.wsgi_handler is WebSocketHandler:

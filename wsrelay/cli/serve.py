@@ -16,7 +16,7 @@ from ..app import create_app
 from ..config import ConfigError, redact_url
 from ..server.handler import ACCESS_LOGGER, RelayHandler
 from ..server.open_files import ACCEPT_BACKLOG, connection_capacity, raise_open_files_limit
-from ..server.process import GEN0_THRESHOLD, skip_thread_names, tune_collector
+from ..server.process import GEN0_THRESHOLD, settle
 from .ticker import ticker as demo_ticker
 
 
@@ -33,8 +33,7 @@ def serve(host: str, port: int, access_log: bool, ticker: bool) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     files = raise_open_files_limit()
-    frozen = tune_collector()  # the app is built: what it holds is out of the collector's sight
-    skip_thread_names()
+    frozen = settle()  # the app is built: what it holds is out of the collector's sight
     server = WSGIServer(  # a pool (unbounded), so that stop() waits for the requests
         (host, port), app, handler_class=RelayHandler,
         log=logging.getLogger(ACCESS_LOGGER) if access_log else None,

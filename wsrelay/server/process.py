@@ -41,3 +41,10 @@ def tune_collector() -> int:
 def skip_thread_names() -> None:
     """Log records leave out the thread (``%(threadName)s`` shows None)."""
     logging.logThreads = False
+
+
+def settle() -> int:
+    """Both settings, once the app is built and before the first client; return the
+    objects frozen."""
+    skip_thread_names()
+    return tune_collector()
