@@ -383,6 +383,7 @@ def test_a_ping_before_a_whole_frame_is_answered_with_it():
     (client_frame(Opcode.TEXT, b"rsv", rsv=2), CloseCode.PROTOCOL_ERROR),
     (client_frame(Opcode.BINARY, b"rsv", rsv=1), CloseCode.PROTOCOL_ERROR),
     (client_frame(Opcode.TEXT, b"unmasked", mask=False), CloseCode.PROTOCOL_ERROR),
+    (client_frame(Opcode.BINARY, b"unmasked", mask=False), CloseCode.PROTOCOL_ERROR),
 ])
 def test_a_bad_frame_after_whole_ones_fails_and_nothing_after_it_is_answered(bad, code):
     good = client_frame(Opcode.TEXT, b"g" * 1000) + client_frame(Opcode.BINARY, b"b")
