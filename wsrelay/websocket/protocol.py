@@ -17,6 +17,12 @@ layers, and puts right two details of its closing handshake:
   frame the server sends carries a code. A ping that arrives once the server
   has sent its close frame is not answered: nothing may follow that frame.
 
+The common frame, a whole, masked, unfragmented TEXT or BINARY frame that
+needs nothing but unmasking (and UTF-8 validation), is parsed here directly
+when it begins between frames, at a fraction of the core's cost; every other
+frame, and every frame that would fail, is the core's, so errors, close codes
+and limits stay exactly what the core and the checks below make of them.
+
 It also bounds what costs the server work without carrying a message:
 pings, pongs and small fragments that do not end their message are counted
 against a token bucket, and past it the connection fails with 1008. Pongs
