@@ -315,3 +315,109 @@ def test_a_parser_given_back_serves_the_next_session_as_new():
     assert sent_close(first)[0] == CloseCode.POLICY_VIOLATION
     assert not second.finished
     assert second.frame_remaining(wire) == len(wire) // 2, "it starts at a frame boundary"
+
+
+# -- whole frames parsed directly (_ServerProtocol._parse_whole) and the core beside it -----
+
+def run(wire: bytes, cuts: list[int], limit: int = 1 << 20) -> tuple[list, bytes, int | None]:
+    """Feed ``wire`` in the pieces ``cuts`` makes, as a connection does: the messages (data,
+    type), every pong in the order sent, and the close code sent (None: none)."""
+    s = session(limit)
+    messages, pongs = [], b""
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        for message in s.receive_data(wire[start:end]):
+            pongs += message.replies
+            messages.append(InboundMessage(message.data, message.binary))
+        pongs += s.take_output().pongs
+    return messages, pongs, s.close_code if s.finished else None
+
+
+def every_split(wire: bytes, limit: int = 1 << 20) -> tuple[list, bytes, int | None]:
+    """What ``wire`` does fed whole and cut in two at every byte: always the same as fed a
+    byte at a time, which never lets a whole frame be parsed directly (the core parses
+    every frame); returns that."""
+    expected = run(wire, list(range(1, len(wire))), limit)
+    assert run(wire, [], limit) == expected
+    for cut in range(1, len(wire)):
+        assert run(wire, [cut], limit) == expected, f"cut at byte {cut}"
+    return expected
+
+
+def test_whole_frames_of_every_length_encoding_split_anywhere():
+    payloads = [b"", b"x" * 125, "é".encode() * 63, b"y" * 126, b"z" * 300]
+    wire = b"".join(client_frame(Opcode.TEXT if i % 2 else Opcode.BINARY, p)
+                    for i, p in enumerate(payloads))
+    assert every_split(wire) == (
+        [InboundMessage(p, binary=not i % 2) for i, p in enumerate(payloads)], b"", None)
+
+
+def test_a_64_bit_length_frame_whole_and_split():
+    wire = client_frame(Opcode.BINARY, bytes(range(256)) * 300) + client_frame(Opcode.TEXT, b"a")
+    expected = [InboundMessage(bytes(range(256)) * 300, True), InboundMessage(b"a", False)]
+    for cuts in ([], [5], [14], [100], [len(wire) - 7], [len(wire) - 1]):
+        assert run(wire, cuts)[0] == expected
+
+
+def test_whole_frames_around_a_fragmented_message_and_a_ping():
+    wire = (client_frame(Opcode.TEXT, b"first")
+            + client_frame(Opcode.TEXT, b"ab", fin=False) + client_frame(Opcode.PING, b"p")
+            + client_frame(Opcode.CONT, b"cd") + client_frame(Opcode.BINARY, b"last"))
+    messages, pongs, _ = every_split(wire)
+    assert messages == [InboundMessage(b"first", False), InboundMessage(b"abcd", False),
+                        InboundMessage(b"last", True)]
+    assert parse_server_frame(pongs) == Frame(Opcode.PONG, b"p")
+    s = session()
+    assert [m.replies for m in s.receive_data(wire)] == [b"", pongs, b""]  # before "abcd"
+
+
+def test_a_ping_before_a_whole_frame_is_answered_with_it():
+    s = session()
+    (message,) = s.receive_data(client_frame(Opcode.PING, b"p") + client_frame(Opcode.TEXT, b"hi"))
+    assert message.data == b"hi"
+    assert parse_server_frame(message.replies) == Frame(Opcode.PONG, b"p")
+
+
+@pytest.mark.parametrize("bad, code", [
+    (client_frame(Opcode.TEXT, b"ok \xc3\x28 no"), CloseCode.INVALID_DATA),
+    (client_frame(Opcode.BINARY, b"x" * 1001), CloseCode.MESSAGE_TOO_BIG),
+    (client_frame(Opcode.TEXT, b"rsv", rsv=2), CloseCode.PROTOCOL_ERROR),
+    (client_frame(Opcode.BINARY, b"rsv", rsv=1), CloseCode.PROTOCOL_ERROR),
+    (client_frame(Opcode.TEXT, b"unmasked", mask=False), CloseCode.PROTOCOL_ERROR),
+    (client_frame(Opcode.BINARY, b"unmasked", mask=False), CloseCode.PROTOCOL_ERROR),
+])
+def test_a_bad_frame_after_whole_ones_fails_and_nothing_after_it_is_answered(bad, code):
+    good = client_frame(Opcode.TEXT, b"g" * 1000) + client_frame(Opcode.BINARY, b"b")
+    wire = good + bad + client_frame(Opcode.PING, b"late") + client_frame(Opcode.TEXT, b"late")
+    assert every_split(wire, limit=1000) == (
+        [InboundMessage(b"g" * 1000, False), InboundMessage(b"b", True)], b"", code)
+
+
+def test_whole_frames_are_not_handed_to_the_core(monkeypatch):
+    """The common frame costs no trip through the core's parser (what makes it fast)."""
+    parsed = []
+    original = Frame.parse.__func__  # type: ignore[attr-defined]
+
+    def counting(cls, *args, **kwargs):
+        parsed.append(1)
+        return (yield from original(cls, *args, **kwargs))
+
+    monkeypatch.setattr(Frame, "parse", classmethod(counting))
+    s = session()
+    wire = b"".join(client_frame(Opcode.TEXT, b"m%d" % i) for i in range(50))
+    assert len(s.receive_data(wire)) == 50
+    assert not parsed
+    s.receive_data(client_frame(Opcode.PING, b"p") + client_frame(Opcode.TEXT, b"m"))
+    assert len(parsed) == 1  # the ping only
+
+
+def test_a_session_parks_after_whole_frames_and_measures_the_next_one():
+    s = session()
+    big = client_frame(Opcode.BINARY, b"x" * 5000)
+    s.receive_data(client_frame(Opcode.TEXT, b"a") + big[:3])
+    assert s.frame_remaining() == 0  # its 2-byte length is in, its masking key is not
+    assert s.frame_remaining(big[3:10]) == len(big) - 3
+    s.receive_data(big[3:10])
+    assert s.frame_remaining() == len(big) - 10
+    assert s.receive_data(big[10:]) == [InboundMessage(b"x" * 5000, True)]
+    s.park()
+    assert s._protocol is None  # between frames: the parser went back

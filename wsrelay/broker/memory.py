@@ -109,10 +109,11 @@ class MemoryBroker(Broker):
         author: str | None = None,
     ) -> Message:
         now = time.time()
-        state = self._touch(channel, now)
+        state = self._channels.get(channel)
         if state is None:
             self._last_epoch = new_epoch(self._last_epoch)
-            state = self._channels[channel] = _Channel(epoch=self._last_epoch, touched=now)
+            state = self._channels[channel] = _Channel(epoch=self._last_epoch)
+        state.touched = now  # trimmed once the message is in: the same as before and after
         state.seq += 1
         message = Message(
             channel, MessageId(state.epoch, state.seq), bytes(data), binary, sender, now, author

@@ -314,9 +314,11 @@ class WebSocketConnection:
             offset = 0
             while offset < len(data) and self.state is not CLOSED:
                 piece = data[offset : offset + FEED_SIZE]
-                remaining = session.frame_remaining(piece)
-                if remaining > FEED_SIZE:  # one larger frame: as much of it as was read
-                    piece = data[offset : offset + remaining]
+                # one larger frame: as much of it as was read (all of it, past FEED_SIZE)
+                if len(data) - offset > FEED_SIZE:
+                    remaining = session.frame_remaining(piece)
+                    if remaining > FEED_SIZE:
+                        piece = data[offset : offset + remaining]
                 offset += len(piece)
                 started = time.perf_counter()
                 self._receive(mode, piece)
