@@ -19,7 +19,7 @@ from tests.support import RedisServer, free_port, wait_until
 from wsrelay.broker import BrokerUnavailable
 from wsrelay.broker.redis import RedisBroker, redact
 from wsrelay.broker.redis.broker import CONTROL_CHANNEL
-from wsrelay.broker.redis.commands import SEND_DELAY
+from wsrelay.broker.redis.commands import FULL_BATCH, SEND_DELAY
 from wsrelay.config import OPTIONS
 from wsrelay.ids import MessageId
 
@@ -311,6 +311,20 @@ def test_a_command_after_a_quiet_spell_goes_at_once_the_next_waits_for_the_windo
     broker.publish(channel, b"right after")
     right_after = time.monotonic() - started
     assert lone < 0.5 < right_after  # about 0 and about the window
+
+
+def test_a_full_batch_goes_at_once_whatever_the_window(make_broker, channel):
+    """A flood does not wait for the send delay: its publishes in flight are bounded (128
+    per connection), so waiting would only cap its rate."""
+    broker = make_broker(send_delay=1.0)
+    broker.publish(channel, b"connected")
+    gevent.sleep(1.1)
+    broker.publish(channel, b"lone")  # goes at once: the window starts
+    started = time.monotonic()
+    pending = [broker.publish_async(channel, b"%d" % k) for k in range(FULL_BATCH)]
+    messages = [publishing.result(5) for publishing in pending]
+    assert time.monotonic() - started < 0.5  # not the window's 1 s
+    assert [m.id.seq for m in messages] == list(range(3, 3 + FULL_BATCH))
 
 
 def test_the_send_delay_option_defaults_to_the_brokers_own():

@@ -15,7 +15,9 @@ of :mod:`wsrelay.pacing`, applied to Redis). A steady stream of publishes thus
 costs a round trip, a script call and one wake-up of each worker's listener per
 window rather than per message, for each of which a worker pays a system call and a
 switch of processes, as many as the Python that handles the message; a command after
-a quiet spell goes at once.
+a quiet spell goes at once, and so does a full batch (:data:`FULL_BATCH` queued: a
+flood gains nothing by waiting, and a publisher's publishes in flight are bounded, so
+waiting would only cap its rate).
 
 Bounded: at most ``max_pending`` commands wait at once; a caller past that
 waits for room (up to ``timeout``), which slows whoever floods instead of
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 #: Seconds a busy connection gathers commands before its next round trip (see above).
 SEND_DELAY = 0.005
+#: Publishes (or other commands) queued that go at once, whatever the send delay.
+FULL_BATCH = 64
 
 
 class AutoPipeline:
@@ -188,7 +192,8 @@ class AutoPipeline:
         pipeline, buffer = self._pipeline, self._buffer
         while len(pipeline):
             now = time.monotonic()
-            due = write_at(self._sent, now, self.send_delay)
+            due = now if len(pipeline) >= FULL_BATCH else write_at(self._sent, now,
+                                                                   self.send_delay)
             if due > now:  # the last round trip was moments ago: gather until its window ends
                 gevent.sleep(due - now)
             data = pipeline.outgoing()
