@@ -180,21 +180,21 @@ class RelayHandler(WebSocketHandler):
         super().handle()
 
     def get_environ(self) -> dict[str, Any]:
-        """pywsgi's environ, with ``SERVER_ADDR`` (:meth:`_local_address`)."""
+        """pywsgi's environ, with ``SERVER_ADDR`` (:meth:`_add_server_addr`)."""
         environ = super().get_environ()
-        if self._local_address():
-            environ["SERVER_ADDR"] = self._server_addr
+        self._add_server_addr(environ)
         return environ
 
-    def _local_address(self) -> str:
-        """The address the connection arrived on (the host check tells loopback from the
-        rest by it), asked once per connection; "" when unknown."""
+    def _add_server_addr(self, environ: dict[str, Any]) -> None:
+        """Put in ``SERVER_ADDR`` the address the connection arrived on (the host check
+        tells loopback from the rest by it), asked once per connection; none when unknown."""
         if self._server_addr is None:
             self._server_addr = ""
             with contextlib.suppress(OSError, TypeError, IndexError):
                 address = self.socket.getsockname()
                 self._server_addr = str(address[0] if isinstance(address, tuple) else address)
-        return self._server_addr
+        if self._server_addr:
+            environ["SERVER_ADDR"] = self._server_addr
 
     def handle_one_request(self) -> Any:
         """Read the next request head within the idle timeout (closing quietly when none
@@ -265,8 +265,7 @@ class RelayHandler(WebSocketHandler):
         """Answer ``head`` without pywsgi if the direct path takes it: True to read the next
         request, None to close, False when it does not take it (nothing read yet)."""
         environ = request_environ(self.server.get_environ(), head, self.client_address)
-        if self._local_address():
-            environ["SERVER_ADDR"] = self._server_addr
+        self._add_server_addr(environ)
         upgrade = is_upgrade_request(environ)
         if upgrade:
             environ["wsgi.websocket"] = DeferredWebSocket(self)
