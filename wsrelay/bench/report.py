@@ -186,10 +186,12 @@ def save_json(path: Path, rows: list[Row], meta: dict) -> None:
 SHORT = {"wsrelay": "wsrelay", "wsrelay-redis": "wsrelay\non Redis",
          "wsrelay-nodelay": "wsrelay\nno delay", "seed-loop": "seed loop",
          "flask-socketio": "Flask-\nSocketIO", "flask-socketio-redis": "Flask-SocketIO\non Redis",
-         "nchan": "Nchan"}
+         "nchan": "Nchan", "gevent-floor": "bare gevent\ngreenlets",
+         "gevent-floor-callbacks": "bare gevent\ncallbacks"}
 COLOURS = {"wsrelay": "tab:blue", "wsrelay-redis": "tab:purple", "wsrelay-nodelay": "tab:cyan",
            "seed-loop": "tab:orange", "flask-socketio": "tab:green",
-           "flask-socketio-redis": "tab:olive", "nchan": "tab:red"}
+           "flask-socketio-redis": "tab:olive", "nchan": "tab:red",
+           "gevent-floor": "tab:gray", "gevent-floor-callbacks": "tab:brown"}
 
 
 #: the scenarios that stream messages: their latency distributions and delivery rates are plotted

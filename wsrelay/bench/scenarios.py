@@ -20,7 +20,13 @@ TITLES = {
     "seed-loop": "seed 002 observer loop",
     "flask-socketio": "Flask-SocketIO 5 (gevent)",
     "nchan": "Nchan (nginx, C)",
+    "gevent-floor": "bare gevent, a greenlet per connection (no relay)",
+    "gevent-floor-callbacks": "bare gevent loop, no greenlets (no relay)",
 }
+
+#: What gevent alone costs, serving a connect or a poll with no relay work: the floors under
+#: wsrelay's figures in the scenarios that measure those (bench/baselines/gevent_floor.py).
+FLOORS = ("gevent-floor", "gevent-floor-callbacks")
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "idle: {connections} idle WebSocket connections on one worker",
         full={"connections": 15_000, "concurrency": 100, "settle": 2},
         quick={"connections": 50, "concurrency": 10, "settle": 0.2},
+        systems=(*SYSTEMS, *FLOORS),
     ),
     Scenario(
         "inbound", "inbound",
@@ -128,6 +135,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "long-poll: {subscribers} clients on one channel, {rate} messages/s for {duration} s",
         full={"subscribers": 1000, "rate": 10, "duration": 10, "size": 64, "drain": 10},
         quick={"subscribers": 20, "rate": 10, "duration": 0.5, "size": 64, "drain": 5},
+        systems=(*SYSTEMS, *FLOORS),
         not_supported=NO_HTTP,
     ),
     Scenario(

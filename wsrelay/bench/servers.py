@@ -106,6 +106,9 @@ def _command(system: str, port: int, directory: Path) -> list[str]:
                 "-b", f"127.0.0.1:{port}",
                 "-k", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
                 "wsrelay.bench.baselines.socketio_app:app"]
+    if system.startswith("gevent-floor"):
+        mode = "callbacks" if system.endswith("callbacks") else "greenlets"
+        return [sys.executable, "-m", "wsrelay.bench.baselines.gevent_floor", str(port), mode]
     module = {"seed-loop": "seed_loop", "flask-socketio": "socketio_app"}[system]
     return [sys.executable, "-m", f"wsrelay.bench.baselines.{module}", str(port)]
 

@@ -210,6 +210,8 @@ WEBSOCKET = {
     "flask-socketio": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
     "flask-socketio-redis": ("/socket.io/?EIO=4&transport=websocket", SocketIOClient),
     "nchan": (f"/pubsub/{CHANNEL}", RawClient),
+    "gevent-floor": (f"/ws/{CHANNEL}", RawClient),
+    "gevent-floor-callbacks": (f"/ws/{CHANNEL}", RawClient),
 }
 
 #: system -> URL path of a WebSocket that publishes without receiving (for the HTTP readers'
@@ -219,6 +221,8 @@ PUBLISHER = {
     "wsrelay": f"/ws/{CHANNEL}?echo=0",
     "wsrelay-redis": f"/ws/{CHANNEL}?echo=0",
     "nchan": f"/pub/{CHANNEL}",
+    "gevent-floor": f"/ws/{CHANNEL}?echo=0",
+    "gevent-floor-callbacks": f"/ws/{CHANNEL}?echo=0",
 }
 
 
@@ -369,6 +373,7 @@ class NchanSSEClient(SSEClient):
 HTTP = {
     ("wsrelay", "poll"): PollClient, ("wsrelay", "sse"): SSEClient,
     ("nchan", "poll"): NchanPollClient, ("nchan", "sse"): NchanSSEClient,
+    ("gevent-floor", "poll"): PollClient, ("gevent-floor-callbacks", "poll"): PollClient,
 }
 
 
