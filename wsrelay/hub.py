@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Protocol
 
 import gevent
@@ -126,6 +127,10 @@ class MessageServer:
         #: where a shared broker reads the reports).
         self._presence_changed: set[str] = set()
         self._dirty: list[Connection] = []
+        #: Readers handling input now (see :meth:`gathering`), and the messages delivered
+        #: meanwhile, waiting for :meth:`settle`.
+        self._gathering = 0
+        self._gathered: list[Message] = []
         #: Publish times of messages delivered since the last flush (for the latency metric).
         self._flush_times: list[float] = []
         self.stats = Stats()
@@ -222,44 +227,100 @@ class MessageServer:
             self.stats.published += 1
 
     def deliver(self, message: Message) -> None:
-        """Called by the broker, in order, for every message of a watched channel."""
-        subscriptions = self._channels.get(message.channel)
-        if subscriptions:
-            encoded: dict[Encoder, bytes] = {}  # one encoding per encoder
-            encoder: Encoder | None = None  # the last subscription's, and its bytes
-            data = b""
-            sender = message.sender
-            dirty = self._dirty
-            known = len(dirty)  # connections the flusher already knows of
-            delivered = 0
-            for subscription in tuple(subscriptions):
-                if subscription.held is not None:
-                    subscription.held.append(message)
-                    continue
-                connection = subscription.connection
-                if not subscription.echo and connection.id == sender:
-                    continue
-                if subscription.encoder is not encoder:
-                    encoder = subscription.encoder
-                    cached = encoded.get(encoder)
-                    if cached is None:
-                        cached = encoded[encoder] = encoder.message(message)
-                    data = cached
-                connection.push(data)
-                delivered += 1
-                connection.sent += 1
-                if not connection.dirty:
-                    connection.dirty = True
-                    dirty.append(connection)
-            stats = self.stats
-            stats.delivered += delivered
-            stats.channel_messages[message.channel] += 1
-            self._flush_times.append(message.time)
-            if len(dirty) > known:  # else each is written when its window ends
+        """Called by the broker, in order, for every message of a watched channel. While a
+        reader :meth:`gather`-s, the message waits for its :meth:`release`."""
+        if self._gathering:
+            gathered = self._gathered
+            if not gathered:  # whatever holds the gathering up, the flusher settles it
                 self._wakeup.set()
+            gathered.append(message)
+            return
+        self._fan_out(message.channel, (message,))
+
+    def gather(self) -> None:
+        """A reader starts handling a stretch of input already read: the messages it
+        publishes (and any other delivered meanwhile) wait, and :meth:`release` queues them
+        on their subscribers together, one piece of bytes per subscriber for each run of
+        messages of a channel instead of one per message. Each call is matched by a
+        :meth:`release`; the reader must not wait for anything in between (the flusher
+        settles, but a pass later)."""
+        self._gathering += 1
+
+    def release(self) -> None:
+        """The stretch a :meth:`gather` began is over: queue what was gathered."""
+        self._gathering -= 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Queue the gathered messages on their subscribers now, in order: before anything
+        that must not overtake them is queued (an ack, a close frame, a replay)."""
+        gathered = self._gathered
+        if not gathered:
+            return
+        self._gathered = []
+        start = 0
+        channel = gathered[0].channel
+        for index, message in enumerate(gathered):
+            if message.channel != channel:  # a run ends: runs keep the order between channels
+                self._fan_out(channel, gathered[start:index])
+                start, channel = index, message.channel
+        self._fan_out(channel, gathered[start:] if start else gathered)
+
+    def _fan_out(self, channel: str, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` (of ``channel``, in order) on every subscriber: each encoded
+        once per encoder, and the encodings of them all joined into one piece of bytes,
+        queued on every subscription of that encoder."""
+        subscriptions = self._channels.get(channel)
+        if not subscriptions:
+            return
+        count = len(messages)
+        frames: dict[Encoder, list[bytes]] = {}  # one encoding per encoder and message
+        encoded: dict[Encoder, bytes] = {}  # ... and them all joined
+        encoder: Encoder | None = None  # the last subscription's, and its bytes
+        data = b""
+        senders = {message.sender for message in messages}
+        dirty = self._dirty
+        known = len(dirty)  # connections the flusher already knows of
+        delivered = 0
+        for subscription in tuple(subscriptions):
+            if subscription.held is not None:
+                subscription.held.extend(messages)
+                continue
+            connection = subscription.connection
+            if subscription.encoder is not encoder:
+                encoder = subscription.encoder
+                cached = encoded.get(encoder)
+                if cached is None:
+                    pieces = frames[encoder] = [encoder.message(m) for m in messages]
+                    cached = encoded[encoder] = b"".join(pieces)
+                data = cached
+            if not subscription.echo and connection.id in senders:  # not its own messages
+                own = connection.id
+                others = [frame for frame, message in zip(frames[encoder], messages, strict=True)
+                          if message.sender != own]
+                if not others:
+                    continue
+                connection.push(b"".join(others))
+                delivered += len(others)
+                connection.sent += len(others)
+            else:
+                connection.push(data)
+                delivered += count
+                connection.sent += count
+            if not connection.dirty:
+                connection.dirty = True
+                dirty.append(connection)
+        stats = self.stats
+        stats.delivered += delivered
+        stats.channel_messages[channel] += count
+        self._flush_times.extend([message.time for message in messages])
+        if len(dirty) > known:  # else each is written when its window ends
+            self._wakeup.set()
 
     def send(self, connection: Connection, frame: bytes) -> None:
-        """Queue a frame of a connection's own (an ack, an error); the flusher writes it."""
+        """Queue a frame of a connection's own (an ack, an error), after the messages gathered
+        so far; the flusher writes it."""
+        self.settle()
         connection.push(frame)
         self.mark_dirty(connection)
 
@@ -303,6 +364,7 @@ class MessageServer:
         milliseconds would otherwise fall due one after another, and the next
         window would take a pass for each few of them.
         """
+        self.settle()
         now = time.monotonic()
         delay = self.write_delay
         dirty, self._dirty = self._dirty, []
@@ -383,6 +445,7 @@ class MessageServer:
         return page
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        self.settle()  # what was published before it left reaches it
         channel = subscription.channel
         members = self._channels.get(channel)
         if members is None or subscription not in members:
@@ -399,6 +462,7 @@ class MessageServer:
                 del self._uncounted[channel]
 
     def _add_interest(self, channel: str, subscription: Subscription) -> None:
+        self.settle()  # what was published before it came is not its to hold
         members = self._channels.get(channel)
         if members is None:
             self.broker.watch(channel)
