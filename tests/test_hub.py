@@ -307,6 +307,20 @@ def test_a_gathered_run_leaves_out_each_senders_own_messages_where_echo_is_off(m
     assert me.frames == [b"".join(text_frames(b"you1"))], "nothing of its own alone"
 
 
+def test_gathered_messages_go_one_by_one_to_an_encoder_whose_pieces_do_not_join(make_hub):
+    """A long-poll's items are members of a JSON answer, not pieces of a stream: an encoder
+    without ``joins`` gets each message queued alone, its own sender's left out."""
+    hub = make_hub()
+    lines: Encoder = Lines()
+    lined, mine = join(hub, "l", encoder=lines), join(hub, "me", encoder=lines, echo=False)
+    hub.gather()
+    sent = [hub.publish("c", text, sender="me" if text == "b" else None) for text in "abc"]
+    hub.release()
+    assert lined.frames == [f"{m.id} {m.data.decode()}\n".encode() for m in sent]
+    assert mine.frames == [lined.frames[0], lined.frames[2]]
+    assert lines.encoded == [m.id for m in sent], "each encoded once"
+
+
 def test_gathered_messages_keep_their_order_across_channels(make_hub):
     hub = make_hub()
     connection = FakeConnection("multi")

@@ -75,7 +75,13 @@ class Connection(Protocol):
 
 class Encoder(Protocol):
     """How one kind of subscription wants messages: shared by every subscription of its kind,
-    so the hub encodes a message once per encoder."""
+    so the hub encodes a message once per encoder.
+
+    An encoder whose encodings are pieces of one byte stream (WebSocket frames) says so with
+    a ``joins = True`` attribute: a run of messages is then queued on each subscriber as
+    one piece, their encodings joined (see :meth:`MessageServer.gather`). Without it
+    (a long-poll's items, each one a member of a JSON answer), each is queued alone.
+    """
 
     def message(self, message: Message) -> bytes:
         """The bytes to queue for ``message``."""
@@ -267,17 +273,18 @@ class MessageServer:
         self._fan_out(channel, gathered[start:] if start else gathered)
 
     def _fan_out(self, channel: str, messages: Sequence[Message]) -> None:
-        """Queue ``messages`` (of ``channel``, in order) on every subscriber: each encoded
-        once per encoder, and the encodings of them all joined into one piece of bytes,
-        queued on every subscription of that encoder."""
+        """Queue ``messages`` (of ``channel``, in order) on every subscriber, each encoded
+        once per encoder; where the encoder's pieces join (``joins``: see :class:`Encoder`),
+        as one piece of bytes, the same for every subscription of that encoder."""
         subscriptions = self._channels.get(channel)
         if not subscriptions:
             return
         count = len(messages)
-        frames: dict[Encoder, list[bytes]] = {}  # one encoding per encoder and message
-        encoded: dict[Encoder, bytes] = {}  # ... and them all joined
+        #: per encoder, each message's encoding, and them all joined (None: they do not join)
+        encoded: dict[Encoder, tuple[list[bytes], bytes | None]] = {}
         encoder: Encoder | None = None  # the last subscription's, and its bytes
-        data = b""
+        pieces: list[bytes] = []
+        data: bytes | None = None
         senders = {message.sender for message in messages}
         dirty = self._dirty
         known = len(dirty)  # connections the flusher already knows of
@@ -291,22 +298,18 @@ class MessageServer:
                 encoder = subscription.encoder
                 cached = encoded.get(encoder)
                 if cached is None:
-                    pieces = frames[encoder] = [encoder.message(m) for m in messages]
-                    cached = encoded[encoder] = b"".join(pieces)
-                data = cached
-            if not subscription.echo and connection.id in senders:  # not its own messages
-                own = connection.id
-                others = [frame for frame, message in zip(frames[encoder], messages, strict=True)
-                          if message.sender != own]
-                if not others:
-                    continue
-                connection.push(b"".join(others))
-                delivered += len(others)
-                connection.sent += len(others)
-            else:
+                    cached = encoded[encoder] = _encode(encoder, messages)
+                pieces, data = cached
+            if data is not None and (subscription.echo or connection.id not in senders):
                 connection.push(data)
-                delivered += count
-                connection.sent += count
+                sent = count
+            else:  # piece by piece, or the subscriber's own messages left out
+                sent = _push_pieces(connection, pieces, data is not None, messages,
+                                    None if subscription.echo else connection.id)
+                if not sent:
+                    continue
+            delivered += sent
+            connection.sent += sent
             if not connection.dirty:
                 connection.dirty = True
                 dirty.append(connection)
@@ -535,6 +538,31 @@ class MessageServer:
                 connection.abort()
             else:
                 connection.ping()
+
+
+def _encode(encoder: Encoder, messages: Sequence[Message]) -> tuple[list[bytes], bytes | None]:
+    """Each message's encoding, and them all joined when the encoder's pieces join (one
+    message's is its own)."""
+    pieces = [encoder.message(message) for message in messages]
+    if len(pieces) == 1:
+        return pieces, pieces[0]
+    return pieces, b"".join(pieces) if getattr(encoder, "joins", False) else None
+
+
+def _push_pieces(connection: Connection, pieces: list[bytes], joins: bool,
+                 messages: Sequence[Message], leave_out: str | None) -> int:
+    """Queue ``pieces`` (joined, if ``joins``) but those of messages ``leave_out`` sent;
+    return how many messages that was."""
+    if leave_out is not None:
+        pieces = [piece for piece, message in zip(pieces, messages, strict=True)
+                  if message.sender != leave_out]
+    if joins:
+        if pieces:
+            connection.push(b"".join(pieces))
+    else:
+        for piece in pieces:
+            connection.push(piece)
+    return len(pieces)
 
 
 def _payload(data: bytes | str, binary: bool | None) -> tuple[bytes, bool]:
