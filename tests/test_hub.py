@@ -367,6 +367,24 @@ def test_who_comes_or_leaves_during_a_gathering_gets_exactly_what_was_published_
     assert b"".join(coming.frames) == b"".join(text_frames(b"between", b"after"))
 
 
+def test_a_message_gathered_while_history_is_read_is_not_delivered_twice(make_hub):
+    class RacingBroker(MemoryBroker):
+        """A message published (and delivered) just before the history read that holds it."""
+
+        def history(self, channel, since):
+            self.publish(channel, b"racing", binary=False)
+            return super().history(channel, since)
+
+    hub = make_hub(RacingBroker(history_size=100, history_ttl=60))
+    first = hub.publish("c", "1")
+    connection = FakeConnection("r")
+    hub.gather()
+    hub.subscribe(Subscription(connection, "c", RAW), first.id)
+    hub.publish("c", "after")
+    hub.release()
+    assert b"".join(connection.frames) == b"".join(text_frames(b"racing", b"after"))
+
+
 def test_the_flusher_queues_what_a_stalled_gathering_holds(make_hub):
     """A reader that waits between gather and release (it must not) delays nobody for
     longer than the flusher's next turn."""

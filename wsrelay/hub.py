@@ -430,6 +430,7 @@ class MessageServer:
         except BaseException:
             self.unsubscribe(subscription)
             raise
+        self.settle()  # what a reader gathered while history was read is held, not live
         held, subscription.held = subscription.held or [], None
         connection = subscription.connection
         encoder = subscription.encoder
