@@ -248,8 +248,9 @@ class MessageServer:
         publishes (and any other delivered meanwhile) wait, and :meth:`release` queues them
         on their subscribers together, one piece of bytes per subscriber for each run of
         messages of a channel instead of one per message. Each call is matched by a
-        :meth:`release`; the reader must not wait for anything in between (the flusher
-        settles, but a pass later)."""
+        :meth:`release`. A reader that waits in between (a ``wsrelay.v1`` subscription reading
+        its history from Redis) holds back what others publish meanwhile only until the
+        flusher's next turn, which settles it."""
         self._gathering += 1
 
     def release(self) -> None:
