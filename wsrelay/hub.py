@@ -7,7 +7,10 @@ envelope: :mod:`wsrelay.websocket.encoders`), and each message is encoded at
 most once per encoder, the same bytes queued on every subscriber that uses
 it. The hub never writes to a socket while fanning out: a single flusher
 greenlet then gives each connection its pending bytes in one non-blocking
-write. A connection written to less than the write delay ago waits until its
+write. What a client sent in one read is fanned out as one run when the reader is done
+with it (:meth:`~MessageServer.gather`): the frames of the run joined once, one piece queued
+per subscriber instead of one per message. A connection written to less than the write delay
+ago waits until its
 window ends, gathering what arrives meanwhile into the same write (see
 :mod:`wsrelay.pacing`); an idle one is written at once. A connection that
 cannot keep up only grows its own bounded queue and is closed when the queue
@@ -133,7 +136,7 @@ class MessageServer:
         #: where a shared broker reads the reports).
         self._presence_changed: set[str] = set()
         self._dirty: list[Connection] = []
-        #: Readers handling input now (see :meth:`gathering`), and the messages delivered
+        #: Readers handling input now (see :meth:`gather`), and the messages delivered
         #: meanwhile, waiting for :meth:`settle`.
         self._gathering = 0
         self._gathered: list[Message] = []
