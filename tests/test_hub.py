@@ -270,6 +270,134 @@ def test_echo_off_leaves_out_the_sender_only(make_hub):
     assert len(other.frames) == 1
 
 
+def test_messages_gathered_from_a_read_reach_each_subscriber_in_one_piece(make_hub):
+    """What a reader publishes between gather and release is queued on each subscriber as one
+    piece of bytes: its frames joined, in order (one push per subscriber, not one per
+    message), and counted as the messages they are."""
+    hub = make_hub()
+    connections = [join(hub, f"s{i}") for i in range(20)]
+    hub.gather()
+    for n in range(50):
+        hub.publish("c", f"m{n}")
+    assert all(c.frames == [] for c in connections), "nothing is queued before the release"
+    hub.release()
+    expected = b"".join(text_frames(*(b"m%d" % n for n in range(50))))
+    assert all(c.frames == [expected] for c in connections)
+    assert all(c.sent == 50 for c in connections)
+    assert hub.stats.delivered == 50 * 20
+    gevent.sleep(0)
+    assert all(c.flushes == 1 for c in connections)
+
+
+def test_a_gathered_run_leaves_out_each_senders_own_messages_where_echo_is_off(make_hub):
+    hub = make_hub()
+    me, you = join(hub, "me", echo=False), join(hub, "you", echo=False)
+    everyone = join(hub, "all")
+    hub.gather()
+    for n, sender in enumerate(["me", "you", "me", "me"]):
+        hub.publish("c", f"{sender}{n}", sender=sender)
+    hub.release()
+    assert me.frames == [b"".join(text_frames(b"you1"))]
+    assert you.frames == [b"".join(text_frames(b"me0", b"me2", b"me3"))]
+    assert everyone.frames == [b"".join(text_frames(b"me0", b"you1", b"me2", b"me3"))]
+    assert (me.sent, you.sent, everyone.sent) == (1, 3, 4)
+    hub.gather()
+    hub.publish("c", "mine", sender="me")
+    hub.release()
+    assert me.frames == [b"".join(text_frames(b"you1"))], "nothing of its own alone"
+
+
+def test_gathered_messages_go_one_by_one_to_an_encoder_whose_pieces_do_not_join(make_hub):
+    """A long-poll's items are members of a JSON answer, not pieces of a stream: an encoder
+    without ``joins`` gets each message queued alone, its own sender's left out."""
+    hub = make_hub()
+    lines: Encoder = Lines()
+    lined, mine = join(hub, "l", encoder=lines), join(hub, "me", encoder=lines, echo=False)
+    hub.gather()
+    sent = [hub.publish("c", text, sender="me" if text == "b" else None) for text in "abc"]
+    hub.release()
+    assert lined.frames == [f"{m.id} {m.data.decode()}\n".encode() for m in sent]
+    assert mine.frames == [lined.frames[0], lined.frames[2]]
+    assert lines.encoded == [m.id for m in sent], "each encoded once"
+
+
+def test_gathered_messages_keep_their_order_across_channels(make_hub):
+    hub = make_hub()
+    connection = FakeConnection("multi")
+    for channel in ("a", "b"):
+        hub.subscribe(Subscription(connection, channel, RAW), None)
+    hub.gather()
+    for channel, text in (("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")):
+        hub.publish(channel, text)
+    hub.release()
+    assert b"".join(connection.frames) == b"".join(text_frames(b"a1", b"a2", b"b1", b"a3"))
+
+
+def test_a_frame_of_a_connections_own_follows_the_messages_gathered_before_it(make_hub):
+    """An ack is queued after the message it acknowledges, as without gathering."""
+    hub = make_hub()
+    connection = join(hub, encoder=ENVELOPE)
+    hub.gather()
+    message = hub.publish("c", "hi")
+    hub.send(connection, b"ack")
+    hub.publish("c", "after")
+    hub.release()
+    assert len(connection.frames) == 3
+    assert json.loads(connection.frames[0][2:])["id"] == str(message.id)
+    assert connection.frames[1] == b"ack"
+    assert json.loads(connection.frames[2][2:])["data"] == "after"
+
+
+def test_who_comes_or_leaves_during_a_gathering_gets_exactly_what_was_published_meanwhile(
+    make_hub,
+):
+    hub = make_hub()
+    leaving = FakeConnection("leaving")
+    leaving_subscription = Subscription(leaving, "c", RAW)
+    hub.subscribe(leaving_subscription, None)
+    hub.gather()
+    hub.publish("c", "before")
+    coming = FakeConnection("coming")
+    hub.subscribe(Subscription(coming, "c", RAW), None)
+    hub.publish("c", "between")
+    hub.unsubscribe(leaving_subscription)
+    hub.publish("c", "after")
+    hub.release()
+    assert b"".join(leaving.frames) == b"".join(text_frames(b"before", b"between"))
+    assert b"".join(coming.frames) == b"".join(text_frames(b"between", b"after"))
+
+
+def test_a_message_gathered_while_history_is_read_is_not_delivered_twice(make_hub):
+    class RacingBroker(MemoryBroker):
+        """A message published (and delivered) just before the history read that holds it."""
+
+        def history(self, channel, since):
+            self.publish(channel, b"racing", binary=False)
+            return super().history(channel, since)
+
+    hub = make_hub(RacingBroker(history_size=100, history_ttl=60))
+    first = hub.publish("c", "1")
+    connection = FakeConnection("r")
+    hub.gather()
+    hub.subscribe(Subscription(connection, "c", RAW), first.id)
+    hub.publish("c", "after")
+    hub.release()
+    assert b"".join(connection.frames) == b"".join(text_frames(b"racing", b"after"))
+
+
+def test_the_flusher_queues_what_a_stalled_gathering_holds(make_hub):
+    """A reader that waits between gather and release (it must not) delays nobody for
+    longer than the flusher's next turn."""
+    hub = make_hub()
+    connection = join(hub)
+    hub.gather()
+    hub.publish("c", "held")
+    gevent.sleep(0.05)
+    assert connection.frames == text_frames(b"held")
+    hub.release()
+    assert connection.frames == text_frames(b"held")
+
+
 def test_subscribe_with_since_replays_then_goes_live_without_duplicates(make_hub):
     hub = make_hub()
     first = hub.publish("c", "1")

@@ -7,7 +7,10 @@ envelope: :mod:`wsrelay.websocket.encoders`), and each message is encoded at
 most once per encoder, the same bytes queued on every subscriber that uses
 it. The hub never writes to a socket while fanning out: a single flusher
 greenlet then gives each connection its pending bytes in one non-blocking
-write. A connection written to less than the write delay ago waits until its
+write. What a client sent in one read is fanned out as one run when the reader is done
+with it (:meth:`~MessageServer.gather`): the frames of the run joined once, one piece queued
+per subscriber instead of one per message. A connection written to less than the write delay
+ago waits until its
 window ends, gathering what arrives meanwhile into the same write (see
 :mod:`wsrelay.pacing`); an idle one is written at once. A connection that
 cannot keep up only grows its own bounded queue and is closed when the queue
@@ -26,6 +29,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Protocol
 
 import gevent
@@ -74,7 +78,13 @@ class Connection(Protocol):
 
 class Encoder(Protocol):
     """How one kind of subscription wants messages: shared by every subscription of its kind,
-    so the hub encodes a message once per encoder."""
+    so the hub encodes a message once per encoder.
+
+    An encoder whose encodings are pieces of one byte stream (WebSocket frames) says so with
+    a ``joins = True`` attribute: a run of messages is then queued on each subscriber as
+    one piece, their encodings joined (see :meth:`MessageServer.gather`). Without it
+    (a long-poll's items, each one a member of a JSON answer), each is queued alone.
+    """
 
     def message(self, message: Message) -> bytes:
         """The bytes to queue for ``message``."""
@@ -126,6 +136,10 @@ class MessageServer:
         #: where a shared broker reads the reports).
         self._presence_changed: set[str] = set()
         self._dirty: list[Connection] = []
+        #: Readers handling input now (see :meth:`gather`), and the messages delivered
+        #: meanwhile, waiting for :meth:`settle`.
+        self._gathering = 0
+        self._gathered: list[Message] = []
         #: Publish times of messages delivered since the last flush (for the latency metric).
         self._flush_times: list[float] = []
         self.stats = Stats()
@@ -222,44 +236,98 @@ class MessageServer:
             self.stats.published += 1
 
     def deliver(self, message: Message) -> None:
-        """Called by the broker, in order, for every message of a watched channel."""
-        subscriptions = self._channels.get(message.channel)
-        if subscriptions:
-            encoded: dict[Encoder, bytes] = {}  # one encoding per encoder
-            encoder: Encoder | None = None  # the last subscription's, and its bytes
-            data = b""
-            sender = message.sender
-            dirty = self._dirty
-            known = len(dirty)  # connections the flusher already knows of
-            delivered = 0
-            for subscription in tuple(subscriptions):
-                if subscription.held is not None:
-                    subscription.held.append(message)
-                    continue
-                connection = subscription.connection
-                if not subscription.echo and connection.id == sender:
-                    continue
-                if subscription.encoder is not encoder:
-                    encoder = subscription.encoder
-                    cached = encoded.get(encoder)
-                    if cached is None:
-                        cached = encoded[encoder] = encoder.message(message)
-                    data = cached
-                connection.push(data)
-                delivered += 1
-                connection.sent += 1
-                if not connection.dirty:
-                    connection.dirty = True
-                    dirty.append(connection)
-            stats = self.stats
-            stats.delivered += delivered
-            stats.channel_messages[message.channel] += 1
-            self._flush_times.append(message.time)
-            if len(dirty) > known:  # else each is written when its window ends
+        """Called by the broker, in order, for every message of a watched channel. While a
+        reader :meth:`gather`-s, the message waits for its :meth:`release`."""
+        if self._gathering:
+            gathered = self._gathered
+            if not gathered:  # whatever holds the gathering up, the flusher settles it
                 self._wakeup.set()
+            gathered.append(message)
+            return
+        self._fan_out(message.channel, (message,))
+
+    def gather(self) -> None:
+        """A reader starts handling a stretch of input already read: the messages it
+        publishes (and any other delivered meanwhile) wait, and :meth:`release` queues them
+        on their subscribers together, one piece of bytes per subscriber for each run of
+        messages of a channel instead of one per message. Each call is matched by a
+        :meth:`release`. A reader that waits in between (a ``wsrelay.v1`` subscription reading
+        its history from Redis) holds back what others publish meanwhile only until the
+        flusher's next turn, which settles it."""
+        self._gathering += 1
+
+    def release(self) -> None:
+        """The stretch a :meth:`gather` began is over: queue what was gathered."""
+        self._gathering -= 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Queue the gathered messages on their subscribers now, in order: before anything
+        that must not overtake them is queued (an ack, a close frame, a replay)."""
+        gathered = self._gathered
+        if not gathered:
+            return
+        self._gathered = []
+        start = 0
+        channel = gathered[0].channel
+        for index, message in enumerate(gathered):
+            if message.channel != channel:  # a run ends: runs keep the order between channels
+                self._fan_out(channel, gathered[start:index])
+                start, channel = index, message.channel
+        self._fan_out(channel, gathered[start:] if start else gathered)
+
+    def _fan_out(self, channel: str, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` (of ``channel``, in order) on every subscriber, each encoded
+        once per encoder; where the encoder's pieces join (``joins``: see :class:`Encoder`),
+        as one piece of bytes, the same for every subscription of that encoder."""
+        subscriptions = self._channels.get(channel)
+        if not subscriptions:
+            return
+        count = len(messages)
+        #: per encoder, each message's encoding, and them all joined (None: they do not join)
+        encoded: dict[Encoder, tuple[list[bytes], bytes | None]] = {}
+        encoder: Encoder | None = None  # the last subscription's, and its bytes
+        pieces: list[bytes] = []
+        data: bytes | None = None
+        senders = {message.sender for message in messages}
+        dirty = self._dirty
+        known = len(dirty)  # connections the flusher already knows of
+        delivered = 0
+        for subscription in tuple(subscriptions):
+            if subscription.held is not None:
+                subscription.held.extend(messages)
+                continue
+            connection = subscription.connection
+            if subscription.encoder is not encoder:
+                encoder = subscription.encoder
+                cached = encoded.get(encoder)
+                if cached is None:
+                    cached = encoded[encoder] = _encode(encoder, messages)
+                pieces, data = cached
+            if data is not None and (subscription.echo or connection.id not in senders):
+                connection.push(data)
+                sent = count
+            else:  # piece by piece, or the subscriber's own messages left out
+                sent = _push_pieces(connection, pieces, data is not None, messages,
+                                    None if subscription.echo else connection.id)
+                if not sent:
+                    continue
+            delivered += sent
+            connection.sent += sent
+            if not connection.dirty:
+                connection.dirty = True
+                dirty.append(connection)
+        stats = self.stats
+        stats.delivered += delivered
+        stats.channel_messages[channel] += count
+        self._flush_times.extend([message.time for message in messages])
+        if len(dirty) > known:  # else each is written when its window ends
+            self._wakeup.set()
 
     def send(self, connection: Connection, frame: bytes) -> None:
-        """Queue a frame of a connection's own (an ack, an error); the flusher writes it."""
+        """Queue a frame of a connection's own (an ack, an error), after the messages gathered
+        so far; the flusher writes it."""
+        self.settle()
         connection.push(frame)
         self.mark_dirty(connection)
 
@@ -303,6 +371,7 @@ class MessageServer:
         milliseconds would otherwise fall due one after another, and the next
         window would take a pass for each few of them.
         """
+        self.settle()
         now = time.monotonic()
         delay = self.write_delay
         dirty, self._dirty = self._dirty, []
@@ -365,6 +434,7 @@ class MessageServer:
         except BaseException:
             self.unsubscribe(subscription)
             raise
+        self.settle()  # what a reader gathered while history was read is held, not live
         held, subscription.held = subscription.held or [], None
         connection = subscription.connection
         encoder = subscription.encoder
@@ -383,6 +453,7 @@ class MessageServer:
         return page
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        self.settle()  # what was published before it left reaches it
         channel = subscription.channel
         members = self._channels.get(channel)
         if members is None or subscription not in members:
@@ -399,6 +470,7 @@ class MessageServer:
                 del self._uncounted[channel]
 
     def _add_interest(self, channel: str, subscription: Subscription) -> None:
+        self.settle()  # what was published before it came is not its to hold
         members = self._channels.get(channel)
         if members is None:
             self.broker.watch(channel)
@@ -471,6 +543,31 @@ class MessageServer:
                 connection.abort()
             else:
                 connection.ping()
+
+
+def _encode(encoder: Encoder, messages: Sequence[Message]) -> tuple[list[bytes], bytes | None]:
+    """Each message's encoding, and them all joined when the encoder's pieces join (one
+    message's is its own)."""
+    pieces = [encoder.message(message) for message in messages]
+    if len(pieces) == 1:
+        return pieces, pieces[0]
+    return pieces, b"".join(pieces) if getattr(encoder, "joins", False) else None
+
+
+def _push_pieces(connection: Connection, pieces: list[bytes], joins: bool,
+                 messages: Sequence[Message], leave_out: str | None) -> int:
+    """Queue ``pieces`` (joined, if ``joins``) but those of messages ``leave_out`` sent;
+    return how many messages that was."""
+    if leave_out is not None:
+        pieces = [piece for piece, message in zip(pieces, messages, strict=True)
+                  if message.sender != leave_out]
+    if joins:
+        if pieces:
+            connection.push(b"".join(pieces))
+    else:
+        for piece in pieces:
+            connection.push(piece)
+    return len(pieces)
 
 
 def _payload(data: bytes | str, binary: bool | None) -> tuple[bytes, bool]:

@@ -156,3 +156,33 @@ def test_pongs_and_the_close_frame_are_not_held_back(slow_window_server, channel
         closed = next(i for i, (opcode, _) in enumerate(reader.frames) if opcode == 0x8)
         assert reader.arrived[closed] - closing < 1.0
         reader.stop()
+
+
+def test_a_burst_from_a_websocket_reaches_long_polls_and_sockets_whole_and_in_order(server,
+                                                                                    channel):
+    """A client's burst is fanned out in runs (one joined piece per WebSocket subscriber); a
+    held long-poll, whose answer is JSON with one member per message, gets each message as
+    an item of its own: every answer parses and, poll after poll, holds each message once,
+    in order."""
+    with contextlib.ExitStack() as stack:
+        reader = Reader(*stack.enter_context(raw_websocket(server.port, f"/ws/{channel}")))
+        publisher, _ = stack.enter_context(raw_websocket(server.port, f"/ws/{channel}?echo=0"))
+        since = publish(server, channel, "start")
+        held = server.health()["waiters"]
+        poll = gevent.spawn(requests.get, f"{server.url}/poll/{channel}",
+                            params={"since": since, "timeout": 30}, timeout=40)
+        wait_until(lambda: server.health()["waiters"] > held, 10, message="the poll is not held")
+        burst = [b"b%03d" % n for n in range(200)]
+        publisher.sendall(b"".join(client_frame(0x1, text) for text in burst))
+        got: list[str] = []
+        answer = poll.get(timeout=40).json()
+        while True:
+            got += [item["data"] for item in answer["messages"]]
+            if len(got) >= len(burst):
+                break
+            answer = requests.get(f"{server.url}/poll/{channel}", timeout=40,
+                                  params={"since": answer["cursor"], "timeout": 10}).json()
+        assert got == [text.decode() for text in burst]
+        reader.wait_for(1 + len(burst))
+        reader.stop()
+        assert reader.payloads() == [b"start", *burst]

@@ -135,6 +135,25 @@ def test_one_compressed_frame_for_every_subscriber_plain_for_the_others(clients,
     assert plain.recv() == (1, False, CHAT)
 
 
+def test_a_compressed_burst_from_a_client_reaches_each_subscriber_whole_and_in_order(
+    clients, channel
+):
+    """A burst read at once is queued on each subscriber as one run of frames: each frame
+    still compressed on its own (no context taken over), so a browser inflating them one by
+    one, and a client that did not offer, both get every message, in order."""
+    sender = clients(f"/ws/{channel}?echo=0")
+    compressing = clients(f"/ws/{channel}")
+    plain = clients(f"/ws/{channel}", offer=None)
+    burst = [CHAT[:-2] + b'%03d"}' % n for n in range(100)]
+    payloads = []
+    for message in burst:
+        payload = sender.compressor.compress(message) + sender.compressor.flush(zlib.Z_SYNC_FLUSH)
+        payloads.append(client_frame(1, payload[:-4], rsv=4))
+    sender.sock.sendall(b"".join(payloads))
+    assert [compressing.recv() for _ in burst] == [(1, True, message) for message in burst]
+    assert [plain.recv() for _ in burst] == [(1, False, message) for message in burst]
+
+
 def test_a_smaller_server_window_is_honoured(clients, server, channel):
     client = clients(f"/ws/{channel}", offer="permessage-deflate; server_max_window_bits=9")
     assert client.extensions == ANSWER + "; server_max_window_bits=9"

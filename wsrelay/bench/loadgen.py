@@ -158,8 +158,8 @@ async def burst(spec: dict, tally: Tally, meter: Meter) -> dict:
         emit("progress", f"round {round_ + 1}/{p['rounds']}")
         goal = tally.received + per_round
         meter.start()
-        for n in range(p["messages"]):
-            clients[0].publish(chat_payload(p["size"], n) if wire else payload(p["size"]))
+        for index in range(p["messages"]):
+            clients[0].publish(chat_payload(p["size"], index) if wire else payload(p["size"]))
         await until(received(tally, goal), 60, 0.0005)
         figures = meter.read()
         cpu += figures["server_cpu_s"]

@@ -298,6 +298,7 @@ class WebSocketConnection:
         run anyway, is not told apart: at worst a turn ends early.)
         """
         session = self.session
+        hub = self.hub
         busy = 0.0  # seconds spent on this client's input since the others had a turn
         while self.state is not CLOSED:
             if not data:
@@ -312,23 +313,31 @@ class WebSocketConnection:
                     return False
             self.last_seen = time.monotonic()
             offset = 0
-            while offset < len(data) and self.state is not CLOSED:
-                piece = data[offset : offset + FEED_SIZE]
-                # one larger frame: as much of it as was read (all of it, past FEED_SIZE)
-                if len(data) - offset > FEED_SIZE:
-                    remaining = session.frame_remaining(piece)
-                    if remaining > FEED_SIZE:
-                        piece = data[offset : offset + remaining]
-                offset += len(piece)
-                started = time.perf_counter()
-                self._receive(mode, piece)
-                if session.finished:
-                    self._finish_writes_and_close()
-                    return False
-                busy += time.perf_counter() - started
-                if busy >= TURN:  # a burst: this loop reads on until the socket is empty
-                    let_others_run(more_input=True)
-                    busy = 0.0
+            hub.gather()  # what this read publishes is queued together (see MessageServer)
+            try:
+                while offset < len(data) and self.state is not CLOSED:
+                    piece = data[offset : offset + FEED_SIZE]
+                    # one larger frame: as much of it as was read (all of it, past FEED_SIZE)
+                    if len(data) - offset > FEED_SIZE:
+                        remaining = session.frame_remaining(piece)
+                        if remaining > FEED_SIZE:
+                            piece = data[offset : offset + remaining]
+                    offset += len(piece)
+                    started = time.perf_counter()
+                    self._receive(mode, piece)
+                    if session.finished:
+                        self._finish_writes_and_close()
+                        return False
+                    busy += time.perf_counter() - started
+                    if busy >= TURN:  # a burst: this loop reads on until the socket is empty
+                        hub.release()
+                        try:
+                            let_others_run(more_input=True)
+                        finally:
+                            hub.gather()
+                        busy = 0.0
+            finally:
+                hub.release()
             data = b""
         return False
 
@@ -459,6 +468,7 @@ class WebSocketConnection:
         if pongs:
             self._queue_pongs(pongs)
         if close:
+            self.hub.settle()  # what it published before goes out before the close frame
             self.outbox.push(close)  # past the buffer limit: the last frame must go out
             self.flush()
 

@@ -36,6 +36,8 @@ class RawEncoder:
     closes the connection with 4410 instead."""
 
     __slots__ = ("deflater",)
+    #: Frames of one stream: a run of messages is queued as one piece (see the hub).
+    joins = True
 
     def __init__(self, deflater: Deflater | None = None) -> None:
         self.deflater = deflater
@@ -52,6 +54,8 @@ class EnvelopeEncoder:
     with a ``reset`` envelope."""
 
     __slots__ = ("deflater",)
+    #: Frames of one stream: a run of messages is queued as one piece (see the hub).
+    joins = True
 
     def __init__(self, deflater: Deflater | None = None) -> None:
         self.deflater = deflater
