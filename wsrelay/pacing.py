@@ -30,3 +30,8 @@ def write_at(last_write: float, now: float, delay: float) -> float:
     when that is at least ``delay`` ago (or ``delay`` is 0), else ``last_write + delay``."""
     due = last_write + delay
     return due if due > now else now
+
+
+#: Seconds an SSE stream's queued events, once their write window has ended, wait for the next
+#: message to join them before they go out alone (see the module's docstring).
+SSE_LINGER = 0.015
