@@ -51,7 +51,7 @@ class Connection(Protocol):
 
     One attribute is optional: ``linger`` (seconds, 0.0 when absent), how much longer than
     its write window a connection's queued bytes may wait for the next message to join them;
-    they go out as soon as it arrives (an SSE stream's: :data:`wsrelay.pacing.SSE_LINGER`).
+    they go out as soon as it arrives (an SSE stream's: ``WSRELAY_SSE_LINGER``).
     """
 
     id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 import gevent.socket
@@ -39,23 +39,29 @@ class Peer:
 
 
 @pytest.fixture
-def stream_and_peer() -> Iterator[tuple[MessageServer, EventStream, Peer]]:
-    """A started hub (a 0.2 s write window) and one open stream on a loopback socket pair."""
+def make_stream() -> Iterator[Callable[[float], tuple[MessageServer, EventStream, Peer]]]:
+    """A started hub (a 0.2 s write window) and one open stream, lingering ``linger``
+    seconds, on a loopback socket pair."""
     hub = MessageServer(MemoryBroker(history_size=100, history_ttl=60), write_delay=0.2)
     hub.start()
-    ours, theirs = socket.socketpair()
-    stream = EventStream(hub, "c", gevent.socket.socket(fileno=ours.detach()), as_json=False,
-                         chunked=False, buffer_limit=1 << 24)
-    hub.subscribe(stream.subscription, None)
-    hub.hold(stream)
-    stream.open(3600.0, None)
-    try:
-        yield hub, stream, Peer(theirs)
-    finally:
+    made: list[tuple[EventStream, socket.socket]] = []
+
+    def make(linger: float) -> tuple[MessageServer, EventStream, Peer]:
+        ours, theirs = socket.socketpair()
+        stream = EventStream(hub, "c", gevent.socket.socket(fileno=ours.detach()),
+                             as_json=False, chunked=False, buffer_limit=1 << 24, linger=linger)
+        made.append((stream, theirs))
+        hub.subscribe(stream.subscription, None)
+        hub.hold(stream)
+        stream.open(3600.0, None)
+        return hub, stream, Peer(theirs)
+
+    yield make
+    for stream, theirs in made:
         stream.abort()
         stream.release()
         theirs.close()
-        hub.stop()
+    hub.stop()
 
 
 def events(data: bytes) -> list[bytes]:
@@ -98,13 +104,10 @@ def test_streams_of_a_kind_share_one_event_and_a_sockless_stream_yields_it():
         hub.stop()
 
 
-def test_a_held_event_goes_out_with_the_next_message_not_at_the_end_of_its_window(
-    stream_and_peer, monkeypatch
-):
+def test_a_held_event_goes_out_with_the_next_message_not_at_the_end_of_its_window(make_stream):
     """Messages arriving steadily a little faster than the window: a send when each second
     one arrives, carrying both, instead of one at the window's end with the first alone."""
-    monkeypatch.setattr(EventStream, "linger", 1.0)
-    hub, _stream, peer = stream_and_peer
+    hub, _stream, peer = make_stream(linger=1.0)
     hub.publish("c", "one")
     assert events(peer.read()) == [b"one"], "an idle stream is written at once"
     writes = hub.stats.writes
@@ -116,9 +119,8 @@ def test_a_held_event_goes_out_with_the_next_message_not_at_the_end_of_its_windo
     assert hub.stats.writes == writes + 1, "two and three went out in one send"
 
 
-def test_a_held_event_goes_out_alone_once_it_has_lingered(stream_and_peer, monkeypatch):
-    monkeypatch.setattr(EventStream, "linger", 0.3)
-    hub, _stream, peer = stream_and_peer
+def test_a_held_event_goes_out_alone_once_it_has_lingered(make_stream):
+    hub, _stream, peer = make_stream(linger=0.3)
     hub.publish("c", "one")
     assert events(peer.read()) == [b"one"]
     published = time.monotonic()
@@ -132,10 +134,10 @@ def test_a_held_event_goes_out_alone_once_it_has_lingered(stream_and_peer, monke
     assert 0.3 <= waited < 1.5, "it lingered past its window, and not for ever"
 
 
-def test_a_queue_larger_than_the_socket_takes_goes_out_whole_and_in_order(stream_and_peer):
+def test_a_queue_larger_than_the_socket_takes_goes_out_whole_and_in_order(make_stream):
     """A burst past the socket's buffer: a send takes part, the rest follows when the
     socket is writable, and the events queued meanwhile after it."""
-    hub, stream, peer = stream_and_peer
+    hub, stream, peer = make_stream(linger=0.0)
     body = "x" * 1000
     for number in range(3000):  # about 3 MB
         hub.publish("c", f"{number} {body}")
@@ -147,3 +149,13 @@ def test_a_queue_larger_than_the_socket_takes_goes_out_whole_and_in_order(stream
     assert all(event.endswith(body.encode()) for event in received)
     assert hub.stats.writes > 2, "the socket took it in several sends"
     assert stream.size == 0
+
+
+def test_without_a_linger_a_held_event_goes_out_at_the_end_of_its_window(make_stream):
+    """``WSRELAY_SSE_LINGER=0``: paced like a WebSocket."""
+    hub, _stream, peer = make_stream(linger=0.0)
+    hub.publish("c", "one")
+    assert events(peer.read()) == [b"one"]
+    hub.publish("c", "two")
+    gevent.sleep(0.4)  # the window (0.2 s) has ended
+    assert events(peer.read()) == [b"one", b"two"]

@@ -33,7 +33,6 @@ from gevent.event import Event
 from ..hub import Subscription
 from ..ids import MessageId
 from ..message import Message
-from ..pacing import SSE_LINGER
 from ..websocket.connection import CLOSED, CLOSING, OPEN, OPENING
 from ..websocket.protocol import CloseCode
 
@@ -103,20 +102,19 @@ class EventStream:
     this is what it pays for per stream per write.
     """
 
-    #: Its sends fall when messages arrive (see :data:`~wsrelay.pacing.SSE_LINGER`).
-    linger = SSE_LINGER
-
     __slots__ = (
         "_expiry", "_keepalive", "_queue", "_raw", "_rest", "_writable", "dirty", "encoder",
-        "ended", "hub", "id", "last_seen", "limit", "ready", "sent", "size", "sock", "state",
-        "subscription", "written",
+        "ended", "hub", "id", "last_seen", "limit", "linger", "ready", "sent", "size", "sock",
+        "state", "subscription", "written",
     )
 
     def __init__(
         self, hub: MessageServer, channel: str, sock: Any | None, *, as_json: bool,
-        chunked: bool, buffer_limit: int,
+        chunked: bool, buffer_limit: int, linger: float = 0.0,
     ) -> None:
-        """``sock``: the request's socket, written directly; None to yield to the server."""
+        """``sock``: the request's socket, written directly; None to yield to the server.
+        ``linger``: seconds its events, once its write window has ended, wait for the next
+        message (see :mod:`wsrelay.pacing`)."""
         self.hub = hub
         self.id = f"sse-{next(_ids)}"
         self.sock = sock
@@ -127,6 +125,7 @@ class EventStream:
         self._rest: memoryview | None = None  # the unsent end of the last send's bytes
         self.size = 0  # bytes queued, the rest included
         self.limit = buffer_limit
+        self.linger = linger
         self.state = OPENING
         self.dirty = False
         self.sent = 0
