@@ -35,7 +35,7 @@ from .broker import Broker, History, Publishing
 from .fairness import input_pending, let_others_run
 from .ids import MessageId
 from .message import Message
-from .pacing import WRITE_DELAY, linger_window, write_at
+from .pacing import WRITE_DELAY, write_at
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -322,19 +322,15 @@ class MessageServer:
         for connection in dirty:
             due = write_at(connection.written, now, delay)
             if due > now:
+                waiting.append(connection)
                 linger = getattr(connection, "linger", 0.0)
                 if linger:  # due on the next message, or once it has lingered
-                    on_arrival, due = linger_window(connection.written, delay, linger)
-                    if on_arrival > now:
-                        due_on_arrival = min(due_on_arrival, on_arrival)
-                        lingered = max(lingered, linger)
-                    else:
-                        due = now
-                if due > now:
-                    waiting.append(connection)
-                    if due < first_due:
-                        first_due = due
-                    continue
+                    due_on_arrival = min(due_on_arrival, due)
+                    due += linger
+                    lingered = max(lingered, linger)
+                if due < first_due:
+                    first_due = due
+                continue
             connection.dirty = False
             written = connection.written
             try:

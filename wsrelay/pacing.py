@@ -23,10 +23,7 @@ arrive, or the linger later at the latest, and the flusher is woken by that
 message. Its sends then fall when messages arrive, each carrying the ones
 held since the last: at 50 messages/s and a 30 ms window a send carries two
 events, where writing at the window's end sends one event, then two, for the
-same longest hold (20 ms). A message arriving in the last sixth of the window
-(:data:`ARRIVAL_SLACK`) counts as arriving at its end: arrivals jitter, and
-one landing just before the end would hold the events for one more period or
-the whole linger.
+same longest hold (20 ms).
 """
 
 from __future__ import annotations
@@ -47,13 +44,3 @@ def write_at(last_write: float, now: float, delay: float) -> float:
 #: message to join them before they go out alone (the default of ``WSRELAY_SSE_LINGER``; see
 #: the module's docstring).
 SSE_LINGER = 0.015
-
-#: The share of the write window by which a lingering socket's window ends early when a message
-#: arrives (5 ms of the default 30).
-ARRIVAL_SLACK = 1 / 6
-
-
-def linger_window(last_write: float, delay: float, linger: float) -> tuple[float, float]:
-    """For a lingering socket last written at ``last_write``, with bytes queued: (from when
-    a message's arrival writes them, when they are written anyway)."""
-    return last_write + delay * (1 - ARRIVAL_SLACK), last_write + delay + linger
