@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError
 from .origins import canonical_origin
-from .pacing import WRITE_DELAY
+from .pacing import SSE_LINGER, WRITE_DELAY
 
 __all__ = ["DEFAULTS", "OPTIONS", "ConfigError", "Option", "from_environ", "load", "redact_url",
            "validate"]
@@ -291,6 +291,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a WebSocket written to less than this ago gathers messages before the next "
            "write (one `send` for several); an idle one is written at once; 0: one write per "
            "message"),
+    Option("WSRELAY_SSE_LINGER", SSE_LINGER, _non_negative_float,
+           "seconds an SSE stream's events, once the write window has ended, wait for the next "
+           "message to go out with it; 0: at the window's end"),
     Option("WSRELAY_CLOSE_TIMEOUT", 5.0, _positive_float,
            "seconds to wait for a WebSocket peer to finish the closing handshake"),
     Option("WSRELAY_LOG_FORMAT", "plain", _text(_choice("plain", "json")),

@@ -51,7 +51,12 @@ PRESENCE_REFRESH = 10
 
 
 class Connection(Protocol):
-    """What the hub needs of a live connection (a WebSocket's)."""
+    """What the hub needs of a live connection (a WebSocket's).
+
+    One attribute is optional: ``linger`` (seconds, 0.0 when absent), how much longer than
+    its write window a connection's queued bytes may wait for the next message to join them;
+    they go out as soon as it arrives (an SSE stream's: ``WSRELAY_SSE_LINGER``).
+    """
 
     id: str
     last_seen: float
@@ -140,6 +145,9 @@ class MessageServer:
         #: meanwhile, waiting for :meth:`settle`.
         self._gathering = 0
         self._gathered: list[Message] = []
+        #: The earliest a lingering connection waiting in the list is due (see ``linger``):
+        #: from then on every delivered message wakes the flusher, which writes it at once.
+        self._due_on_arrival = math.inf
         #: Publish times of messages delivered since the last flush (for the latency metric).
         self._flush_times: list[float] = []
         self.stats = Stats()
@@ -321,7 +329,9 @@ class MessageServer:
         stats.delivered += delivered
         stats.channel_messages[channel] += count
         self._flush_times.extend([message.time for message in messages])
-        if len(dirty) > known:  # else each is written when its window ends
+        # New ones to write, or a lingering one waits for this message; else each is
+        # written when its window ends.
+        if len(dirty) > known or self._due_on_arrival <= time.monotonic():
             self._wakeup.set()
 
     def send(self, connection: Connection, frame: bytes) -> None:
@@ -376,11 +386,17 @@ class MessageServer:
         delay = self.write_delay
         dirty, self._dirty = self._dirty, []
         waiting = self._dirty
-        first_due = math.inf
+        first_due = due_on_arrival = math.inf
+        lingered = 0.0
         for connection in dirty:
             due = write_at(connection.written, now, delay)
             if due > now:
                 waiting.append(connection)
+                linger = getattr(connection, "linger", 0.0)
+                if linger:  # due on the next message, or once it has lingered
+                    due_on_arrival = min(due_on_arrival, due)
+                    due += linger
+                    lingered = max(lingered, linger)
                 if due < first_due:
                     first_due = due
                 continue
@@ -393,8 +409,9 @@ class MessageServer:
             except Exception:  # a bug in one connection must not stop the others
                 log.exception("flush failed; dropping connection %s", connection.id)
                 connection.abort()
+        self._due_on_arrival = due_on_arrival
         if self._flush_times:
-            self._record_latencies(delay if waiting else 0.0)
+            self._record_latencies(delay + lingered if waiting else 0.0)
         return first_due - now if waiting else None
 
     def _record_latencies(self, age: float) -> None:

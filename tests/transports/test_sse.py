@@ -205,6 +205,20 @@ def test_keep_alive_comments_while_idle(make_server, channel):
         assert stream.next_event() == Event("message", "after the quiet", new)
 
 
+def test_a_held_event_lingers_for_the_next_message_as_configured(make_server, channel):
+    """``WSRELAY_SSE_LINGER`` reaches the stream: an event queued within the write window
+    waits past the window's end for the next message, then goes out alone."""
+    server = make_server(env={"WSRELAY_WRITE_DELAY": "0.3", "WSRELAY_SSE_LINGER": "1"})
+    with open_stream(server, channel) as stream:
+        stream.wait_connected()
+        first = publish(server, channel, "one")
+        assert stream.next_event() == Event("message", "one", first)
+        published = time.monotonic()
+        second = publish(server, channel, "two")
+        assert stream.next_event() == Event("message", "two", second)
+        assert 0.6 < time.monotonic() - published < 4, "past the window (0.3 s), then alone"
+
+
 def test_closed_streams_are_forgotten(make_server, channel):
     server = make_server(env={"WSRELAY_SSE_KEEPALIVE": "0.2"})
     streams = [open_stream(server, channel) for _ in range(5)]

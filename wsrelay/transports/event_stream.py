@@ -34,7 +34,6 @@ from ..hub import Subscription
 from ..ids import MessageId
 from ..message import Message
 from ..websocket.connection import CLOSED, CLOSING, OPEN, OPENING
-from ..websocket.outbox import WRITE_SIZE, Outbox
 from ..websocket.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -42,6 +41,9 @@ if TYPE_CHECKING:
 
 _ids = itertools.count(1)
 _WRITE = 2  # libev's EV_WRITE
+#: Queued bytes past which a stream is written at once, window or not: a publisher that never
+#: yields must not fill fast readers' queues.
+WRITE_NOW = 256 * 1024
 
 CONNECTED = b"retry: 2000\n: connected\n\n"
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -92,25 +94,38 @@ ENCODERS = {
 
 class EventStream:
     """One SSE response: its queue, its subscription, its timers; ``ended`` is set once the
-    request may return (the queue is out, or the stream was cut)."""
+    request may return (the queue is out, or the stream was cut).
+
+    The queue is a list of events, joined into one ``send``, and the unsent rest of the last
+    one (a view, not a copy): an SSE stream has no control frames to slip in between events
+    and nothing to drop from its queue, so a WebSocket's outbox is more than it needs, and
+    this is what it pays for per stream per write.
+    """
 
     __slots__ = (
-        "_expiry", "_keepalive", "_raw", "_writable", "dirty", "encoder", "ended", "hub", "id",
-        "last_seen", "outbox", "ready", "sent", "sock", "state", "subscription", "written",
+        "_expiry", "_keepalive", "_queue", "_raw", "_rest", "_writable", "dirty", "encoder",
+        "ended", "hub", "id", "last_seen", "limit", "linger", "ready", "sent", "size", "sock",
+        "state", "subscription", "written",
     )
 
     def __init__(
         self, hub: MessageServer, channel: str, sock: Any | None, *, as_json: bool,
-        chunked: bool, buffer_limit: int,
+        chunked: bool, buffer_limit: int, linger: float = 0.0,
     ) -> None:
-        """``sock``: the request's socket, written directly; None to yield to the server."""
+        """``sock``: the request's socket, written directly; None to yield to the server.
+        ``linger``: seconds its events, once its write window has ended, wait for the next
+        message (see :mod:`wsrelay.pacing`)."""
         self.hub = hub
         self.id = f"sse-{next(_ids)}"
         self.sock = sock
         self._raw: Any = getattr(sock, "_sock", sock)  # gevent's socket wraps the OS socket
         self.encoder = ENCODERS[as_json, chunked and sock is not None]
         self.subscription = Subscription(self, channel, self.encoder, counted=False)
-        self.outbox = Outbox(buffer_limit)
+        self._queue: list[bytes] = []  # events not yet begun
+        self._rest: memoryview | None = None  # the unsent end of the last send's bytes
+        self.size = 0  # bytes queued, the rest included
+        self.limit = buffer_limit
+        self.linger = linger
         self.state = OPENING
         self.dirty = False
         self.sent = 0
@@ -141,15 +156,16 @@ class EventStream:
         state = self.state
         if state is not OPEN and state is not OPENING:
             return
-        outbox = self.outbox
-        if not outbox.push(frame):
+        self._queue.append(frame)
+        size = self.size = self.size + len(frame)
+        if size > self.limit:
             if state is OPENING:  # a replay larger than the queue: it goes out, then the
                 self.state = CLOSING  # stream ends, and the client resumes after it
                 return
             self.hub.stats.slow_consumer_closes += 1
             self.abort()
-        elif outbox.size >= WRITE_SIZE and self._writable is None:
-            self.flush()  # a publisher that never yields must not fill fast readers' queues
+        elif size >= WRITE_NOW and self._writable is None:
+            self.flush()
 
     def ping(self) -> None:
         """A keep-alive comment (the stream's timer): proxies keep an idle response open."""
@@ -164,7 +180,7 @@ class EventStream:
         if state is OPENING or state is CLOSED or self._writable is not None:
             return
         if self.sock is None:
-            if self.outbox or state is CLOSING:
+            if self.size or state is CLOSING:
                 self.ready.set()
             return
         try:
@@ -179,24 +195,32 @@ class EventStream:
             self.ended.set()
 
     def _write_some(self) -> bool:
-        """True once the queue is empty."""
-        outbox = self.outbox
-        send = self._raw.send
+        """One ``send`` of all that is queued; True once the queue is empty."""
+        queue = self._queue
+        data: bytes | memoryview
+        if self._rest is not None:  # the end of the last send first, alone
+            data, self._rest = self._rest, None
+        elif len(queue) == 1:
+            data = queue.pop()
+        elif queue:
+            data = b"".join(queue)
+            queue.clear()
+        else:
+            return True
+        try:
+            written = self._raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            written = 0
         stats = self.hub.stats
-        while outbox.size:
-            data = outbox.peek()
-            try:
-                written = send(data)
-            except (BlockingIOError, InterruptedError):
-                written = 0
-            outbox.consume(written)
-            stats.writes += 1
-            if written:
-                stats.bytes_sent += written
-                self.written = time.monotonic()
-            if written < len(data):
-                return False
-        return True
+        stats.writes += 1
+        if written:
+            stats.bytes_sent += written
+            self.written = time.monotonic()
+            self.size -= written
+        if written < len(data):
+            self._rest = memoryview(data)[written:]
+            return False
+        return not queue or self._write_some()  # after a rest, what was queued behind it
 
     def _on_writable(self) -> None:
         """In the event loop: the socket takes more."""
@@ -211,12 +235,10 @@ class EventStream:
     def take(self) -> bytes:
         """What is queued, for a server that writes the response itself."""
         self.ready.clear()
-        parts = []
-        while self.outbox:
-            data = self.outbox.peek()
-            parts.append(bytes(data))
-            self.outbox.consume(len(data))
-        return b"".join(parts)
+        data = b"".join(self._queue)
+        self._queue.clear()
+        self.size = 0
+        return data
 
     # -- ending ---------------------------------------------------------------------
 
@@ -226,7 +248,9 @@ class EventStream:
         if state is not OPEN and state is not OPENING:
             return
         if final:
-            self.outbox.push(self.encoder.frame(final))
+            frame = self.encoder.frame(final)
+            self._queue.append(frame)
+            self.size += len(frame)
         self.state = CLOSING
         if state is OPEN:
             self.flush()
@@ -260,4 +284,6 @@ class EventStream:
                 timer.close()
         self._keepalive = self._expiry = None
         self.hub.let_go(self)
-        self.outbox = Outbox(0)
+        self._queue = []
+        self._rest = None
+        self.size = 0

@@ -75,7 +75,7 @@ def sse(channel: str) -> Response:
     stream = EventStream(
         hub, access.channel, sock, as_json=as_json,
         chunked=request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
-        buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"],
+        buffer_limit=config["WSRELAY_SUBSCRIBER_BUFFER"], linger=config["WSRELAY_SSE_LINGER"],
     )
     response = Response(
         _events(hub, stream, since, config["WSRELAY_SSE_KEEPALIVE"], access.expires),
