@@ -45,6 +45,10 @@ class SocketReader:
         self.buffer = bytearray()
         self.closed = False
 
+    def attach(self, sock: Any) -> None:
+        """Read from ``sock`` from now on (the connection's descriptor in a new socket)."""
+        self._sock = sock
+
     def fill(self) -> bool:
         """Receive once (waiting for data) into the buffer; False at the end of the stream
         or on an error of the connection."""

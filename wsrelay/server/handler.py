@@ -51,6 +51,7 @@ from ..websocket.handshake import is_upgrade_request
 from ..websocket.upgrade import DeferredWebSocket
 from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
 from .keep_alive import keep_alive
+from .parked import PARK_KEY, GeventSocket, ParkedConnection, Pending
 from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
@@ -162,17 +163,27 @@ def idle_timeout(application: Any) -> float:
 class RelayHandler(WebSocketHandler):
     """A ``WebSocketHandler`` whose upgrade is decided by the application."""
 
+    socket: Any  # None once the connection left (a WebSocket, a parked connection)
+    rfile: Any
     upgraded = False
     _head_deadline = 0.0
     _server_addr: str | None = None
     #: True once a request of this connection was read: a client that pipelines requests
     #: gets one answer per turn of the event loop, like a WebSocket's fair reading.
     _answered = False
+    #: When the connection began to wait for this request in a watcher (0.0: it did not):
+    #: its head is due within the idle timeout of then (:mod:`wsrelay.server.parked`).
+    idle_from = 0.0
+    #: Its socket is no longer the server's: it left a greenlet once already.
+    _detached = False
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile or SocketReader(sock))
 
     def handle(self) -> None:
+        if self._detached:  # resumed (:meth:`resume`): set up already
+            super().handle()
+            return
         # pywsgi writes a response's head and body in two sends; with Nagle on, the body
         # waits for the client's delayed ACK of the head: 40 ms on every keep-alive answer.
         with contextlib.suppress(OSError):  # not TCP (a Unix socket under gunicorn)
@@ -211,11 +222,13 @@ class RelayHandler(WebSocketHandler):
         connections = keep_alive(application)
         if connections.ending:  # checked after the turn: the server may have begun to stop
             return None
-        timeout = idle_timeout(application)
-        self._head_deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        self._head_deadline = (self.idle_from or now) + idle_timeout(application)
+        self.idle_from = 0.0
         received: int | tuple[str, bytes] | None = head_end(reader.buffer)
         if received == -1:
-            received = self._receive_head(reader, connections, timeout)
+            received = self._receive_head(reader, connections,
+                                          max(0.0, self._head_deadline - now))
         if not isinstance(received, int):
             return received  # None (close quietly), or the 408
         end = received
@@ -271,6 +284,8 @@ class RelayHandler(WebSocketHandler):
             environ["wsgi.websocket"] = DeferredWebSocket(self)
         else:
             environ[SOCKET_KEY] = self.socket
+            if not hasattr(self.socket, "_sslobj"):  # TLS state stays in its socket object
+                environ[PARK_KEY] = True
         application = route(environ)
         if application is None:
             return False
@@ -284,25 +299,62 @@ class RelayHandler(WebSocketHandler):
             self.time_start = time.time()
         answer: list[Any] = []
         try:
-            body = b"".join(application(environ, lambda *response: answer.extend(response)))
+            result = application(environ, lambda *response: answer.extend(response))
+            if isinstance(result, Pending):
+                self._park(reader, result, head.close)
+                return None
+            body = b"".join(result)
         finally:
             environ.pop("wsgi.websocket", None)
             environ.pop(SOCKET_KEY, None)
+            environ.pop(PARK_KEY, None)
         if self.upgraded:
             return None
-        ending = keep_alive(self.server.application).ending  # pywsgi's answer says it then
-        response = response_bytes(answer[0], answer[1], body, ending)
+        response, ending = self.response(answer[0], answer[1], body)
         try:
             self.socket.sendall(response)
         except OSError:
             return None
-        if logging:
-            self.status = answer[0].encode("latin-1")
-            self._orig_status = answer[0]
-            self.response_length = len(response)
+        self.log_answer(answer[0], len(response))
+        return None if head.close or ending else True
+
+    def response(self, status: str, headers: list[tuple[str, str]], body: bytes
+                 ) -> tuple[bytes, bool]:
+        """A direct-path answer as bytes, and whether the server stops (its answer then says
+        ``Connection: close``, as pywsgi's would, and the connection ends)."""
+        ending = keep_alive(self.server.application).ending
+        return response_bytes(status, headers, body, ending), ending
+
+    def log_answer(self, status: str, length: int) -> None:
+        """The access line of a direct-path answer (none without an access log)."""
+        if not isinstance(self.server.log, _NoopLog):
+            self.status = status.encode("latin-1")
+            self._orig_status = status
+            self.response_length = length
             self.time_finish = time.time()
             self.log_request()
-        return None if head.close or ending else True
+
+    def _park(self, reader: SocketReader, pending: Pending, close: bool) -> None:
+        """The answer waits: the connection leaves this greenlet (which ends) for a
+        :class:`~wsrelay.server.parked.ParkedConnection`."""
+        sock = self.socket
+        if not self._detached:  # the server's socket object is left closed, not its descriptor
+            sock = GeventSocket(sock.family, sock.type, sock.proto, sock.detach())
+            reader.attach(sock)
+            self._detached = True
+        self.socket = None  # pywsgi's loop ends, and closes nothing
+        ParkedConnection(self, sock, reader, pending, close)
+
+    def resume(self, sock: Any, reader: SocketReader) -> None:
+        """Serve the connection again, in this greenlet: its next request is in ``reader``."""
+        self.socket = sock
+        self.rfile = reader
+        self._answered = False
+        self.handle()
+
+    def idle_limit(self) -> float:
+        """How long the connection may wait for its next request."""
+        return idle_timeout(self.server.application)
 
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within what is left of the idle timeout; else answer 408."""
