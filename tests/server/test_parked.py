@@ -141,6 +141,10 @@ def test_a_thousand_held_polls_and_their_keep_alive_connections_hold_no_greenlet
                message="the greenlets that read the second polls end once they are held")
     server.hub.publish("news", "second")
     assert all(messages(read_answer(sock)[1]) == ["second"] for sock in socks)
+    for sock in socks:  # answered at once from history, in the event loop
+        sock.sendall(server.request(f"/poll/news?since={cursor}&timeout=30"))
+    assert all(messages(read_answer(sock)[1]) == ["second"] for sock in socks)
+    assert live_greenlets() - before < 5, "none for a poll answered at once either"
     for sock in socks:
         sock.close()
 

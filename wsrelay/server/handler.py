@@ -51,7 +51,7 @@ from ..websocket.handshake import is_upgrade_request
 from ..websocket.upgrade import DeferredWebSocket
 from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
 from .keep_alive import keep_alive
-from .parked import PARK_KEY, GeventSocket, ParkedConnection, Pending
+from .parked import IN_LOOP, PARK_KEY, GeventSocket, ParkedConnection, Pending
 from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
@@ -176,6 +176,8 @@ class RelayHandler(WebSocketHandler):
     idle_from = 0.0
     #: Its socket is no longer the server's: it left a greenlet once already.
     _detached = False
+    #: Its last request was answered by the direct path, and it stays open.
+    _direct = False
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile or SocketReader(sock))
@@ -215,6 +217,10 @@ class RelayHandler(WebSocketHandler):
         reader: SocketReader = self.rfile
         if reader.closed:
             return None
+        if self._direct and not reader.buffer and not hasattr(self.socket, "_sslobj"):
+            # a direct-path answer went out: the next request is awaited in a watcher
+            self._park(reader).await_request()
+            return None
         if self._answered and (reader.buffer or reader.fill_ready()):
             let_others_run()  # a keep-alive client's next request is here (pipelined): others first
         self._answered = True
@@ -238,6 +244,7 @@ class RelayHandler(WebSocketHandler):
             answered = self._answer(reader, head, end, route)
             if answered is not False:
                 return answered
+        self._direct = False
         return WSGIHandler.handle_one_request(self)
 
     def _receive_head(self, reader: SocketReader, connections: Any, timeout: float
@@ -276,12 +283,40 @@ class RelayHandler(WebSocketHandler):
 
     def _answer(self, reader: SocketReader, head: RequestHead, end: int, route: Any) -> Any:
         """Answer ``head`` without pywsgi if the direct path takes it: True to read the next
-        request, None to close, False when it does not take it (nothing read yet)."""
+        request, None to close (or the connection was parked), False when it does not take
+        it (nothing read yet)."""
+        taken = self._take(reader, head, end, route, in_loop=False)
+        if taken is False or taken is None:
+            return taken
+        if isinstance(taken, Pending):
+            self._park(reader).hold(taken, head.close)
+            return None
+        response, ending = self.response(*taken)
+        try:
+            self.socket.sendall(response)
+        except OSError:
+            return None
+        self.log_answer(taken[0], len(response))
+        if head.close or ending:
+            return None
+        self._direct = True
+        return True
+
+    def _take(self, reader: SocketReader, head: RequestHead, end: int, route: Any, *,
+              in_loop: bool) -> Any:
+        """Run the direct path's application for ``head``: False when it does not take it
+        (nothing read yet), None when it upgraded the connection, a :class:`Pending` when
+        its answer waits, else the answer (status, headers, body). ``in_loop``: in the event
+        loop (:mod:`~wsrelay.server.parked`), where nothing may wait: an upgrade is not
+        taken, nor a request the direct path would have to wait for."""
         environ = request_environ(self.server.get_environ(), head, self.client_address)
         self._add_server_addr(environ)
-        upgrade = is_upgrade_request(environ)
-        if upgrade:
+        if is_upgrade_request(environ):
+            if in_loop:
+                return False
             environ["wsgi.websocket"] = DeferredWebSocket(self)
+        elif in_loop:
+            environ[PARK_KEY] = IN_LOOP
         else:
             environ[SOCKET_KEY] = self.socket
             if not hasattr(self.socket, "_sslobj"):  # TLS state stays in its socket object
@@ -294,15 +329,13 @@ class RelayHandler(WebSocketHandler):
         self.requestline = head.line
         self.upgraded = False
         self.close_connection = head.close
-        logging = not isinstance(self.server.log, _NoopLog)
-        if logging:
+        if not isinstance(self.server.log, _NoopLog):
             self.time_start = time.time()
         answer: list[Any] = []
         try:
             result = application(environ, lambda *response: answer.extend(response))
             if isinstance(result, Pending):
-                self._park(reader, result, head.close)
-                return None
+                return result
             body = b"".join(result)
         finally:
             environ.pop("wsgi.websocket", None)
@@ -310,13 +343,21 @@ class RelayHandler(WebSocketHandler):
             environ.pop(PARK_KEY, None)
         if self.upgraded:
             return None
-        response, ending = self.response(answer[0], answer[1], body)
-        try:
-            self.socket.sendall(response)
-        except OSError:
+        return answer[0], answer[1], body
+
+    def serve_in_loop(self, reader: SocketReader) -> tuple[Any, bool] | None:
+        """The next request in ``reader``, answered in the event loop if the direct path can
+        answer it there (:meth:`_take`): what it took (a :class:`Pending` or the answer) and
+        whether the connection closes after it; None when a greenlet must serve it."""
+        end = head_end(reader.buffer)
+        route = getattr(self.server.application, DIRECT_ROUTE, None)
+        if end <= 0 or route is None:
             return None
-        self.log_answer(answer[0], len(response))
-        return None if head.close or ending else True
+        head = parse_head(bytes(reader.buffer[:end]))
+        if head is None:
+            return None
+        taken = self._take(reader, head, end, route, in_loop=True)
+        return None if taken is False or taken is None else (taken, head.close)
 
     def response(self, status: str, headers: list[tuple[str, str]], body: bytes
                  ) -> tuple[bytes, bool]:
@@ -334,8 +375,8 @@ class RelayHandler(WebSocketHandler):
             self.time_finish = time.time()
             self.log_request()
 
-    def _park(self, reader: SocketReader, pending: Pending, close: bool) -> None:
-        """The answer waits: the connection leaves this greenlet (which ends) for a
+    def _park(self, reader: SocketReader) -> ParkedConnection:
+        """The connection leaves this greenlet (which ends) for a
         :class:`~wsrelay.server.parked.ParkedConnection`."""
         sock = self.socket
         if not self._detached:  # the server's socket object is left closed, not its descriptor
@@ -343,7 +384,8 @@ class RelayHandler(WebSocketHandler):
             reader.attach(sock)
             self._detached = True
         self.socket = None  # pywsgi's loop ends, and closes nothing
-        ParkedConnection(self, sock, reader, pending, close)
+        self._direct = False
+        return ParkedConnection(self, sock, reader)
 
     def resume(self, sock: Any, reader: SocketReader) -> None:
         """Serve the connection again, in this greenlet: its next request is in ``reader``."""

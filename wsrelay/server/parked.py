@@ -21,6 +21,7 @@ is, is answered as before.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,13 @@ if TYPE_CHECKING:
     from .handler import RelayHandler
 
 #: In a request's environ when its server can hold the connection while an answer waits:
-#: a direct-path application may then return a :class:`Pending` instead of a body.
+#: a direct-path application may then return a :class:`Pending` instead of a body. Its value
+#: is :data:`IN_LOOP` when the request is read in the event loop: the application must then
+#: not wait for anything (nor take it).
 PARK_KEY = "wsrelay.park"
+IN_LOOP = "loop"
 
+log = logging.getLogger(__name__)
 _READ = 1  # libev's EV_READ
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
@@ -74,28 +79,33 @@ def client_left(sock: Any) -> bool | None:
 
 
 class ParkedConnection:
-    """A connection between its handler's greenlets: its answer waits, or it waits for its
-    next request (see the module)."""
+    """A connection between its handler's greenlets: its answer waits (:meth:`hold`), or it
+    waits for its next request (:meth:`await_request`); see the module."""
 
     __slots__ = ("_close_after", "_pending", "_raw", "_timer", "_watcher", "handler", "reader",
                  "sock")
 
-    def __init__(self, handler: RelayHandler, sock: GeventSocket, reader: SocketReader,
-                 pending: Pending, close_after: bool) -> None:
+    def __init__(self, handler: RelayHandler, sock: GeventSocket, reader: SocketReader) -> None:
         self.handler = handler
         self.sock = sock
         self._raw = getattr(sock, "_sock", sock)  # the OS socket: sends never wait here
         self.reader = reader
-        self._pending: Pending | None = pending
-        self._close_after = close_after
-        loop = gevent.get_hub().loop
-        self._watcher = loop.io(sock.fileno(), _READ)
-        self._watcher.start(self._peek)
-        self._timer = loop.timer(pending.timeout)
-        self._timer.start(self._respond)
-        pending.ready.rawlink(self._respond)
+        self._pending: Pending | None = None
+        self._close_after = False
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
+        self._timer: Any = None
 
     # -- the answer waits --------------------------------------------------------------
+
+    def hold(self, pending: Pending, close_after: bool) -> None:
+        """Answer when ``pending`` is ready or its timeout passes; ``close_after``: the
+        request said ``Connection: close``."""
+        self._pending = pending
+        self._close_after = close_after
+        self._watcher.start(self._peek)
+        self._timer = gevent.get_hub().loop.timer(pending.timeout)
+        self._timer.start(self._respond)
+        pending.ready.rawlink(self._respond)
 
     def _peek(self) -> None:
         """Readable while the answer waits: a client that left ends it; data (a pipelined
@@ -112,15 +122,20 @@ class ParkedConnection:
             self.close()
 
     def _respond(self, _event: Any = None) -> None:
-        """In the event loop, once: send the answer in one non-blocking send, then wait for
-        the next request (or close)."""
+        """In the event loop, once: send the answer, then wait for the next request."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
         pending.ready.unlink(self._respond)
         self._timer.close()
         self._watcher.stop()
-        status, headers, body = pending.respond()
+        self._send(pending.respond(), self._close_after)
+
+    def _send(self, answer: tuple[str, list[tuple[str, str]], bytes], close_after: bool
+              ) -> None:
+        """Send ``answer`` in one non-blocking send (a greenlet sends what the socket could
+        not take), then wait for the next request, or close."""
+        status, headers, body = answer
         response, ending = self.handler.response(status, headers, body)
         try:
             sent = self._raw.send(response)
@@ -130,11 +145,11 @@ class ParkedConnection:
             self.close()
             return
         self.handler.log_answer(status, len(response))
-        keep = not (self._close_after or ending)
+        keep = not (close_after or ending)
         if sent < len(response):  # a full socket buffer: a greenlet waits to send the rest
             gevent.spawn_raw(self._send_rest, response[sent:], keep)
         elif keep:
-            self._await_request()
+            self.await_request()
         else:
             self.close()
 
@@ -144,18 +159,18 @@ class ParkedConnection:
         except OSError:
             keep = False
         if keep:
-            self._await_request()
+            self.await_request()
         else:
             self.close()
 
     # -- waiting for the next request --------------------------------------------------
 
-    def _await_request(self) -> None:
-        if self.reader.buffer:  # pipelined: it is here already
-            self._resume()
+    def await_request(self) -> None:
+        """Wait for the next request in the watcher, within the idle timeout."""
+        if self.reader.buffer:  # pipelined: it is here already, served after the others' turn
+            gevent.get_hub().loop.run_callback(self._serve_next)
             return
-        application = self.handler.server.application
-        connections = keep_alive(application)
+        connections = keep_alive(self.handler.server.application)
         if connections.ending:
             self.close()
             return
@@ -166,8 +181,7 @@ class ParkedConnection:
         self._watcher.start(self._readable)
 
     def _readable(self) -> None:
-        """The next request begins (or the client leaves): read what came, then serve it in
-        a greenlet."""
+        """The next request begins (or the client leaves): read what came, then serve it."""
         try:
             data = self._raw.recv(RECEIVE_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -179,15 +193,34 @@ class ParkedConnection:
             return
         self.reader.buffer += data
         self._stop_waiting()
-        self._resume()
+        self._serve_next()
 
-    def _resume(self) -> None:
-        self._watcher.close()
-        gevent.spawn_raw(self.handler.resume, self.sock, self.reader)
+    def _serve_next(self) -> None:
+        """Answer the next request here in the event loop when the direct path can, else
+        in a greenlet that runs the handler's usual path from the same buffer."""
+        if keep_alive(self.handler.server.application).ending:
+            self.close()
+            return
+        try:
+            taken = self.handler.serve_in_loop(self.reader)
+        except Exception:
+            log.exception("the direct path failed in the event loop")
+            self.close()
+            return
+        if taken is None:
+            self._watcher.close()
+            gevent.spawn_raw(self.handler.resume, self.sock, self.reader)
+            return
+        answer, close_after = taken
+        if isinstance(answer, Pending):
+            self.hold(answer, close_after)
+        else:
+            self._send(answer, close_after)
 
     def _stop_waiting(self) -> None:
         keep_alive(self.handler.server.application).discard(self.sock)
-        self._timer.close()
+        if self._timer is not None:
+            self._timer.close()
         self._watcher.stop()
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from ..channels import CHANNEL_PATTERN
 from ..errors import ApiError
-from ..server.parked import PARK_KEY, Pending
+from ..server.parked import IN_LOOP, PARK_KEY, Pending
 from ..websocket.upgrade import DeferredWebSocket
 from .checks import AppRelay, ClientRequest, check_host
 from .poll import HEADERS, OpenPoll, answer_poll, open_poll
@@ -132,6 +132,8 @@ class DirectPath:
             return None
         if not self.usable():
             return None
+        if environ.get(PARK_KEY) == IN_LOOP and self.state.hub.broker.shared:
+            return None  # its history is read over the network: it would wait
         client = ClientRequest(environ, self.state)
 
         def application(environ: dict[str, Any], start_response: Callable[..., Any]
