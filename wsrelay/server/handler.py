@@ -39,6 +39,7 @@ import json
 import re
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -359,7 +360,7 @@ class RelayHandler(WebSocketHandler):
         taken = self._take(reader, head, end, route, in_loop=True)
         return None if taken is False or taken is None else (taken, head.close)
 
-    def response(self, status: str, headers: list[tuple[str, str]], body: bytes
+    def response(self, status: str, headers: Sequence[tuple[str, str]], body: bytes
                  ) -> tuple[bytes, bool]:
         """A direct-path answer as bytes, and whether the server stops (its answer then says
         ``Connection: close``, as pywsgi's would, and the connection ends)."""

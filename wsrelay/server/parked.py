@@ -24,10 +24,10 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent.event import Event
 from gevent.socket import socket as GeventSocket
 
 from .front import RECEIVE_SIZE, SocketReader
@@ -49,15 +49,20 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class Pending:
-    """An answer that comes later: sent once ``ready`` is set or ``timeout`` seconds pass."""
+    """An answer that comes later: sent once it calls what :meth:`wake_with` gave it, or
+    ``timeout`` seconds pass."""
 
-    __slots__ = ("ready", "timeout")
+    __slots__ = ("timeout",)
 
-    def __init__(self, ready: Event, timeout: float) -> None:
-        self.ready = ready
+    def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    def respond(self) -> tuple[str, list[tuple[str, str]], bytes]:
+    def wake_with(self, respond: Callable[[], None]) -> None:
+        """Call ``respond`` (without blocking: in the event loop or the hub's flusher) once
+        the answer should go; a call after the answer went is ignored."""
+        raise NotImplementedError
+
+    def respond(self) -> tuple[str, Sequence[tuple[str, str]], bytes]:
         """The answer now (status, headers, body); it must not raise nor block."""
         raise NotImplementedError
 
@@ -105,7 +110,7 @@ class ParkedConnection:
         self._watcher.start(self._peek)
         self._timer = gevent.get_hub().loop.timer(pending.timeout)
         self._timer.start(self._respond)
-        pending.ready.rawlink(self._respond)
+        pending.wake_with(self._respond)
 
     def _peek(self) -> None:
         """Readable while the answer waits: a client that left ends it; data (a pipelined
@@ -117,21 +122,20 @@ class ParkedConnection:
         if left:
             pending, self._pending = self._pending, None
             if pending is not None:
-                pending.ready.unlink(self._respond)
                 pending.abandon()
             self.close()
 
-    def _respond(self, _event: Any = None) -> None:
-        """In the event loop, once: send the answer, then wait for the next request."""
+    def _respond(self) -> None:
+        """In the event loop or the hub's flusher, once: send the answer, then wait for the
+        next request."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        pending.ready.unlink(self._respond)
         self._timer.close()
         self._watcher.stop()
         self._send(pending.respond(), self._close_after)
 
-    def _send(self, answer: tuple[str, list[tuple[str, str]], bytes], close_after: bool
+    def _send(self, answer: tuple[str, Sequence[tuple[str, str]], bytes], close_after: bool
               ) -> None:
         """Send ``answer`` in one non-blocking send (a greenlet sends what the socket could
         not take), then wait for the next request, or close."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flask import Flask
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: A direct-path application: a WSGI application, which may answer later (a
 #: :class:`~wsrelay.server.parked.Pending`) where its server says it can (``PARK_KEY``).
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes] | Pending]
-Parts = tuple[str, list[tuple[str, str]], bytes]
+Parts = tuple[str, Sequence[tuple[str, str]], bytes]
 #: The roots the direct path answers, under the prefix.
 ROOTS = ("/poll", "/ws")
 
@@ -159,7 +159,8 @@ class DirectPath:
             return _refuse(exc, start_response)
         except Exception:
             return _fail(start_response)
-        start_response(*_poll_parts(body)[:2])
+        status, headers, _ = _poll_parts(body)
+        start_response(status, list(headers))
         return [body]
 
     @staticmethod
@@ -184,8 +185,11 @@ class HeldPoll(Pending):
     __slots__ = ("poll",)
 
     def __init__(self, poll: OpenPoll) -> None:
-        super().__init__(poll.waiter.ready, poll.timeout)
+        super().__init__(poll.timeout)
         self.poll = poll
+
+    def wake_with(self, respond: Callable[[], None]) -> None:
+        self.poll.waiter.wake = respond
 
     def respond(self) -> Parts:
         try:
@@ -200,7 +204,9 @@ class HeldPoll(Pending):
 
 
 def _poll_parts(body: bytes) -> Parts:
-    return "200 OK", [*HEADERS, ("Content-Length", str(len(body)))], body
+    """A poll's answer; its headers a tuple: its response is made once per body
+    (:func:`~wsrelay.server.front.response_bytes`)."""
+    return "200 OK", (*HEADERS, ("Content-Length", str(len(body)))), body
 
 
 def _refuse(exc: ApiError, start_response: Callable[..., Any]) -> list[bytes]:

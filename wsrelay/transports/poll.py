@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Response
+from gevent.event import Event
 
 from ..auth import SUBSCRIBE
 from ..broker import BrokerUnavailable, History
@@ -40,8 +41,8 @@ def _timeout(client: ClientRequest) -> float:
 
 class OpenPoll:
     """A poll admitted and subscribed (:func:`open_poll`): answered at once when ``waits`` is
-    False, else once ``waiter.ready`` is set or ``timeout`` passes. :meth:`end` lets it go
-    (once, however often it is called), :meth:`answer` makes its answer."""
+    False, else once its waiter wakes (``waiter.wake``) or ``timeout`` passes. :meth:`end`
+    lets it go (once, however often it is called), :meth:`answer` makes its answer."""
 
     __slots__ = ("_release", "client", "ended", "name", "page", "timeout", "tracked", "waiter",
                  "waits")
@@ -116,7 +117,8 @@ def answer_poll(client: ClientRequest, channel: str) -> bytes:
     poll = open_poll(client, channel)
     try:
         if poll.waits:
-            ready = poll.waiter.ready
+            ready = Event()
+            poll.waiter.wake = ready.set
             with watch_hangup(client.environ.get(SOCKET_KEY), ready):
                 ready.wait(poll.timeout)
     finally:
