@@ -51,7 +51,7 @@ from ..fairness import let_others_run
 from ..websocket.handshake import is_upgrade_request
 from ..websocket.upgrade import DeferredWebSocket
 from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
-from .keep_alive import keep_alive
+from .keep_alive import KeepAlive, keep_alive
 from .parked import IN_LOOP, PARK_KEY, GeventSocket, ParkedConnection, Pending
 from .request_head import framing_problem
 
@@ -179,6 +179,8 @@ class RelayHandler(WebSocketHandler):
     _detached = False
     #: Its last request was answered by the direct path, and it stays open.
     _direct = False
+    #: The keep-alive connections of its application (whether the server stops).
+    _ending: KeepAlive | None = None
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile or SocketReader(sock))
@@ -226,7 +228,7 @@ class RelayHandler(WebSocketHandler):
             let_others_run()  # a keep-alive client's next request is here (pipelined): others first
         self._answered = True
         application = self.server.application
-        connections = keep_alive(application)
+        connections = self._ending = keep_alive(application)
         if connections.ending:  # checked after the turn: the server may have begun to stop
             return None
         now = time.monotonic()
@@ -364,7 +366,8 @@ class RelayHandler(WebSocketHandler):
                  ) -> tuple[bytes, bool]:
         """A direct-path answer as bytes, and whether the server stops (its answer then says
         ``Connection: close``, as pywsgi's would, and the connection ends)."""
-        ending = keep_alive(self.server.application).ending
+        ending = keep_alive(self.server.application).ending if self._ending is None \
+            else self._ending.ending
         return response_bytes(status, headers, body, ending), ending
 
     def log_answer(self, status: str, length: int) -> None:

@@ -87,8 +87,8 @@ class ParkedConnection:
     """A connection between its handler's greenlets: its answer waits (:meth:`hold`), or it
     waits for its next request (:meth:`await_request`); see the module."""
 
-    __slots__ = ("_close_after", "_pending", "_raw", "_timer", "_watcher", "handler", "reader",
-                 "sock")
+    __slots__ = ("_close_after", "_connections", "_pending", "_raw", "_timer", "_watcher",
+                 "handler", "reader", "sock")
 
     def __init__(self, handler: RelayHandler, sock: GeventSocket, reader: SocketReader) -> None:
         self.handler = handler
@@ -97,6 +97,7 @@ class ParkedConnection:
         self.reader = reader
         self._pending: Pending | None = None
         self._close_after = False
+        self._connections = keep_alive(handler.server.application)
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
         self._timer: Any = None
 
@@ -174,7 +175,7 @@ class ParkedConnection:
         if self.reader.buffer:  # pipelined: it is here already, served after the others' turn
             gevent.get_hub().loop.run_callback(self._serve_next)
             return
-        connections = keep_alive(self.handler.server.application)
+        connections = self._connections
         if connections.ending:
             self.close()
             return
@@ -202,7 +203,7 @@ class ParkedConnection:
     def _serve_next(self) -> None:
         """Answer the next request here in the event loop when the direct path can, else
         in a greenlet that runs the handler's usual path from the same buffer."""
-        if keep_alive(self.handler.server.application).ending:
+        if self._connections.ending:
             self.close()
             return
         try:
@@ -222,7 +223,7 @@ class ParkedConnection:
             self._send(answer, close_after)
 
     def _stop_waiting(self) -> None:
-        keep_alive(self.handler.server.application).discard(self.sock)
+        self._connections.discard(self.sock)
         if self._timer is not None:
             self._timer.close()
         self._watcher.stop()
