@@ -3,6 +3,7 @@ real sockets, the connections between two requests counted in greenlets."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
@@ -254,3 +255,35 @@ def test_held_polls_are_in_the_access_log_without_their_tokens(relay):
     wait_until(lambda: "token=[redacted]" in server.log.getvalue(), timeout=5)
     lines = [line for line in server.log.getvalue().splitlines() if "since=" in line]
     assert len(lines) == 1 and " 200 " in lines[0] and token not in lines[0]
+
+
+def test_held_polls_leave_nothing_for_the_cyclic_collector(relay):
+    """A held poll's objects (its parked connection, watchers' callbacks, waiter) go by
+    reference counting once it is answered or its client leaves."""
+    server = relay()
+
+    def rounds(count: int) -> None:
+        socks = hold(server, "cycles", count)
+        server.hub.publish("cycles", "one")
+        for sock in socks:
+            read_answer(sock)
+        gone = hold(server, "cycles", count)
+        for sock in gone:
+            sock.close()
+        wait_until(lambda: server.waiters() == 0, timeout=5)
+        for sock in socks:
+            sock.close()
+        time.sleep(0.1)
+
+    rounds(5)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        rounds(50)
+        gc.collect()
+        left = {type(obj).__name__ for obj in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not left & {"ParkedConnection", "HeldPoll", "OpenPoll", "PollWaiter", "Subscription",
+                       "ClientRequest", "RelayHandler"}, left

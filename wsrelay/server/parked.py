@@ -134,7 +134,11 @@ class ParkedConnection:
             return
         self._timer.close()
         self._watcher.stop()
-        self._send(pending.respond(), self._close_after)
+        try:
+            self._send(pending.respond(), self._close_after)
+        except Exception:  # not left open without a watcher
+            log.exception("a held answer failed")
+            self.close()
 
     def _send(self, answer: tuple[str, Sequence[tuple[str, str]], bytes], close_after: bool
               ) -> None:
