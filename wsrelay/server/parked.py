@@ -1,21 +1,24 @@
-"""A keep-alive connection whose request waits, held by libev watchers instead of a greenlet.
+"""A keep-alive connection between requests, held by libev watchers instead of a greenlet.
 
 A long-poll that found nothing waits for a message, and between two polls its
 connection waits for the next request. A greenlet with its stack for each of
 those waits, and a switch into it and out again for every answer and every
-request, cost more than the poll's own work. So once the front has a request
-whose answer must wait (a direct-path application returned a :class:`Pending`),
-the connection leaves its greenlet, the way an upgraded WebSocket does: its
-descriptor is detached from the server's socket, and :class:`ParkedConnection`
-holds it with an io watcher (a client that hangs up is noticed at once: its
-pending answer is abandoned, nothing is sent) and a timer (the answer's
-timeout). The answer is sent from the event loop when its ``ready`` event is
-set (the hub's flusher sets it, once per batch of deliveries), with one
-non-blocking send. Then the connection waits for its next request in the
-watcher, within ``WSRELAY_HTTP_IDLE_TIMEOUT`` (closed quietly after it, or at
-once when the server stops); when one arrives a greenlet is started that runs
-the handler's usual path from the same buffer, so every request, whatever it
-is, is answered as before.
+request, cost more than the poll's own work. So the connection leaves its
+greenlet, the way an upgraded WebSocket does, once the front has a request whose
+answer must wait (a direct-path application returned a :class:`Pending`) or has
+sent a direct-path answer: its descriptor is detached from the server's socket,
+and a :class:`ParkedConnection` holds it with an io watcher and a timer.
+
+While an answer waits, the timer is its timeout and the watcher peeks: a client
+that hangs up is noticed at once (the answer is abandoned, nothing is sent). The
+answer goes out in one non-blocking send when the pending answer calls back (a
+held poll: from the hub's flusher, once per batch of deliveries). Then the
+connection waits for its next request, within ``WSRELAY_HTTP_IDLE_TIMEOUT``
+(closed quietly after it, or at once when the server stops). A request that the
+direct path can answer without waiting is read and answered in the watcher's
+callback, by the handler's own code; anything else starts a greenlet that runs
+the handler's usual path from the same buffer, so every request is answered as
+before.
 """
 
 from __future__ import annotations
