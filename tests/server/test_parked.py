@@ -287,3 +287,25 @@ def test_held_polls_leave_nothing_for_the_cyclic_collector(relay):
         gc.garbage.clear()
     assert not left & {"ParkedConnection", "HeldPoll", "OpenPoll", "PollWaiter", "Subscription",
                        "ClientRequest", "RelayHandler"}, left
+
+
+def test_on_redis_held_polls_are_answered_timed_out_and_let_go_as_on_memory(relay, redis_server):
+    """On Redis a poll's request is read in a greenlet (its history read waits for Redis), but
+    it is still held without one; its timeout and its client's leaving let it go, the channel
+    is unwatched, and the next poll on the same connection is answered by a publish."""
+    server = relay(WSRELAY_BROKER_URL=redis_server.url)
+    (warm,) = hold(server, "news", 1, timeout=0.1)  # the broker's listener and pool start
+    read_answer(warm)
+    before = live_greenlets()
+    (sock,) = hold(server, "news", 1, timeout=0.3)
+    assert live_greenlets() - before < 3
+    assert messages(read_answer(sock)[1]) == []
+    (gone,) = hold(server, "news", 1)
+    gone.close()
+    wait_until(lambda: server.waiters() == 0 and server.hub.counts()["channels"] == 0,
+               timeout=5, message="the polls were not let go")
+    cursor = server.cursor("news")
+    sock.sendall(server.request(f"/poll/news?since={cursor}&timeout=30"))
+    wait_until(lambda: server.waiters() == 1, timeout=5)
+    server.hub.publish("news", "on redis")
+    assert messages(read_answer(sock)[1]) == ["on redis"]

@@ -113,7 +113,9 @@ class ParkedConnection:
         self._close_after = close_after
         self._watcher.start(self._peek)
         self._timer = gevent.get_hub().loop.timer(pending.timeout)
-        self._timer.start(self._respond)
+        # in a greenlet: letting a poll go may talk to the broker (the last subscriber of a
+        # channel unsubscribes on Redis), which the event loop itself cannot wait for
+        self._timer.start(gevent.spawn_raw, self._respond)
         pending.wake_with(self._respond)
 
     def _peek(self) -> None:
@@ -125,9 +127,10 @@ class ParkedConnection:
         self._watcher.stop()
         if left:
             pending, self._pending = self._pending, None
-            if pending is not None:
-                pending.abandon()
+            self._timer.close()
             self.close()
+            if pending is not None:
+                gevent.spawn_raw(pending.abandon)  # as the timer's answer: in a greenlet
 
     def _respond(self) -> None:
         """In the event loop or the hub's flusher, once: send the answer, then wait for the
