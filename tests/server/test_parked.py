@@ -16,6 +16,7 @@ from gevent.pywsgi import WSGIServer
 from tests.support import live_greenlets, wait_until
 from wsrelay import create_app
 from wsrelay.server.handler import RelayHandler
+from wsrelay.server.parked import ParkedConnection
 
 
 class Relay:
@@ -76,19 +77,23 @@ def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
 
 def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
     """``count`` whole answers (head, body) from ``sock``, and nothing after them."""
-    data = b""
+    data = bytearray()
     answers = []
     while len(answers) < count:
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
-            assert chunk, f"closed after {data!r}"
+            assert chunk, f"closed after {bytes(data)!r}"
             data += chunk
-        head, data = data.split(b"\r\n\r\n", 1)
+        end = data.index(b"\r\n\r\n")
+        head = bytes(data[:end])
+        del data[:end + 4]
         length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
         while len(data) < length:
-            data += sock.recv(65536)
-        answers.append((head, data[:length]))
-        data = data[length:]
+            chunk = sock.recv(1 << 20)
+            assert chunk, "closed in the body"
+            data += chunk
+        answers.append((head, bytes(data[:length])))
+        del data[:length]
     assert data == b"", "no more than the answers asked for"
     return answers
 
@@ -309,3 +314,27 @@ def test_on_redis_held_polls_are_answered_timed_out_and_let_go_as_on_memory(rela
     wait_until(lambda: server.waiters() == 1, timeout=5)
     server.hub.publish("news", "on redis")
     assert messages(read_answer(sock)[1]) == ["on redis"]
+
+
+def test_an_answer_larger_than_the_socket_takes_goes_out_whole_and_the_connection_goes_on(relay):
+    """3 MB of history for a client that reads late: the event loop sends what the socket
+    takes, a greenlet the rest; the bystanders' polls are answered meanwhile."""
+    server = relay()
+    cursor = server.cursor("big")
+    for n in range(3):
+        server.hub.publish("big", str(n) * 1_000_000)
+    sock = server.connect()
+    sock.sendall(server.request("/poll/big?timeout=0"))  # its connection waits in a watcher
+    read_answer(sock)
+    (parked,) = [obj for obj in gc.get_objects() if isinstance(obj, ParkedConnection)]
+    parked.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel takes less
+    bystanders = hold(server, "news", 20)
+    sock.sendall(server.request(f"/poll/big?since={cursor}&timeout=30"))  # read in the loop
+    time.sleep(0.5)  # not read: the kernel's buffers take a few hundred KB of the 3 MB
+    server.hub.publish("news", "meanwhile")
+    assert all(messages(read_answer(other)[1]) == ["meanwhile"] for other in bystanders)
+    head, body = read_answer(sock)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert [len(data) for data in messages(body)] == [1_000_000] * 3
+    sock.sendall(server.request("/healthz"))
+    assert json.loads(read_answer(sock)[1])["status"] == "ok"
