@@ -28,6 +28,10 @@ A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
 hold a request to notice its client leave. And once its application stops
 (:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
 
+A connection whose direct-path answer must wait (a held long-poll), or went out, leaves
+its greenlet: watchers hold it until the answer goes and its next request comes
+(:mod:`wsrelay.server.parked`).
+
 Its access lines never hold a token: ``?token=...`` is written ``token=[redacted]``.
 """
 
