@@ -455,18 +455,23 @@ class MessageServer:
         held, subscription.held = subscription.held or [], None
         connection = subscription.connection
         encoder = subscription.encoder
+        pushed = False
         if page.reset:
             notice = encoder.reset(channel, page.cursor)
             if notice is None:
                 self.unsubscribe(subscription)
                 return page
             connection.push(notice)
+            pushed = True
         for message in page.messages:
             connection.push(encoder.message(message))
+            pushed = True
         for message in held:
             if message.id > page.cursor and (subscription.echo or connection.id != message.sender):
                 connection.push(encoder.message(message))
-        self.mark_dirty(connection)
+                pushed = True
+        if pushed:  # a caught-up long-poll costs the flusher nothing
+            self.mark_dirty(connection)
         return page
 
     def unsubscribe(self, subscription: Subscription) -> None:

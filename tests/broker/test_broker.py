@@ -241,6 +241,45 @@ def test_history_after_a_cursor_returns_exactly_the_newer_messages(broker, chann
     assert last.messages == [] and last.reset is False and last.cursor == published[-1].id
 
 
+class _CountingHistory(list):
+    """Retained messages that count how many of them a read looks at."""
+
+    touched = 0
+
+    def __getitem__(self, index):
+        self.touched += 1
+        return super().__getitem__(index)
+
+    def __iter__(self):
+        for message in super().__iter__():
+            self.touched += 1
+            yield message
+
+    def __reversed__(self):
+        for message in super().__reversed__():
+            self.touched += 1
+            yield message
+
+
+def test_a_cursor_behind_the_head_is_looked_up_not_scanned():
+    """10,000 retained messages, a cursor 3 behind: the read looks at a few dozen of them
+    (a bisection and the 3 it returns), not at every one; and it returns what a scan would
+    for every cursor."""
+    from wsrelay.broker.base import read_after
+
+    epoch = 1_700_000_000_000
+    messages = [Message("c", MessageId(epoch, seq), b"", False, None, 0.0)
+                for seq in range(1, 10_001)]
+    retained = _CountingHistory(messages)
+    page = read_after(retained, epoch, 10_000, MessageId(epoch, 9_997), ttl_ms=1000)
+    assert [m.id.seq for m in page.messages] == [9_998, 9_999, 10_000]
+    assert retained.touched < 40
+    short = messages[5:40]  # retained from seq 6
+    for seq in range(5, 41):
+        page = read_after(short, epoch, 40, MessageId(epoch, seq), ttl_ms=1000)
+        assert page.messages == [m for m in short if m.id.seq > seq] and not page.reset
+
+
 def test_binary_and_text_round_trip_byte_exact(make_broker, channel):
     publisher, receiver = make_broker(), make_broker()
     if make_broker.kind == "memory":

@@ -254,6 +254,7 @@ def raw(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1"
 
 
 POLL = "/poll/{channel}?timeout=0"
+HELD = "/poll/{channel}?timeout=0.2"
 FRONT = {
     # name: (the bytes sent, answers expected)
     "two polls pipelined": (raw(POLL) + raw("/poll/{channel}-full?timeout=0"), 2),
@@ -286,6 +287,12 @@ FRONT = {
     "a cookie and a content type": (raw(POLL, "Cookie: a=1", "Cookie: b=2",
                                         "Content-Type: text/plain"), 1),
     "an upgrade after a poll": (raw(POLL) + raw("/ws/{channel}", *UPGRADE, OWN), 2),
+    # polls that wait (their connection held without a greenlet: server/parked.py)
+    "two held polls pipelined": (raw(HELD) * 2, 2),
+    "a page after a held poll": (raw(HELD) + raw("/no-such-page"), 2),
+    "a held poll that says close": (raw(HELD, "Connection: close") + raw(POLL), 1),
+    "an upgrade after a held poll": (raw(HELD) + raw("/ws/{channel}", *UPGRADE, OWN), 2),
+    "a body after a held poll": (raw(HELD) + raw(POLL, "Content-Length: 5", body="hello"), 2),
 }
 
 

@@ -9,8 +9,10 @@ the ``deliver`` callback given to :meth:`Broker.start`, in id order.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import ClassVar
 
 from gevent.event import Event
@@ -86,7 +88,7 @@ class History:
 
 
 def read_after(
-    retained: list[Message], epoch: int, last_seq: int, since: MessageId | None, *,
+    retained: Sequence[Message], epoch: int, last_seq: int, since: MessageId | None, *,
     ttl_ms: int, origin: int = 0,
 ) -> History:
     """Select the retained messages after ``since``: the rule every broker shares.
@@ -105,6 +107,10 @@ def read_after(
     messages must start at seq 1. ``origin`` is when the broker's data began
     (a restart or a flush may have lost an epoch without waiting for its TTL):
     a cursor from before it is not trusted.
+
+    ``retained`` is in id order (a list, or the memory broker's deque, not copied): the
+    messages after a cursor are found by bisection and taken from the end, so a cursor
+    behind the head costs the messages it gets, not every retained one.
     """
     cursor = MessageId(epoch, last_seq)
     if since is None:
@@ -118,7 +124,13 @@ def read_after(
         missed = True
     if missed:
         return History(list(retained), cursor, reset=True)
-    return History([m for m in retained if m.id.seq > since.seq], cursor)
+    start = bisect_right(retained, since.seq, key=_seq)
+    newer = len(retained) - start
+    return History(list(islice(reversed(retained), newer))[::-1] if newer else [], cursor)
+
+
+def _seq(message: Message) -> int:
+    return message.id.seq
 
 
 class Broker(ABC):

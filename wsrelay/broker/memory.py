@@ -135,7 +135,7 @@ class MemoryBroker(Broker):
             # nothing after it (a connect without a cursor, a poll that is caught up): the
             # retained messages, up to WSRELAY_HISTORY_SIZE of them, are not copied
             return History([], MessageId(state.epoch, state.seq))
-        return read_after(list(state.retained), state.epoch, state.seq, since,
+        return read_after(state.retained, state.epoch, state.seq, since,
                           ttl_ms=self._ttl_ms, origin=self._origin)
 
     def watch(self, channel: str) -> None:

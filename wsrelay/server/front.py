@@ -19,6 +19,7 @@ is its ``rfile``, so every answer, error and limit stays pywsgi's and wsrelay's.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -44,6 +45,10 @@ class SocketReader:
         self._sock = sock
         self.buffer = bytearray()
         self.closed = False
+
+    def attach(self, sock: Any) -> None:
+        """Read from ``sock`` from now on (the connection's descriptor in a new socket)."""
+        self._sock = sock
 
     def fill(self) -> bool:
         """Receive once (waiting for data) into the buffer; False at the end of the stream
@@ -225,11 +230,31 @@ def http_date() -> bytes:
     return _date[1]
 
 
-def response_bytes(status: str, headers: list[tuple[str, str]], body: bytes,
+#: Responses made lately, by what they were made of (headers given as a tuple).
+_responses: dict[tuple[str, tuple[tuple[str, str], ...], bytes, bool, bytes], bytes] = {}
+RESPONSES_KEPT = 64
+
+
+def response_bytes(status: str, headers: Sequence[tuple[str, str]], body: bytes,
                    close: bool) -> bytes:
     """A whole response as pywsgi (with wsrelay's handler) writes it: the application's
     headers, ``Connection: close`` when ``close`` (the server stops: the client's own
-    ``close`` is not answered with one), the date, then the body."""
+    ``close`` is not answered with one), the date, then the body. Headers given as a tuple
+    (a long-poll's) are taken to be the same every time: the response is made once per
+    body and date (the polls one message wakes share their answer's body)."""
+    if type(headers) is not tuple:
+        return _response_bytes(status, headers, body, close)
+    key = (status, headers, body, close, http_date())
+    response = _responses.get(key)
+    if response is None:
+        if len(_responses) >= RESPONSES_KEPT:
+            _responses.clear()
+        response = _responses[key] = _response_bytes(status, headers, body, close)
+    return response
+
+
+def _response_bytes(status: str, headers: Sequence[tuple[str, str]], body: bytes,
+                    close: bool) -> bytes:
     out = bytearray(b"HTTP/1.1 %s\r\n" % status.encode("latin-1"))
     length = False
     for name, value in headers:

@@ -28,6 +28,10 @@ A plain request gets its socket in ``environ[SOCKET_KEY]``, for the views that
 hold a request to notice its client leave. And once its application stops
 (:mod:`wsrelay.server.keep_alive`) a connection waits for no further request.
 
+A connection whose direct-path answer must wait (a held long-poll), or went out, leaves
+its greenlet: watchers hold it until the answer goes and its next request comes
+(:mod:`wsrelay.server.parked`).
+
 Its access lines never hold a token: ``?token=...`` is written ``token=[redacted]``.
 """
 
@@ -39,6 +43,7 @@ import json
 import re
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -50,7 +55,8 @@ from ..fairness import let_others_run
 from ..websocket.handshake import is_upgrade_request
 from ..websocket.upgrade import DeferredWebSocket
 from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
-from .keep_alive import keep_alive
+from .keep_alive import KeepAlive, keep_alive
+from .parked import IN_LOOP, PARK_KEY, GeventSocket, ParkedConnection, Pending
 from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
@@ -162,17 +168,31 @@ def idle_timeout(application: Any) -> float:
 class RelayHandler(WebSocketHandler):
     """A ``WebSocketHandler`` whose upgrade is decided by the application."""
 
+    socket: Any  # None once the connection left (a WebSocket, a parked connection)
+    rfile: Any
     upgraded = False
     _head_deadline = 0.0
     _server_addr: str | None = None
     #: True once a request of this connection was read: a client that pipelines requests
     #: gets one answer per turn of the event loop, like a WebSocket's fair reading.
     _answered = False
+    #: When the connection began to wait for this request in a watcher (0.0: it did not):
+    #: its head is due within the idle timeout of then (:mod:`wsrelay.server.parked`).
+    idle_from = 0.0
+    #: Its socket is no longer the server's: it left a greenlet once already.
+    _detached = False
+    #: Its last request was answered by the direct path, and it stays open.
+    _direct = False
+    #: The keep-alive connections of its application (whether the server stops).
+    _ending: KeepAlive | None = None
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile or SocketReader(sock))
 
     def handle(self) -> None:
+        if self._detached:  # resumed (:meth:`resume`): set up already
+            super().handle()
+            return
         # pywsgi writes a response's head and body in two sends; with Nagle on, the body
         # waits for the client's delayed ACK of the head: 40 ms on every keep-alive answer.
         with contextlib.suppress(OSError):  # not TCP (a Unix socket under gunicorn)
@@ -204,18 +224,24 @@ class RelayHandler(WebSocketHandler):
         reader: SocketReader = self.rfile
         if reader.closed:
             return None
+        if self._direct and not reader.buffer and not hasattr(self.socket, "_sslobj"):
+            # a direct-path answer went out: the next request is awaited in a watcher
+            self._park(reader).await_request()
+            return None
         if self._answered and (reader.buffer or reader.fill_ready()):
             let_others_run()  # a keep-alive client's next request is here (pipelined): others first
         self._answered = True
         application = self.server.application
-        connections = keep_alive(application)
+        connections = self._ending = keep_alive(application)
         if connections.ending:  # checked after the turn: the server may have begun to stop
             return None
-        timeout = idle_timeout(application)
-        self._head_deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        self._head_deadline = (self.idle_from or now) + idle_timeout(application)
+        self.idle_from = 0.0
         received: int | tuple[str, bytes] | None = head_end(reader.buffer)
         if received == -1:
-            received = self._receive_head(reader, connections, timeout)
+            received = self._receive_head(reader, connections,
+                                          max(0.0, self._head_deadline - now))
         if not isinstance(received, int):
             return received  # None (close quietly), or the 408
         end = received
@@ -225,6 +251,7 @@ class RelayHandler(WebSocketHandler):
             answered = self._answer(reader, head, end, route)
             if answered is not False:
                 return answered
+        self._direct = False
         return WSGIHandler.handle_one_request(self)
 
     def _receive_head(self, reader: SocketReader, connections: Any, timeout: float
@@ -263,14 +290,44 @@ class RelayHandler(WebSocketHandler):
 
     def _answer(self, reader: SocketReader, head: RequestHead, end: int, route: Any) -> Any:
         """Answer ``head`` without pywsgi if the direct path takes it: True to read the next
-        request, None to close, False when it does not take it (nothing read yet)."""
+        request, None to close (or the connection was parked), False when it does not take
+        it (nothing read yet)."""
+        taken = self._take(reader, head, end, route, in_loop=False)
+        if taken is False or taken is None:
+            return taken
+        if isinstance(taken, Pending):
+            self._park(reader).hold(taken, head.close)
+            return None
+        response, ending = self.response(*taken)
+        try:
+            self.socket.sendall(response)
+        except OSError:
+            return None
+        self.log_answer(taken[0], len(response))
+        if head.close or ending:
+            return None
+        self._direct = True
+        return True
+
+    def _take(self, reader: SocketReader, head: RequestHead, end: int, route: Any, *,
+              in_loop: bool) -> Any:
+        """Run the direct path's application for ``head``: False when it does not take it
+        (nothing read yet), None when it upgraded the connection, a :class:`Pending` when
+        its answer waits, else the answer (status, headers, body). ``in_loop``: in the event
+        loop (:mod:`~wsrelay.server.parked`), where nothing may wait: an upgrade is not
+        taken, nor a request the direct path would have to wait for."""
         environ = request_environ(self.server.get_environ(), head, self.client_address)
         self._add_server_addr(environ)
-        upgrade = is_upgrade_request(environ)
-        if upgrade:
+        if is_upgrade_request(environ):
+            if in_loop:
+                return False
             environ["wsgi.websocket"] = DeferredWebSocket(self)
+        elif in_loop:
+            environ[PARK_KEY] = IN_LOOP
         else:
             environ[SOCKET_KEY] = self.socket
+            if not hasattr(self.socket, "_sslobj"):  # TLS state stays in its socket object
+                environ[PARK_KEY] = True
         application = route(environ)
         if application is None:
             return False
@@ -279,30 +336,75 @@ class RelayHandler(WebSocketHandler):
         self.requestline = head.line
         self.upgraded = False
         self.close_connection = head.close
-        logging = not isinstance(self.server.log, _NoopLog)
-        if logging:
+        if not isinstance(self.server.log, _NoopLog):
             self.time_start = time.time()
         answer: list[Any] = []
         try:
-            body = b"".join(application(environ, lambda *response: answer.extend(response)))
+            result = application(environ, lambda *response: answer.extend(response))
+            if isinstance(result, Pending):
+                return result
+            body = b"".join(result)
         finally:
             environ.pop("wsgi.websocket", None)
             environ.pop(SOCKET_KEY, None)
+            environ.pop(PARK_KEY, None)
         if self.upgraded:
             return None
-        ending = keep_alive(self.server.application).ending  # pywsgi's answer says it then
-        response = response_bytes(answer[0], answer[1], body, ending)
-        try:
-            self.socket.sendall(response)
-        except OSError:
+        return answer[0], answer[1], body
+
+    def serve_in_loop(self, reader: SocketReader) -> tuple[Any, bool] | None:
+        """The next request in ``reader``, answered in the event loop if the direct path can
+        answer it there (:meth:`_take`): what it took (a :class:`Pending` or the answer) and
+        whether the connection closes after it; None when a greenlet must serve it."""
+        end = head_end(reader.buffer)
+        route = getattr(self.server.application, DIRECT_ROUTE, None)
+        if end <= 0 or route is None:
             return None
-        if logging:
-            self.status = answer[0].encode("latin-1")
-            self._orig_status = answer[0]
-            self.response_length = len(response)
+        head = parse_head(bytes(reader.buffer[:end]))
+        if head is None:
+            return None
+        taken = self._take(reader, head, end, route, in_loop=True)
+        return None if taken is False or taken is None else (taken, head.close)
+
+    def response(self, status: str, headers: Sequence[tuple[str, str]], body: bytes
+                 ) -> tuple[bytes, bool]:
+        """A direct-path answer as bytes, and whether the server stops (its answer then says
+        ``Connection: close``, as pywsgi's would, and the connection ends)."""
+        ending = keep_alive(self.server.application).ending if self._ending is None \
+            else self._ending.ending
+        return response_bytes(status, headers, body, ending), ending
+
+    def log_answer(self, status: str, length: int) -> None:
+        """The access line of a direct-path answer (none without an access log)."""
+        if not isinstance(self.server.log, _NoopLog):
+            self.status = status.encode("latin-1")
+            self._orig_status = status
+            self.response_length = length
             self.time_finish = time.time()
             self.log_request()
-        return None if head.close or ending else True
+
+    def _park(self, reader: SocketReader) -> ParkedConnection:
+        """The connection leaves this greenlet (which ends) for a
+        :class:`~wsrelay.server.parked.ParkedConnection`."""
+        sock = self.socket
+        if not self._detached:  # the server's socket object is left closed, not its descriptor
+            sock = GeventSocket(sock.family, sock.type, sock.proto, sock.detach())
+            reader.attach(sock)
+            self._detached = True
+        self.socket = None  # pywsgi's loop ends, and closes nothing
+        self._direct = False
+        return ParkedConnection(self, sock, reader)
+
+    def resume(self, sock: Any, reader: SocketReader) -> None:
+        """Serve the connection again, in this greenlet: its next request is in ``reader``."""
+        self.socket = sock
+        self.rfile = reader
+        self._answered = False
+        self.handle()
+
+    def idle_limit(self) -> float:
+        """How long the connection may wait for its next request."""
+        return idle_timeout(self.server.application)
 
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within what is left of the idle timeout; else answer 408."""

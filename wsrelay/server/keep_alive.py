@@ -34,6 +34,13 @@ class KeepAlive:
         finally:
             self._waiting.discard(sock)
 
+    def add(self, sock: Any) -> None:
+        """``sock`` waits in a watcher (:mod:`wsrelay.server.parked`) until :meth:`discard`."""
+        self._waiting.add(sock)
+
+    def discard(self, sock: Any) -> None:
+        self._waiting.discard(sock)
+
     def end(self) -> None:
         self.ending = True
         for sock in list(self._waiting):

@@ -129,12 +129,28 @@ def check_serving(client: ClientRequest) -> None:
                        headers={"Retry-After": "1"})
 
 
+#: Hosts allowed lately, by the request's ``Host``, scheme and arrival address and the rule:
+#: a keep-alive client polling shows the same ones each time (bounded: clients choose them).
+_hosts_allowed: dict[tuple[str, str, str, tuple[str, ...]], bool] = {}
+HOSTS_KEPT = 1024
+
+
 def check_host(client: ClientRequest) -> None:
     """400 ``invalid_host`` for a request naming a host the relay does not answer to (a
     rebound DNS name: see :mod:`wsrelay.hosts`); every wsrelay route asks this first."""
-    name = host_name(client.host)
+    environ = client.environ
     allowed = client.config["WSRELAY_ALLOWED_HOSTS"]
-    if host_allowed(name, allowed, local_address(client.environ)):
+    local = local_address(environ)
+    given = environ.get("HTTP_HOST")
+    key = None
+    if given is not None and type(allowed) is tuple:
+        key = (given, environ.get("wsgi.url_scheme", ""), local, allowed)
+        if key in _hosts_allowed:
+            return
+    name = host_name(client.host)
+    if host_allowed(name, allowed, local):
+        if key is not None and len(_hosts_allowed) < HOSTS_KEPT:
+            _hosts_allowed[key] = True
         return
     if allowed:
         why = "it is not in WSRELAY_ALLOWED_HOSTS"

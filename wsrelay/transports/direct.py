@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flask import Flask
@@ -31,14 +31,18 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from ..channels import CHANNEL_PATTERN
 from ..errors import ApiError
+from ..server.parked import IN_LOOP, PARK_KEY, Pending
 from ..websocket.upgrade import DeferredWebSocket
 from .checks import AppRelay, ClientRequest, check_host
-from .poll import HEADERS, answer_poll
+from .poll import HEADERS, OpenPoll, answer_poll, open_poll
 from .websocket import accept_websocket
 
 log = logging.getLogger(__name__)
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+#: A direct-path application: a WSGI application, which may answer later (a
+#: :class:`~wsrelay.server.parked.Pending`) where its server says it can (``PARK_KEY``).
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes] | Pending]
+Parts = tuple[str, Sequence[tuple[str, str]], bytes]
 #: The roots the direct path answers, under the prefix.
 ROOTS = ("/poll", "/ws")
 
@@ -128,31 +132,40 @@ class DirectPath:
             return None
         if not self.usable():
             return None
+        if environ.get(PARK_KEY) == IN_LOOP and self.state.hub.broker.shared:
+            return None  # its history is read over the network: it would wait
         client = ClientRequest(environ, self.state)
 
         def application(environ: dict[str, Any], start_response: Callable[..., Any]
-                        ) -> Iterable[bytes]:
+                        ) -> Iterable[bytes] | Pending:
             return answer(client, channel, start_response)
 
         return application
 
     @staticmethod
     def _poll(client: ClientRequest, channel: str | None,
-              start_response: Callable[..., Any]) -> Iterable[bytes]:
+              start_response: Callable[..., Any]) -> Iterable[bytes] | Pending:
         assert channel is not None
         try:
             check_host(client)
-            body = answer_poll(client, channel)
+            if client.environ.get(PARK_KEY):  # it may wait without this greenlet
+                poll = open_poll(client, channel)
+                if poll.waits:
+                    return HeldPoll(poll)
+                body = poll.answer()
+            else:
+                body = answer_poll(client, channel)
         except ApiError as exc:
             return _refuse(exc, start_response)
         except Exception:
             return _fail(start_response)
-        start_response("200 OK", [*HEADERS, ("Content-Length", str(len(body)))])
+        status, headers, _ = _poll_parts(body)
+        start_response(status, list(headers))
         return [body]
 
     @staticmethod
     def _websocket(client: ClientRequest, channel: str | None,
-                   start_response: Callable[..., Any]) -> Iterable[bytes]:
+                   start_response: Callable[..., Any]) -> Iterable[bytes] | Pending:
         try:
             check_host(client)
             accept_websocket(client, channel)
@@ -164,6 +177,38 @@ class DirectPath:
         return []
 
 
+class HeldPoll(Pending):
+    """A poll that waits for a message while its connection is held without a greenlet
+    (:mod:`wsrelay.server.parked`): its answer is made when it is ready, as
+    :meth:`DirectPath._poll` makes it."""
+
+    __slots__ = ("poll",)
+
+    def __init__(self, poll: OpenPoll) -> None:
+        super().__init__(poll.timeout)
+        self.poll = poll
+
+    def wake_with(self, respond: Callable[[], None]) -> None:
+        self.poll.waiter.wake = respond
+
+    def respond(self) -> Parts:
+        try:
+            return _poll_parts(self.poll.answer())
+        except ApiError as exc:
+            return error_parts(exc)
+        except Exception:
+            return _failure()
+
+    def abandon(self) -> None:
+        self.poll.end()
+
+
+def _poll_parts(body: bytes) -> Parts:
+    """A poll's answer; its headers a tuple: its response is made once per body
+    (:func:`~wsrelay.server.front.response_bytes`)."""
+    return "200 OK", (*HEADERS, ("Content-Length", str(len(body)))), body
+
+
 def _refuse(exc: ApiError, start_response: Callable[..., Any]) -> list[bytes]:
     status, headers, body = error_parts(exc)
     start_response(status, headers)
@@ -171,8 +216,13 @@ def _refuse(exc: ApiError, start_response: Callable[..., Any]) -> list[bytes]:
 
 
 def _fail(start_response: Callable[..., Any]) -> list[bytes]:
+    status, headers, body = _failure()
+    start_response(status, headers)
+    return [body]
+
+
+def _failure() -> Parts:
     """An unexpected error, logged and answered as Flask's error handler would."""
     log.exception("the direct path failed")
     error = InternalServerError()
-    return _refuse(ApiError(500, "internal_server_error", error.description or ""),
-                   start_response)
+    return error_parts(ApiError(500, "internal_server_error", error.description or ""))

@@ -13,15 +13,15 @@ ends the watch), and a departure wakes the held request at once.
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
 from gevent.event import Event
 
+from ..server.parked import client_left
+
 _READ = 1  # libev's EV_READ
-_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class Hangup:
@@ -40,14 +40,11 @@ class Hangup:
 
     def _readable(self) -> None:
         """In the event loop: peek, never block."""
-        try:
-            data = self._sock.recv(1, _PEEK)
-        except (BlockingIOError, InterruptedError):
+        left = client_left(self._sock)
+        if left is None:
             return  # nothing after all
-        except OSError:  # reset, or any other end of the connection
-            data = b""
         self.stop()
-        if not data:  # end of file: the client closed its side
+        if left:  # end of file or a reset: the client closed its side
             self.gone = True
             self._wake.set()
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-
-from gevent.event import Event
+from collections.abc import Callable
 
 from ..hub import Subscription
 from ..ids import MessageId
@@ -58,11 +57,17 @@ class ItemEncoder:
 ITEMS = ItemEncoder()
 
 
-class PollWaiter:
-    """The answer of one long-poll being collected; ``ready`` is set when it should go."""
+def _nothing() -> None:
+    pass
 
-    __slots__ = ("dirty", "id", "items", "last_seen", "limit", "ready", "sent", "size",
-                 "subscription", "written")
+
+class PollWaiter:
+    """The answer of one long-poll being collected; ``wake`` is called when it should go (by
+    the hub's flusher, or when the hub drains; more than once, maybe): it sets the event a
+    greenlet waits on, or answers a poll held without a greenlet."""
+
+    __slots__ = ("dirty", "id", "items", "last_seen", "limit", "sent", "size",
+                 "subscription", "wake", "written")
 
     def __init__(self, channel: str, limit: int) -> None:
         """``limit``: the answer's bytes; what comes beyond waits in history for the next."""
@@ -71,7 +76,7 @@ class PollWaiter:
         self.items: list[bytes] = []
         self.size = 0
         self.limit = limit
-        self.ready = Event()
+        self.wake: Callable[[], None] = _nothing
         self.dirty = False
         self.written = 0.0  # never written by the flusher: an answer goes out at once
         self.sent = 0
@@ -85,17 +90,17 @@ class PollWaiter:
     def flush(self) -> None:
         """The hub's flusher, once per batch: answer with what arrived."""
         if self.items:
-            self.ready.set()
+            self.wake()
 
     def ping(self) -> None:
         """Nothing: a poll lasts at most its timeout."""
 
     def close(self, code: int, reason: str) -> None:
         """The hub drains: answer now with what there is."""
-        self.ready.set()
+        self.wake()
 
     def abort(self) -> None:
-        self.ready.set()
+        self.wake()
 
     def end(self) -> None:
         """The poll is answered: its subscription (which points back at it) goes now, by
@@ -106,9 +111,29 @@ class PollWaiter:
 
 
 
+#: Answers made lately, by the range of messages they carry: every poll woken by the same
+#: messages from the same cursor shares one answer (see :func:`answer`).
+_answers: dict[tuple[str, int, bytes, bytes], bytes] = {}
+ANSWERS_KEPT = 64
+
+
 def answer(channel: str, cursor: MessageId, items: list[bytes], reset: bool) -> bytes:
     """A long-poll answer's JSON: the items, and the cursor after the last of them (else
-    ``cursor``)."""
+    ``cursor``). An answer with messages is made once per range of them: a poll's items are
+    consecutive messages of its channel, so their count and their first and last item say
+    which (the 1000 polls a message wakes together share one answer)."""
+    if not items or reset:
+        return _answer(channel, cursor, items, reset)
+    key = (channel, len(items), items[0], items[-1])
+    body = _answers.get(key)
+    if body is None:
+        if len(_answers) >= ANSWERS_KEPT:
+            _answers.clear()
+        body = _answers[key] = _answer(channel, cursor, items, reset)
+    return body
+
+
+def _answer(channel: str, cursor: MessageId, items: list[bytes], reset: bool) -> bytes:
     last = ITEMS.item_id(items[-1]) if items else str(cursor).encode()
     return b'{"channel":%s,"cursor":"%s","messages":[%s]%s}' % (
         json.dumps(channel).encode(), last, b",".join(items), b',"reset":true' if reset else b"",
