@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wsrelay"
 #: every module in it, ``__init__`` for ``wsrelay/__init__.py`` itself.
 LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (0, "core values", ("ids", "channels", "message", "errors", "error_codes", "config",
-                        "stats", "fairness", "pacing", "control")),
+                        "stats", "fairness", "pacing", "control", "memo")),
     (0, "policy", ("auth", "limits", "origins", "hosts")),
     (1, "broker", ("broker",)),
     (2, "hub", ("hub",)),

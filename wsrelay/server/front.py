@@ -26,6 +26,8 @@ from urllib.parse import unquote
 import httptools
 from gevent.pywsgi import format_date_time  # type: ignore[attr-defined]
 
+from ..memo import remember
+
 #: The most a single receive takes in.
 RECEIVE_SIZE = 64 * 1024
 #: A head the front parses is shorter than this and has at most ``LEAN_FIELDS`` header
@@ -244,13 +246,8 @@ def response_bytes(status: str, headers: Sequence[tuple[str, str]], body: bytes,
     body and date (the polls one message wakes share their answer's body)."""
     if type(headers) is not tuple:
         return _response_bytes(status, headers, body, close)
-    key = (status, headers, body, close, http_date())
-    response = _responses.get(key)
-    if response is None:
-        if len(_responses) >= RESPONSES_KEPT:
-            _responses.clear()
-        response = _responses[key] = _response_bytes(status, headers, body, close)
-    return response
+    return remember(_responses, (status, headers, body, close, http_date()),
+                    lambda: _response_bytes(status, headers, body, close), RESPONSES_KEPT)
 
 
 def _response_bytes(status: str, headers: Sequence[tuple[str, str]], body: bytes,

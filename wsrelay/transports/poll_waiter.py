@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from ..hub import Subscription
 from ..ids import MessageId
+from ..memo import remember
 from ..message import Message
 
 _ids = itertools.count(1)
@@ -124,13 +125,8 @@ def answer(channel: str, cursor: MessageId, items: list[bytes], reset: bool) -> 
     which (the 1000 polls a message wakes together share one answer)."""
     if not items or reset:
         return _answer(channel, cursor, items, reset)
-    key = (channel, len(items), items[0], items[-1])
-    body = _answers.get(key)
-    if body is None:
-        if len(_answers) >= ANSWERS_KEPT:
-            _answers.clear()
-        body = _answers[key] = _answer(channel, cursor, items, reset)
-    return body
+    return remember(_answers, (channel, len(items), items[0], items[-1]),
+                    lambda: _answer(channel, cursor, items, reset), ANSWERS_KEPT)
 
 
 def _answer(channel: str, cursor: MessageId, items: list[bytes], reset: bool) -> bytes:
