@@ -128,7 +128,9 @@ def serve_greenlets(listener: socket.socket, channel: Channel) -> None:
             if is_upgrade(head):
                 sock.sendall(switching_protocols(head))
                 if not is_publisher(target):
-                    held.append(sock)
+                    # held with no greenlet, as wsrelay holds an idle WebSocket: the server
+                    # closes the socket object when this returns, not a detached descriptor
+                    held.append(sock.detach())
                     return
                 while True:
                     messages, buffer = client_frames(buffer)
@@ -143,7 +145,7 @@ def serve_greenlets(listener: socket.socket, channel: Channel) -> None:
                 arrived.wait()
             sock.sendall(channel.answer(since))
 
-    held: list[socket.socket] = []
+    held: list[int] = []
     StreamServer(listener, handle).serve_forever()
 
 
