@@ -53,10 +53,10 @@ from geventwebsocket.handler import WebSocketHandler
 from ..config import DEFAULTS, from_environ
 from ..fairness import let_others_run
 from ..websocket.handshake import is_upgrade_request
-from ..websocket.upgrade import DeferredWebSocket
+from ..websocket.upgrade import DeferredWebSocket, keeps_tls_state, take_descriptor
 from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
 from .keep_alive import KeepAlive, keep_alive
-from .parked import IN_LOOP, PARK_KEY, GeventSocket, ParkedConnection, Pending
+from .parked import IN_LOOP, PARK_KEY, ParkedConnection, Pending
 from .request_head import framing_problem
 
 #: Where RelayHandler puts a plain (not upgrade) request's socket in its environ.
@@ -224,7 +224,7 @@ class RelayHandler(WebSocketHandler):
         reader: SocketReader = self.rfile
         if reader.closed:
             return None
-        if self._direct and not reader.buffer and not hasattr(self.socket, "_sslobj"):
+        if self._direct and not reader.buffer and not keeps_tls_state(self.socket):
             # a direct-path answer went out: the next request is awaited in a watcher
             self._park(reader).await_request()
             return None
@@ -326,7 +326,7 @@ class RelayHandler(WebSocketHandler):
             environ[PARK_KEY] = IN_LOOP
         else:
             environ[SOCKET_KEY] = self.socket
-            if not hasattr(self.socket, "_sslobj"):  # TLS state stays in its socket object
+            if not keeps_tls_state(self.socket):
                 environ[PARK_KEY] = True
         application = route(environ)
         if application is None:
@@ -388,7 +388,7 @@ class RelayHandler(WebSocketHandler):
         :class:`~wsrelay.server.parked.ParkedConnection`."""
         sock = self.socket
         if not self._detached:  # the server's socket object is left closed, not its descriptor
-            sock = GeventSocket(sock.family, sock.type, sock.proto, sock.detach())
+            sock = take_descriptor(sock)
             reader.attach(sock)
             self._detached = True
         self.socket = None  # pywsgi's loop ends, and closes nothing

@@ -16,7 +16,22 @@ import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from gevent.socket import socket as GeventSocket
+
 from .handshake import accept_key, switching_protocols
+
+
+def keeps_tls_state(sock: Any) -> bool:
+    """True for a TLS socket: its state lives in its socket object, so its descriptor
+    cannot be taken into another (:func:`take_descriptor`)."""
+    return hasattr(sock, "_sslobj")
+
+
+def take_descriptor(sock: Any) -> GeventSocket:
+    """A gevent socket object of its own on ``sock``'s descriptor; ``sock`` is left closed without
+    closing it, so the server's cleanup (which closes it once the request ends) leaves the
+    connection alone. Not for a TLS socket (:func:`keeps_tls_state`)."""
+    return GeventSocket(sock.family, sock.type, sock.proto, sock.detach())
 
 
 class RequestHandler(Protocol):
@@ -79,15 +94,12 @@ class DeferredWebSocket:
             accept_key(handler.environ), subprotocol, extensions
         )
         original = self._socket()
-        if hasattr(original, "_sslobj"):  # an SSLSocket: its TLS state stays in its object
+        if keeps_tls_state(original):
             return None
         pending = take_buffered(original, handler.rfile)
-        # The connection takes the descriptor itself: the request's socket object is left
-        # closed without closing it, so the server's cleanup (which closes it once the
-        # request ends) and pywsgi's (which reads what is left first: the client's first
-        # frames) leave it alone.
-        sock = socket.socket(original.family, original.type, original.proto,
-                             original.detach())
+        # pywsgi's cleanup, too, then leaves it alone (it reads what is left first: the
+        # client's first frames)
+        sock = take_descriptor(original)
         handler.socket = None
         self._mark_upgraded(len(response))
         return TakenSocket(sock, pending, functools.partial(sock.sendall, response),
