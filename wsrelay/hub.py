@@ -542,7 +542,8 @@ class MessageServer:
             "channels": len(self._channels),
             "subscribers": sum(len(members) for members in self._channels.values())
             - sum(self._uncounted.values()),
-            "waiters": len(self.streams),
+            # a group of long-polls (transports.poll_lane) is one stream holding several
+            "waiters": sum(getattr(stream, "holds", 1) for stream in self.streams),
         }
 
     # -- heartbeats -----------------------------------------------------------------

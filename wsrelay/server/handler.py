@@ -56,6 +56,7 @@ from ..websocket.handshake import is_upgrade_request
 from ..websocket.upgrade import DeferredWebSocket, keeps_tls_state, take_descriptor
 from .front import RequestHead, SocketReader, head_end, parse_head, request_environ, response_bytes
 from .keep_alive import KeepAlive, keep_alive
+from .lane import RERUN_KEY, Lane
 from .parked import IN_LOOP, PARK_KEY, ParkedConnection, Pending
 from .request_head import framing_problem
 
@@ -185,6 +186,8 @@ class RelayHandler(WebSocketHandler):
     _direct = False
     #: The keep-alive connections of its application (whether the server stops).
     _ending: KeepAlive | None = None
+    #: What answers a repeat of its last direct-path request (:mod:`wsrelay.server.lane`).
+    lane: Lane | None = None
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile or SocketReader(sock))
@@ -246,9 +249,10 @@ class RelayHandler(WebSocketHandler):
             return received  # None (close quietly), or the 408
         end = received
         route = getattr(application, DIRECT_ROUTE, None)
-        head = parse_head(bytes(reader.buffer[:end])) if route is not None and end > 0 else None
+        raw = bytes(reader.buffer[:end]) if route is not None and end > 0 else b""
+        head = parse_head(raw) if raw else None
         if head is not None:
-            answered = self._answer(reader, head, end, route)
+            answered = self._answer(reader, raw, head, route)
             if answered is not False:
                 return answered
         self._direct = False
@@ -288,11 +292,11 @@ class RelayHandler(WebSocketHandler):
         finally:
             timer.close()
 
-    def _answer(self, reader: SocketReader, head: RequestHead, end: int, route: Any) -> Any:
-        """Answer ``head`` without pywsgi if the direct path takes it: True to read the next
-        request, None to close (or the connection was parked), False when it does not take
-        it (nothing read yet)."""
-        taken = self._take(reader, head, end, route, in_loop=False)
+    def _answer(self, reader: SocketReader, raw: bytes, head: RequestHead, route: Any) -> Any:
+        """Answer ``head`` (``raw``: its bytes) without pywsgi if the direct path takes it:
+        True to read the next request, None to close (or the connection was parked), False
+        when it does not take it (nothing read yet)."""
+        taken = self._take(reader, raw, head, route, in_loop=False)
         if taken is False or taken is None:
             return taken
         if isinstance(taken, Pending):
@@ -309,13 +313,15 @@ class RelayHandler(WebSocketHandler):
         self._direct = True
         return True
 
-    def _take(self, reader: SocketReader, head: RequestHead, end: int, route: Any, *,
+    def _take(self, reader: SocketReader, raw: bytes, head: RequestHead, route: Any, *,
               in_loop: bool) -> Any:
-        """Run the direct path's application for ``head``: False when it does not take it
-        (nothing read yet), None when it upgraded the connection, a :class:`Pending` when
-        its answer waits, else the answer (status, headers, body). ``in_loop``: in the event
-        loop (:mod:`~wsrelay.server.parked`), where nothing may wait: an upgrade is not
-        taken, nor a request the direct path would have to wait for."""
+        """Run the direct path's application for ``head`` (``raw``: its bytes): False when
+        it does not take it (nothing read yet), None when it upgraded the connection, a
+        :class:`Pending` when its answer waits, else the answer (status, headers, body).
+        ``in_loop``: in the event loop (:mod:`~wsrelay.server.parked`), where nothing may
+        wait: an upgrade is not taken, nor a request the direct path would have to wait for.
+        An answer the application says may be repeated (:data:`~wsrelay.server.lane.RERUN_KEY`)
+        becomes the connection's :attr:`lane`, unless each request must be logged."""
         environ = request_environ(self.server.get_environ(), head, self.client_address)
         self._add_server_addr(environ)
         if is_upgrade_request(environ):
@@ -331,7 +337,7 @@ class RelayHandler(WebSocketHandler):
         application = route(environ)
         if application is None:
             return False
-        del reader.buffer[:end]
+        del reader.buffer[:len(raw)]
         self.environ = environ
         self.requestline = head.line
         self.upgraded = False
@@ -348,6 +354,9 @@ class RelayHandler(WebSocketHandler):
             environ.pop("wsgi.websocket", None)
             environ.pop(SOCKET_KEY, None)
             environ.pop(PARK_KEY, None)
+            rerun = environ.pop(RERUN_KEY, None)
+            if rerun is not None and isinstance(self.server.log, _NoopLog):
+                self.lane = Lane.of(raw, rerun, head.close)
         if self.upgraded:
             return None
         return answer[0], answer[1], body
@@ -360,10 +369,11 @@ class RelayHandler(WebSocketHandler):
         route = getattr(self.server.application, DIRECT_ROUTE, None)
         if end <= 0 or route is None:
             return None
-        head = parse_head(bytes(reader.buffer[:end]))
+        raw = bytes(reader.buffer[:end])
+        head = parse_head(raw)
         if head is None:
             return None
-        taken = self._take(reader, head, end, route, in_loop=True)
+        taken = self._take(reader, raw, head, route, in_loop=True)
         return None if taken is False or taken is None else (taken, head.close)
 
     def response(self, status: str, headers: Sequence[tuple[str, str]], body: bytes

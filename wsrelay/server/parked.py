@@ -16,7 +16,8 @@ held poll: from the hub's flusher, once per batch of deliveries). Then the
 connection waits for its next request, within ``WSRELAY_HTTP_IDLE_TIMEOUT``
 (closed quietly after it, or at once when the server stops). A request that the
 direct path can answer without waiting is read and answered in the watcher's
-callback, by the handler's own code; anything else starts a greenlet that runs
+callback, by the handler's own code (first by its :class:`~wsrelay.server.lane.Lane`
+when the request repeats the last one); anything else starts a greenlet that runs
 the handler's usual path from the same buffer, so every request is answered as
 before.
 """
@@ -88,10 +89,15 @@ def client_left(sock: Any) -> bool | None:
 
 class ParkedConnection:
     """A connection between its handler's greenlets: its answer waits (:meth:`hold`), or it
-    waits for its next request (:meth:`await_request`); see the module."""
+    waits for its next request (:meth:`await_request`); see the module.
 
-    __slots__ = ("_close_after", "_connections", "_pending", "_raw", "_timer", "_watcher",
-                 "handler", "reader", "sock")
+    One io watcher serves both waits, started once and left running from one to the other
+    (stopped only while a pipelined request or the rest of an answer waits), and each wait
+    has its timer, made once and restarted: a long-poll client goes through both on every
+    message."""
+
+    __slots__ = ("_close_after", "_connections", "_hold_for", "_hold_timer", "_idle_limit",
+                 "_idle_timer", "_pending", "_raw", "_watcher", "handler", "reader", "sock")
 
     def __init__(self, handler: RelayHandler, sock: GeventSocket, reader: SocketReader) -> None:
         self.handler = handler
@@ -101,8 +107,26 @@ class ParkedConnection:
         self._pending: Pending | None = None
         self._close_after = False
         self._connections = keep_alive(handler.server.application)
-        self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
-        self._timer: Any = None
+        loop = gevent.get_hub().loop
+        self._watcher: Any = loop.io(sock.fileno(), _READ)
+        self._idle_limit = handler.idle_limit()
+        # repeating timers, restarted with ``again``: a stopped one-shot timer of libev
+        # would fire at once when started again
+        self._idle_timer = loop.timer(self._idle_limit, self._idle_limit)
+        self._hold_timer: Any = None
+        self._hold_for = 0.0
+
+    def _watch(self) -> None:
+        if not self._watcher.active:
+            self._watcher.start(self._input)
+
+    def _input(self) -> None:
+        """The socket turned readable: while an answer waits, see whether its client left;
+        else the next request begins."""
+        if self._pending is not None:
+            self._peek()
+        else:
+            self._readable()
 
     # -- the answer waits --------------------------------------------------------------
 
@@ -111,12 +135,22 @@ class ParkedConnection:
         request said ``Connection: close``."""
         self._pending = pending
         self._close_after = close_after
-        self._watcher.start(self._peek)
-        self._timer = gevent.get_hub().loop.timer(pending.timeout)
+        timer = self._hold_timer
+        if timer is None or self._hold_for != pending.timeout:
+            if timer is not None:
+                timer.close()
+            timer = self._hold_timer = gevent.get_hub().loop.timer(pending.timeout,
+                                                                  pending.timeout)
+            self._hold_for = pending.timeout
+        timer.again(self._timed_out)
+        self._watch()
+        pending.wake_with(self._respond)
+
+    def _timed_out(self) -> None:
+        self._hold_timer.stop()
         # in a greenlet: letting a poll go may talk to the broker (the last subscriber of a
         # channel unsubscribes on Redis), which the event loop itself cannot wait for
-        self._timer.start(gevent.spawn_raw, self._respond)
-        pending.wake_with(self._respond)
+        gevent.spawn_raw(self._respond)
 
     def _peek(self) -> None:
         """Readable while the answer waits: a client that left ends it; data (a pipelined
@@ -127,7 +161,6 @@ class ParkedConnection:
         self._watcher.stop()
         if left:
             pending, self._pending = self._pending, None
-            self._timer.close()
             self.close()
             if pending is not None:
                 gevent.spawn_raw(pending.abandon)  # as the timer's answer: in a greenlet
@@ -138,8 +171,7 @@ class ParkedConnection:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        self._timer.close()
-        self._watcher.stop()
+        self._hold_timer.stop()
         try:
             self._send(pending.respond(), self._close_after)
         except Exception:  # not left open without a watcher
@@ -162,6 +194,7 @@ class ParkedConnection:
         self.handler.log_answer(status, len(response))
         keep = not (close_after or ending)
         if sent < len(response):  # a full socket buffer: a greenlet waits to send the rest
+            self._watcher.stop()
             gevent.spawn_raw(self._send_rest, response[sent:], keep)
         elif keep:
             self.await_request()
@@ -183,6 +216,7 @@ class ParkedConnection:
     def await_request(self) -> None:
         """Wait for the next request in the watcher, within the idle timeout."""
         if self.reader.buffer:  # pipelined: it is here already, served after the others' turn
+            self._watcher.stop()
             gevent.get_hub().loop.run_callback(self._serve_next)
             return
         connections = self._connections
@@ -191,9 +225,8 @@ class ParkedConnection:
             return
         self.handler.idle_from = time.monotonic()
         connections.add(self.sock)
-        self._timer = gevent.get_hub().loop.timer(self.handler.idle_limit())
-        self._timer.start(self.close)
-        self._watcher.start(self._readable)
+        self._idle_timer.again(self.close)
+        self._watch()
 
     def _readable(self) -> None:
         """The next request begins (or the client leaves): read what came, then serve it."""
@@ -206,8 +239,14 @@ class ParkedConnection:
         if not data:
             self.close()
             return
-        self.reader.buffer += data
         self._stop_waiting()
+        lane = self.handler.lane
+        if lane is not None and not self.reader.buffer and not self._connections.ending:
+            answer = lane.take(data)  # a repeat of the last request, the whole of it
+            if answer is not None:
+                self._proceed(answer, lane.close)
+                return
+        self.reader.buffer += data
         self._serve_next()
 
     def _serve_next(self) -> None:
@@ -216,32 +255,53 @@ class ParkedConnection:
         if self._connections.ending:
             self.close()
             return
+        handler = self.handler
         try:
-            taken = self.handler.serve_in_loop(self.reader)
+            taken = self._take_next()
         except Exception:
             log.exception("the direct path failed in the event loop")
             self.close()
             return
         if taken is None:
-            self._watcher.close()
-            gevent.spawn_raw(self.handler.resume, self.sock, self.reader)
+            self._stop_watching()
+            gevent.spawn_raw(handler.resume, self.sock, self.reader)
             return
-        answer, close_after = taken
+        self._proceed(*taken)
+
+    def _proceed(self, answer: Any, close_after: bool) -> None:
+        """Hold what the direct path took, or send it."""
         if isinstance(answer, Pending):
             self.hold(answer, close_after)
         else:
             self._send(answer, close_after)
 
+    def _take_next(self) -> tuple[Any, bool] | None:
+        """What the direct path took of the next request (see :meth:`_serve_next`), and
+        whether the connection closes after it: a repeat of the last request by its lane."""
+        lane = self.handler.lane
+        buffer = self.reader.buffer
+        if lane is not None:
+            answer = lane.take(buffer)
+            if answer is not None:
+                del buffer[:]
+                return answer, lane.close
+        return self.handler.serve_in_loop(self.reader)
+
     def _stop_waiting(self) -> None:
         self._connections.discard(self.sock)
-        if self._timer is not None:
-            self._timer.close()
-        self._watcher.stop()
+        self._idle_timer.stop()
+
+    def _stop_watching(self) -> None:
+        """Watchers and timers go (the descriptor may be reused at once)."""
+        self._stop_waiting()
+        self._watcher.close()
+        self._idle_timer.close()
+        if self._hold_timer is not None:
+            self._hold_timer.close()
 
     def close(self) -> None:
         """Close the connection (watchers first: the descriptor may be reused at once)."""
-        self._stop_waiting()
-        self._watcher.close()
+        self._stop_watching()
         self.reader.close()
         with contextlib.suppress(OSError):
             self.sock.close()

@@ -20,46 +20,27 @@ serving these paths with wsrelay's routes only (see :func:`plain_app`), or with
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
-from werkzeug.exceptions import InternalServerError
-from werkzeug.http import HTTP_STATUS_CODES
 
 from ..channels import CHANNEL_PATTERN
 from ..errors import ApiError
+from ..server.lane import RERUN_KEY
 from ..server.parked import IN_LOOP, PARK_KEY, Pending
 from ..websocket.upgrade import DeferredWebSocket
+from .answers import Parts, error_parts, failure, poll_parts
 from .checks import AppRelay, ClientRequest, check_host
-from .poll import HEADERS, OpenPoll, answer_poll, open_poll
+from .poll import OpenPoll, answer_poll, open_poll
+from .poll_lane import PollLanes
 from .websocket import accept_websocket
-
-log = logging.getLogger(__name__)
 
 #: A direct-path application: a WSGI application, which may answer later (a
 #: :class:`~wsrelay.server.parked.Pending`) where its server says it can (``PARK_KEY``).
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes] | Pending]
-Parts = tuple[str, Sequence[tuple[str, str]], bytes]
 #: The roots the direct path answers, under the prefix.
 ROOTS = ("/poll", "/ws")
-
-
-def status_line(code: int) -> str:
-    """The status as werkzeug writes it (``403 FORBIDDEN``)."""
-    return f"{code} {HTTP_STATUS_CODES.get(code, 'UNKNOWN').upper()}"
-
-
-def error_parts(exc: ApiError) -> tuple[str, list[tuple[str, str]], bytes]:
-    """What the blueprint's error handler answers for ``exc`` (Flask's ``jsonify``, compact
-    outside debug mode): status, headers, body."""
-    body = (json.dumps({"error": exc.code, "message": exc.message}, separators=(",", ":"),
-                       sort_keys=True) + "\n").encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-               *exc.headers.items()]
-    return status_line(exc.status), headers, body
 
 
 def plain_app(app: Flask, prefix: str) -> bool:
@@ -94,6 +75,7 @@ class DirectPath:
         self.prefix: str = app.config["WSRELAY_URL_PREFIX"]
         self._cors = bool(app.config["WSRELAY_ALLOWED_ORIGINS"])
         self._plain: bool | None = None  # decided at the first request: routes come first
+        self.lanes = PollLanes(state, self.usable)
 
     def usable(self) -> bool:
         """No hook needs Flask's request now, and the app is plain (decided once)."""
@@ -142,14 +124,14 @@ class DirectPath:
 
         return application
 
-    @staticmethod
-    def _poll(client: ClientRequest, channel: str | None,
+    def _poll(self, client: ClientRequest, channel: str | None,
               start_response: Callable[..., Any]) -> Iterable[bytes] | Pending:
         assert channel is not None
         try:
             check_host(client)
             if client.environ.get(PARK_KEY):  # it may wait without this greenlet
                 poll = open_poll(client, channel)
+                client.environ[RERUN_KEY] = self.lanes.lane(poll)  # its repeats, if it has them
                 if poll.waits:
                     return HeldPoll(poll)
                 body = poll.answer()
@@ -159,7 +141,7 @@ class DirectPath:
             return _refuse(exc, start_response)
         except Exception:
             return _fail(start_response)
-        status, headers, _ = _poll_parts(body)
+        status, headers, _ = poll_parts(body)
         start_response(status, list(headers))
         return [body]
 
@@ -193,20 +175,14 @@ class HeldPoll(Pending):
 
     def respond(self) -> Parts:
         try:
-            return _poll_parts(self.poll.answer())
+            return poll_parts(self.poll.answer())
         except ApiError as exc:
             return error_parts(exc)
         except Exception:
-            return _failure()
+            return failure()
 
     def abandon(self) -> None:
         self.poll.end()
-
-
-def _poll_parts(body: bytes) -> Parts:
-    """A poll's answer; its headers a tuple: its response is made once per body
-    (:func:`~wsrelay.server.front.response_bytes`)."""
-    return "200 OK", (*HEADERS, ("Content-Length", str(len(body)))), body
 
 
 def _refuse(exc: ApiError, start_response: Callable[..., Any]) -> list[bytes]:
@@ -216,13 +192,6 @@ def _refuse(exc: ApiError, start_response: Callable[..., Any]) -> list[bytes]:
 
 
 def _fail(start_response: Callable[..., Any]) -> list[bytes]:
-    status, headers, body = _failure()
+    status, headers, body = failure()
     start_response(status, headers)
     return [body]
-
-
-def _failure() -> Parts:
-    """An unexpected error, logged and answered as Flask's error handler would."""
-    log.exception("the direct path failed")
-    error = InternalServerError()
-    return error_parts(ApiError(500, "internal_server_error", error.description or ""))

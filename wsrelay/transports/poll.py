@@ -44,8 +44,8 @@ class OpenPoll:
     False, else once its waiter wakes (``waiter.wake``) or ``timeout`` passes. :meth:`end`
     lets it go (once, however often it is called), :meth:`answer` makes its answer."""
 
-    __slots__ = ("_release", "client", "ended", "name", "page", "timeout", "tracked", "waiter",
-                 "waits")
+    __slots__ = ("_release", "client", "ended", "expires", "name", "page", "timeout", "tracked",
+                 "waiter", "waits")
 
     def __init__(self, client: ClientRequest, name: str, timeout: float,
                  release: Callable[[], None]) -> None:
@@ -56,6 +56,8 @@ class OpenPoll:
         self.waiter = PollWaiter(name, client.config["WSRELAY_SUBSCRIBER_BUFFER"])
         self.tracked = client.state.track(self.waiter, client.identity)  # disconnect() finds it
         self.page: History | None = None
+        #: When the token it was admitted with expires (None: it shows none that does).
+        self.expires: float | None = None
         self.waits = False
         self.ended = False
 
@@ -91,11 +93,12 @@ class OpenPoll:
 def open_poll(client: ClientRequest, channel: str) -> OpenPoll:
     """Admit a poll (:class:`ApiError` when refused) and subscribe it from its cursor: what
     history holds after it is queued at once; ``waits`` says whether it must wait for more."""
-    name = admit(client, channel, SUBSCRIBE).channel
+    access = admit(client, channel, SUBSCRIBE)
     since = checked_since(client.arg("since"))
     timeout = _timeout(client)
     hub = client.state.hub
-    poll = OpenPoll(client, name, timeout, occupy(client, stream=True))
+    poll = OpenPoll(client, access.channel, timeout, occupy(client, stream=True))
+    poll.expires = access.claims.expires if access.claims is not None else None
     hub.stats.connections["poll"] += 1
     try:
         poll.page = page = hub.subscribe(poll.waiter.subscription, since)
