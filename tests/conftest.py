@@ -21,7 +21,7 @@ import uuid  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from tests.support import RedisClusterProcesses, RedisServer, ServerProcess  # noqa: E402
+from tests.support import RedisClusterProcesses, RedisServer, Relay, ServerProcess  # noqa: E402
 
 # CI explores the same examples on every run, so a landing never depends on a random draw;
 # on a developer's machine hypothesis keeps drawing new ones (and remembers failures).
@@ -126,3 +126,17 @@ def pair():
     yield server, client
     server.close()
     client.close()
+
+
+@pytest.fixture
+def relay():
+    """Make wsrelay apps served in this process (:class:`tests.support.Relay`); closed after."""
+    made: list[Relay] = []
+
+    def make(**config) -> Relay:
+        made.append(Relay(**config))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import io
 import json
 import os
 import re
@@ -23,7 +24,11 @@ import gevent
 import greenlet
 import requests
 import websocket
+from gevent.pywsgi import WSGIServer
 from hypothesis import settings
+
+from wsrelay import create_app
+from wsrelay.server.handler import RelayHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -959,3 +964,84 @@ def publish_through(servers: list[ServerProcess], channel: str, fault) -> Outage
             ws.close()
         for client in clients:
             client.stop()
+
+
+# -- a wsrelay app served in this process (long-polls held without a greenlet) --------------
+
+
+class Relay:
+    """A wsrelay app served in this process on a free port, with its access log (none with
+    ``access_log=False``)."""
+
+    def __init__(self, access_log: bool = True, **config) -> None:
+        self.app = create_app({"WSRELAY_BROKER_URL": "memory://", **config})
+        self.state = self.app.extensions["wsrelay"]
+        self.hub = self.state.hub
+        self.log = io.StringIO()
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, handler_class=RelayHandler,
+                                 log=self.log if access_log else None)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def close(self) -> None:
+        self.server.stop()
+        self.state.close()
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def request(self, path: str, *headers: str) -> bytes:
+        lines = "".join(f"{header}\r\n" for header in headers)
+        return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{lines}\r\n".encode()
+
+    def cursor(self, channel: str) -> str:
+        sock = self.connect()
+        sock.sendall(self.request(f"/poll/{channel}?timeout=0"))
+        cursor = json.loads(read_answer(sock)[1])["cursor"]
+        sock.close()
+        return cursor
+
+    def waiters(self) -> int:
+        return self.hub.counts()["waiters"]
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One whole answer (head, body) from ``sock``; nothing may follow it."""
+    (answer,) = read_answers(sock, 1)
+    return answer
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` whole answers (head, body) from ``sock``, and nothing after them."""
+    data = bytearray()
+    answers = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {bytes(data)!r}"
+            data += chunk
+        end = data.index(b"\r\n\r\n")
+        head = bytes(data[:end])
+        del data[:end + 4]
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        while len(data) < length:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "closed in the body"
+            data += chunk
+        answers.append((head, bytes(data[:length])))
+        del data[:length]
+    assert data == b"", "no more than the answers asked for"
+    return answers
+
+
+def closed(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True

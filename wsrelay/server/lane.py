@@ -14,14 +14,15 @@ else, or anything the rerun declines, is read and answered the usual way.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 #: In a direct-path request's environ after its application ran: the :class:`Rerun` that
 #: answers the same request with a new value of its parameter.
 RERUN_KEY = "wsrelay.rerun"
-#: The characters a value may have to be taken from a repeat's bytes as they are: RFC 3986's
-#: unreserved ones, which no query decoding changes.
-_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+#: A value taken from a repeat's bytes as they are: of RFC 3986's unreserved characters,
+#: which no query decoding changes.
+_VALUE = rb"([A-Za-z0-9._~-]+)"
 
 
 class Rerun(Protocol):
@@ -39,18 +40,18 @@ class Lane:
     """A connection's last request head as a template (see the module): :meth:`take` answers
     a next request that repeats it. ``close``: the template said ``Connection: close``."""
 
-    __slots__ = ("close", "prefix", "rerun", "suffix")
+    __slots__ = ("_repeat", "close", "rerun")
 
     def __init__(self, prefix: bytes, suffix: bytes, rerun: Rerun, close: bool) -> None:
-        self.prefix = prefix
-        self.suffix = suffix
+        """``prefix`` and ``suffix``: the head before and after the value."""
+        self._repeat = re.compile(re.escape(prefix) + _VALUE + re.escape(suffix)).fullmatch
         self.rerun = rerun
         self.close = close
 
     @classmethod
     def of(cls, head: bytes, rerun: Rerun, close: bool) -> Lane | None:
         """The lane of a request ``head`` (its bytes, the empty line included): None when
-        its query has no non-empty value for ``rerun.param`` to change."""
+        its query has no value for ``rerun.param`` that a repeat could change."""
         line_end = head.find(b"\r\n")
         key = rerun.param.encode() + b"="
         at = head.find(b"?", 0, line_end)
@@ -74,11 +75,5 @@ class Lane:
     def take(self, data: bytes | bytearray) -> Any:
         """Answer the request in ``data`` if it is all of it and repeats the template: what
         the rerun took (the request is read then), else None."""
-        prefix, suffix = self.prefix, self.suffix
-        end = len(data) - len(suffix)
-        if end <= len(prefix) or not data.startswith(prefix) or not data.endswith(suffix):
-            return None
-        value = bytes(data[len(prefix):end])
-        if value.translate(None, _UNRESERVED):  # something a query reader would decode
-            return None
-        return self.rerun(value)
+        repeat = self._repeat(data)
+        return None if repeat is None else self.rerun(bytes(repeat[1]))

@@ -87,6 +87,10 @@ def client_left(sock: Any) -> bool | None:
     return not data
 
 
+#: The last answer sent, whether its server was stopping, and its bytes.
+_last_response: tuple[Any, bool, bytes] = (None, False, b"")
+
+
 class ParkedConnection:
     """A connection between its handler's greenlets: its answer waits (:meth:`hold`), or it
     waits for its next request (:meth:`await_request`); see the module.
@@ -107,6 +111,7 @@ class ParkedConnection:
         self._pending: Pending | None = None
         self._close_after = False
         self._connections = keep_alive(handler.server.application)
+        self._connections.add(self)  # for as long as it is parked: see :meth:`shutdown`
         loop = gevent.get_hub().loop
         self._watcher: Any = loop.io(sock.fileno(), _READ)
         self._idle_limit = handler.idle_limit()
@@ -182,8 +187,15 @@ class ParkedConnection:
               ) -> None:
         """Send ``answer`` in one non-blocking send (a greenlet sends what the socket could
         not take), then wait for the next request, or close."""
+        global _last_response
         status, headers, body = answer
-        response, ending = self.handler.response(status, headers, body)
+        ending = self._connections.ending
+        last = _last_response
+        if last[0] is answer and last[1] is ending:  # the polls a flush wakes share their answer
+            response = last[2]
+        else:
+            response, ending = self.handler.response(status, headers, body)
+            _last_response = (answer, ending, response)
         try:
             sent = self._raw.send(response)
         except (BlockingIOError, InterruptedError):
@@ -224,7 +236,6 @@ class ParkedConnection:
             self.close()
             return
         self.handler.idle_from = time.monotonic()
-        connections.add(self.sock)
         self._idle_timer.again(self.close)
         self._watch()
 
@@ -239,7 +250,7 @@ class ParkedConnection:
         if not data:
             self.close()
             return
-        self._stop_waiting()
+        self._idle_timer.stop()
         lane = self.handler.lane
         if lane is not None and not self.reader.buffer and not self._connections.ending:
             answer = lane.take(data)  # a repeat of the last request, the whole of it
@@ -287,13 +298,17 @@ class ParkedConnection:
                 return answer, lane.close
         return self.handler.serve_in_loop(self.reader)
 
-    def _stop_waiting(self) -> None:
-        self._connections.discard(self.sock)
-        self._idle_timer.stop()
+    def shutdown(self, how: int) -> None:
+        """The server stops (:mod:`~wsrelay.server.keep_alive`): a connection waiting for its
+        next request is woken to close; an answer that waits goes first, and says
+        ``Connection: close``."""
+        if self._pending is None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(how)
 
     def _stop_watching(self) -> None:
         """Watchers and timers go (the descriptor may be reused at once)."""
-        self._stop_waiting()
+        self._connections.discard(self)
         self._watcher.close()
         self._idle_timer.close()
         if self._hold_timer is not None:
