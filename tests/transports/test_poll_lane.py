@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import gc
 import json
+import socket
 import time
 
 import pytest
 
 from tests.support import Relay, closed, read_answer, read_answers, wait_until
+from wsrelay.server.parked import ParkedConnection
 
 
 class Poller:
@@ -273,3 +275,41 @@ def test_grouped_polls_leave_nothing_for_the_cyclic_collector(relay):
         gc.garbage.clear()
     assert not left & {"ParkedConnection", "PollLane", "PollGroup", "PollWaiter", "Lane",
                        "Subscription", "RelayHandler"}, left
+
+
+def test_on_redis_every_repeat_goes_the_full_way(relay, redis_server):
+    """A group would begin with a history read, which waits for Redis: not in the event loop."""
+    server = lane_relay(relay, WSRELAY_BROKER_URL=redis_server.url)
+    pollers = in_lane(server, 3, "news")
+    assert len(server.hub.streams) == 3  # a waiter each, no group
+    for index in range(3):
+        server.hub.publish("news", f"m{index}")
+        for poller in pollers:
+            poller.answer()
+            poller.ask()
+        wait_until(lambda: server.waiters() == 3, timeout=10, message="polls not held")
+    assert all(poller.received == ["first", "m0", "m1", "m2"] for poller in pollers)
+
+
+def test_a_slow_reader_in_a_group_gets_its_answer_whole_and_the_others_theirs_at_once(relay):
+    """A reader whose socket takes less than its answer: the event loop sends what it takes,
+    a greenlet the rest; the others' answers do not wait for it."""
+    server = lane_relay(relay)
+    pollers = in_lane(server, 20)
+    slow = pollers[0]
+    (parked,) = [obj for obj in gc.get_objects()
+                 if isinstance(obj, ParkedConnection) and obj.sock.fileno() != -1
+                 and obj.sock.getpeername() == slow.sock.getsockname()]
+    parked.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server.hub.publish("news", "x" * 3_000_000)  # not read by the slow one for now
+    for poller in pollers[1:]:
+        assert len(poller.answer()[1]["messages"][0]["data"]) == 3_000_000
+        poller.ask()
+    wait_until(lambda: server.waiters() == 19, timeout=10, message="repeats not held")
+    server.hub.publish("news", "next")
+    for poller in pollers[1:]:
+        assert poller.answer()[1]["messages"][0]["data"] == "next"
+    head, answer = slow.answer()
+    assert head.startswith(b"HTTP/1.1 200") and len(answer["messages"][0]["data"]) == 3_000_000
+    slow.ask()  # from the big one: "next" waits for it in history
+    assert slow.answer()[1]["messages"][0]["data"] == "next"

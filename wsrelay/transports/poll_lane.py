@@ -40,8 +40,10 @@ class PollLanes:
 
     def lane(self, poll: OpenPoll) -> PollLane | None:
         """What answers a repeat of ``poll``, which the full way admitted; None for a poll
-        that does not wait (``timeout=0``)."""
-        if poll.timeout <= 0:
+        that does not wait (``timeout=0``), and on a broker shared with other processes: a
+        group begins with a read of the channel's history, which would wait for Redis in
+        the event loop."""
+        if poll.timeout <= 0 or self.state.hub.broker.shared:
             return None
         return PollLane(self, poll.name, client_address(poll.client), poll.expires,
                         poll.timeout)
