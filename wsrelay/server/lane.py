@@ -72,8 +72,8 @@ class Lane:
             return None
         return cls(head[:start], head[end:], rerun, close)
 
-    def take(self, data: bytes | bytearray) -> Any:
+    def take(self, data: bytes) -> Any:
         """Answer the request in ``data`` if it is all of it and repeats the template: what
         the rerun took (the request is read then), else None."""
         repeat = self._repeat(data)
-        return None if repeat is None else self.rerun(bytes(repeat[1]))
+        return None if repeat is None else self.rerun(repeat[1])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -95,13 +96,16 @@ class ParkedConnection:
     """A connection between its handler's greenlets: its answer waits (:meth:`hold`), or it
     waits for its next request (:meth:`await_request`); see the module.
 
-    One io watcher serves both waits, started once and left running from one to the other
-    (stopped only while a pipelined request or the rest of an answer waits), and each wait
-    has its timer, made once and restarted: a long-poll client goes through both on every
-    message."""
+    A long-poll client goes through both waits on every message, so they cost no more than
+    they must: one io watcher serves both, started once and left running from one to the
+    other (stopped only while a pipelined request or the rest of an answer waits), and one
+    timer keeps both deadlines. A wait that ends only notes its deadline (:meth:`_due`); the
+    timer is made again only when a wait must end before it fires, and when it fires early
+    (the wait it was made for is over) it is made again for the current one. So a client
+    answered within its timeout costs no timer at all."""
 
-    __slots__ = ("_close_after", "_connections", "_hold_for", "_hold_timer", "_idle_limit",
-                 "_idle_timer", "_pending", "_raw", "_watcher", "handler", "reader", "sock")
+    __slots__ = ("_close_after", "_connections", "_deadline", "_fires_at", "_idle_limit",
+                 "_pending", "_raw", "_timer", "_watcher", "handler", "reader", "sock")
 
     def __init__(self, handler: RelayHandler, sock: GeventSocket, reader: SocketReader) -> None:
         self.handler = handler
@@ -115,11 +119,39 @@ class ParkedConnection:
         loop = gevent.get_hub().loop
         self._watcher: Any = loop.io(sock.fileno(), _READ)
         self._idle_limit = handler.idle_limit()
-        # repeating timers, restarted with ``again``: a stopped one-shot timer of libev
-        # would fire at once when started again
-        self._idle_timer = loop.timer(self._idle_limit, self._idle_limit)
-        self._hold_timer: Any = None
-        self._hold_for = 0.0
+        self._deadline = math.inf  # when the current wait ends (monotonic)
+        self._fires_at = math.inf  # when the timer fires
+        self._timer: Any = None
+
+    def _due(self, deadline: float) -> None:
+        """The current wait ends at ``deadline``."""
+        self._deadline = deadline
+        if deadline < self._fires_at:
+            self._arm(deadline)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        self._timer = gevent.get_hub().loop.timer(max(0.0, at - time.monotonic()))
+        self._timer.start(self._on_timer)
+        self._fires_at = at
+
+    def _on_timer(self) -> None:
+        """The earliest deadline came: the current wait is over, or it ends later."""
+        self._timer.close()
+        self._timer = None
+        self._fires_at = math.inf
+        if self._deadline == math.inf:
+            return  # neither waits: the answer is being sent, or a request served
+        if time.monotonic() < self._deadline:
+            self._arm(self._deadline)
+        elif self._pending is not None:
+            self._deadline = math.inf
+            # in a greenlet: letting a poll go may talk to the broker (the last subscriber
+            # of a channel unsubscribes on Redis), which the event loop itself cannot wait for
+            gevent.spawn_raw(self._respond)
+        else:
+            self.close()  # no request came within the idle timeout
 
     def _watch(self) -> None:
         if not self._watcher.active:
@@ -140,22 +172,9 @@ class ParkedConnection:
         request said ``Connection: close``."""
         self._pending = pending
         self._close_after = close_after
-        timer = self._hold_timer
-        if timer is None or self._hold_for != pending.timeout:
-            if timer is not None:
-                timer.close()
-            timer = self._hold_timer = gevent.get_hub().loop.timer(pending.timeout,
-                                                                  pending.timeout)
-            self._hold_for = pending.timeout
-        timer.again(self._timed_out)
+        self._due(time.monotonic() + pending.timeout)
         self._watch()
         pending.wake_with(self._respond)
-
-    def _timed_out(self) -> None:
-        self._hold_timer.stop()
-        # in a greenlet: letting a poll go may talk to the broker (the last subscriber of a
-        # channel unsubscribes on Redis), which the event loop itself cannot wait for
-        gevent.spawn_raw(self._respond)
 
     def _peek(self) -> None:
         """Readable while the answer waits: a client that left ends it; data (a pipelined
@@ -176,7 +195,7 @@ class ParkedConnection:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        self._hold_timer.stop()
+        self._deadline = math.inf
         try:
             self._send(pending.respond(), self._close_after)
         except Exception:  # not left open without a watcher
@@ -235,8 +254,8 @@ class ParkedConnection:
         if connections.ending:
             self.close()
             return
-        self.handler.idle_from = time.monotonic()
-        self._idle_timer.again(self.close)
+        self.handler.idle_from = now = time.monotonic()
+        self._due(now + self._idle_limit)
         self._watch()
 
     def _readable(self) -> None:
@@ -250,7 +269,7 @@ class ParkedConnection:
         if not data:
             self.close()
             return
-        self._idle_timer.stop()
+        self._deadline = math.inf
         lane = self.handler.lane
         if lane is not None and not self.reader.buffer and not self._connections.ending:
             answer = lane.take(data)  # a repeat of the last request, the whole of it
@@ -292,7 +311,7 @@ class ParkedConnection:
         lane = self.handler.lane
         buffer = self.reader.buffer
         if lane is not None:
-            answer = lane.take(buffer)
+            answer = lane.take(bytes(buffer))
             if answer is not None:
                 del buffer[:]
                 return answer, lane.close
@@ -310,9 +329,10 @@ class ParkedConnection:
         """Watchers and timers go (the descriptor may be reused at once)."""
         self._connections.discard(self)
         self._watcher.close()
-        self._idle_timer.close()
-        if self._hold_timer is not None:
-            self._hold_timer.close()
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        self._fires_at = math.inf
 
     def close(self) -> None:
         """Close the connection (watchers first: the descriptor may be reused at once)."""

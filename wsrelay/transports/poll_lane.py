@@ -35,6 +35,8 @@ class PollLanes:
 
     def __init__(self, state: AppRelay, usable: Callable[[], bool]) -> None:
         self.state = state
+        self.hub = state.hub
+        self.limits = state.limits
         self.usable = usable
         self.groups: dict[str, PollGroup] = {}
 
@@ -104,7 +106,7 @@ class PollGroup:
     def caught_up(self) -> bool:
         """Subscribe from ``cursor``: whether nothing came after it (no gap either); held by
         the hub from then on."""
-        hub = self.lanes.state.hub
+        hub = self.lanes.hub
         hub.hold(self)
         page = hub.subscribe(self.waiter.subscription, self.cursor)
         return not (page.reset or self.waiter.items)
@@ -129,7 +131,7 @@ class PollGroup:
             return
         self.ready = self.parts()
         # the hub counted the messages once, for the waiter: they reach every poll
-        self.lanes.state.hub.stats.delivered += self.waiter.sent * (len(polls) - 1)
+        self.lanes.hub.stats.delivered += self.waiter.sent * (len(polls) - 1)
         for respond in polls.values():
             respond()
 
@@ -147,7 +149,7 @@ class PollGroup:
         if self.ended:
             return
         self.ended = True
-        hub = self.lanes.state.hub
+        hub = self.lanes.hub
         hub.unsubscribe(self.waiter.subscription)
         hub.let_go(self)
         self.waiter.end()
@@ -176,8 +178,7 @@ class PollLane(Pending):
 
     def __call__(self, since: bytes) -> Pending | Parts | None:
         lanes = self.lanes
-        state = lanes.state
-        if state.draining or not lanes.usable():
+        if lanes.hub.draining or not lanes.usable():
             return None
         expires = self.expires
         if expires is not None and expires <= time.time():
@@ -185,7 +186,7 @@ class PollLane(Pending):
         group = lanes.join(self.channel, since)
         if group is None:
             return None
-        limits = state.limits
+        limits = lanes.limits
         try:
             limits.check_connect(self.address, time.monotonic())
             limits.enter(self.address, stream=True)
@@ -193,7 +194,7 @@ class PollLane(Pending):
             if not group.polls:
                 group.end()
             return error_parts(exc)
-        state.hub.stats.connections["poll"] += 1
+        lanes.hub.stats.connections["poll"] += 1
         self.group = group
         return self
 
@@ -215,7 +216,7 @@ class PollLane(Pending):
         """Its place in the counts goes; the group it waited in."""
         group, self.group = self.group, None
         assert group is not None
-        state = self.lanes.state
-        state.limits.leave(self.address, stream=True)
-        state.hub.stats.connections["poll"] -= 1
+        lanes = self.lanes
+        lanes.limits.leave(self.address, stream=True)
+        lanes.hub.stats.connections["poll"] -= 1
         return group
