@@ -205,15 +205,21 @@ def test_a_connect_hook_added_later_sees_the_next_repeat(relay):
     assert poller.answer()[1]["messages"][0]["data"] == "m1"
 
 
-def test_with_an_access_log_every_request_is_read_and_logged(relay):
-    server = relay()  # logs: no lane
-    pollers = in_lane(server, 2)
-    assert len(server.hub.streams) == 2
+def test_with_an_access_log_every_repeat_is_logged_with_its_cursor_and_no_token(relay):
+    server = relay()  # writes access lines
+    token = server.state.tokens.issue("news")
+    pollers = in_lane(server, 2, "news", token=token)
+    assert len(server.hub.streams) == 1, "the repeats wait in the group"
+    cursor = pollers[0].cursor  # the repeats' since
     server.hub.publish("news", "m0")
     for poller in pollers:
         poller.answer()
     lines = [line for line in server.log.getvalue().splitlines() if "/poll/news" in line]
     assert len(lines) == 1 + 2 + 2  # the cursor's, the first polls', the repeats'
+    repeats = lines[-2:]
+    assert all(f"since={cursor}&" in line and '" 200 ' in line for line in repeats), repeats
+    assert all("token=[redacted]" in line for line in lines[1:])  # the cursor's has none
+    assert token not in server.log.getvalue()
 
 
 def test_a_pipelined_repeat_waits_for_the_answer_before_it(relay):

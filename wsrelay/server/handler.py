@@ -321,7 +321,7 @@ class RelayHandler(WebSocketHandler):
         ``in_loop``: in the event loop (:mod:`~wsrelay.server.parked`), where nothing may
         wait: an upgrade is not taken, nor a request the direct path would have to wait for.
         An answer the application says may be repeated (:data:`~wsrelay.server.lane.RERUN_KEY`)
-        becomes the connection's :attr:`lane`, unless each request must be logged."""
+        becomes the connection's :attr:`lane`."""
         environ = request_environ(self.server.get_environ(), head, self.client_address)
         self._add_server_addr(environ)
         if is_upgrade_request(environ):
@@ -355,7 +355,7 @@ class RelayHandler(WebSocketHandler):
             environ.pop(SOCKET_KEY, None)
             environ.pop(PARK_KEY, None)
             rerun = environ.pop(RERUN_KEY, None)
-            if rerun is not None and isinstance(self.server.log, _NoopLog):
+            if rerun is not None:
                 self.lane = Lane.of(raw, rerun, head.close)
         if self.upgraded:
             return None
@@ -383,6 +383,16 @@ class RelayHandler(WebSocketHandler):
         ending = keep_alive(self.server.application).ending if self._ending is None \
             else self._ending.ending
         return response_bytes(status, headers, body, ending), ending
+
+    def logs(self) -> bool:
+        """Whether its server writes access lines."""
+        return not isinstance(self.server.log, _NoopLog)
+
+    def repeated(self, line: str) -> None:
+        """Its lane took a request (:mod:`wsrelay.server.lane`): ``line`` is what its access
+        line says (the answer's :meth:`log_answer` writes it)."""
+        self.requestline = line
+        self.time_start = time.time()
 
     def log_answer(self, status: str, length: int) -> None:
         """The access line of a direct-path answer (none without an access log)."""

@@ -40,13 +40,16 @@ class Lane:
     """A connection's last request head as a template (see the module): :meth:`take` answers
     a next request that repeats it. ``close``: the template said ``Connection: close``."""
 
-    __slots__ = ("_repeat", "close", "rerun")
+    __slots__ = ("_line", "_repeat", "close", "rerun", "value")
 
     def __init__(self, prefix: bytes, suffix: bytes, rerun: Rerun, close: bool) -> None:
         """``prefix`` and ``suffix``: the head before and after the value."""
         self._repeat = re.compile(re.escape(prefix) + _VALUE + re.escape(suffix)).fullmatch
+        line_end = suffix.find(b"\r\n")
+        self._line = (prefix.decode("latin-1"), suffix[:line_end].decode("latin-1"))
         self.rerun = rerun
         self.close = close
+        self.value = b""  # the value of the last repeat taken
 
     @classmethod
     def of(cls, head: bytes, rerun: Rerun, close: bool) -> Lane | None:
@@ -76,4 +79,12 @@ class Lane:
         """Answer the request in ``data`` if it is all of it and repeats the template: what
         the rerun took (the request is read then), else None."""
         repeat = self._repeat(data)
-        return None if repeat is None else self.rerun(repeat[1])
+        if repeat is None:
+            return None
+        self.value = repeat[1]
+        return self.rerun(self.value)
+
+    def request_line(self) -> str:
+        """The request line of the last repeat taken."""
+        start, end = self._line
+        return start + self.value.decode("latin-1") + end

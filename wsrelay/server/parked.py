@@ -40,6 +40,7 @@ from .keep_alive import keep_alive
 
 if TYPE_CHECKING:
     from .handler import RelayHandler
+    from .lane import Lane
 
 #: In a request's environ when its server can hold the connection while an answer waits:
 #: a direct-path application may then return a :class:`Pending` instead of a body. Its value
@@ -105,7 +106,7 @@ class ParkedConnection:
     answered within its timeout costs no timer at all."""
 
     __slots__ = ("_close_after", "_connections", "_deadline", "_fires_at", "_idle_limit",
-                 "_pending", "_raw", "_timer", "_watcher", "handler", "reader", "sock")
+                 "_logs", "_pending", "_raw", "_timer", "_watcher", "handler", "reader", "sock")
 
     def __init__(self, handler: RelayHandler, sock: GeventSocket, reader: SocketReader) -> None:
         self.handler = handler
@@ -119,6 +120,7 @@ class ParkedConnection:
         loop = gevent.get_hub().loop
         self._watcher: Any = loop.io(sock.fileno(), _READ)
         self._idle_limit = handler.idle_limit()
+        self._logs = handler.logs()
         self._deadline = math.inf  # when the current wait ends (monotonic)
         self._fires_at = math.inf  # when the timer fires
         self._timer: Any = None
@@ -272,7 +274,7 @@ class ParkedConnection:
         self._deadline = math.inf
         lane = self.handler.lane
         if lane is not None and not self.reader.buffer and not self._connections.ending:
-            answer = lane.take(data)  # a repeat of the last request, the whole of it
+            answer = self._repeat(lane, data)
             if answer is not None:
                 self._proceed(answer, lane.close)
                 return
@@ -311,7 +313,7 @@ class ParkedConnection:
         lane = self.handler.lane
         buffer = self.reader.buffer
         if lane is not None:
-            answer = lane.take(bytes(buffer))
+            answer = self._repeat(lane, bytes(buffer))
             if answer is not None:
                 del buffer[:]
                 return answer, lane.close
@@ -324,6 +326,13 @@ class ParkedConnection:
         if self._pending is None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(how)
+
+    def _repeat(self, lane: Lane, data: bytes) -> Any:
+        """What ``lane`` took of ``data``, if it is a repeat of the last request (all of it)."""
+        answer = lane.take(data)
+        if answer is not None and self._logs:
+            self.handler.repeated(lane.request_line())
+        return answer
 
     def _stop_watching(self) -> None:
         """Watchers and timers go (the descriptor may be reused at once)."""
