@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -756,6 +756,21 @@ class Bystander:
         assert self.sent, "the bystander sent nothing"
         assert self.lost == 0, self.summary()
         assert self.p99() < p99, self.summary()
+
+
+def left_for_the_collector(run: Callable[[int], None], warm: int, count: int) -> set[str]:
+    """The type names of what ``run(count)`` left for the cyclic garbage collector (objects
+    that only a collection frees), after ``run(warm)`` warmed up whatever is made once."""
+    run(warm)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run(count)
+        gc.collect()
+        return {type(obj).__name__ for obj in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 def live_greenlets() -> int:

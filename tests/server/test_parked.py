@@ -8,7 +8,15 @@ import json
 import socket
 import time
 
-from tests.support import Relay, closed, live_greenlets, read_answer, read_answers, wait_until
+from tests.support import (
+    Relay,
+    closed,
+    left_for_the_collector,
+    live_greenlets,
+    read_answer,
+    read_answers,
+    wait_until,
+)
 from wsrelay.server.parked import ParkedConnection
 
 
@@ -183,16 +191,7 @@ def test_held_polls_leave_nothing_for_the_cyclic_collector(relay):
             sock.close()
         time.sleep(0.1)
 
-    rounds(5)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        rounds(50)
-        gc.collect()
-        left = {type(obj).__name__ for obj in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+    left = left_for_the_collector(rounds, 5, 50)
     assert not left & {"ParkedConnection", "HeldPoll", "OpenPoll", "PollWaiter", "Subscription",
                        "ClientRequest", "RelayHandler"}, left
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import re
 import resource
@@ -15,7 +14,14 @@ import pytest
 import requests
 from gevent.pywsgi import WSGIServer
 
-from tests.support import ServerProcess, publish, publish_stream, untimed, wait_until
+from tests.support import (
+    ServerProcess,
+    left_for_the_collector,
+    publish,
+    publish_stream,
+    untimed,
+    wait_until,
+)
 from wsrelay import create_app
 from wsrelay.server.handler import RelayHandler
 
@@ -464,19 +470,12 @@ def test_an_answered_poll_leaves_nothing_for_the_cyclic_collector():
                     data += sock.recv(65536)
                 assert data.startswith(b"HTTP/1.1 200 "), data
 
-    try:
-        polls(5)
+    def settled_polls(count: int) -> None:
+        polls(count)
         gevent.sleep(0.1)
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            polls(50)
-            gevent.sleep(0.1)
-            gc.collect()
-            left = {type(obj).__name__ for obj in gc.garbage}
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
+
+    try:
+        left = left_for_the_collector(settled_polls, 5, 50)
         assert not left & {"PollWaiter", "Subscription", "ClientRequest", "Event"}, left
     finally:
         server.stop()

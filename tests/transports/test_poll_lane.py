@@ -11,7 +11,14 @@ import time
 
 import pytest
 
-from tests.support import Relay, closed, read_answer, read_answers, wait_until
+from tests.support import (
+    Relay,
+    closed,
+    left_for_the_collector,
+    read_answer,
+    read_answers,
+    wait_until,
+)
 from wsrelay.server.parked import ParkedConnection
 
 
@@ -269,16 +276,7 @@ def test_grouped_polls_leave_nothing_for_the_cyclic_collector(relay):
         wait_until(lambda: server.waiters() == 0, timeout=10)
         time.sleep(0.1)
 
-    rounds(4)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        rounds(40)
-        gc.collect()
-        left = {type(obj).__name__ for obj in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+    left = left_for_the_collector(rounds, 4, 40)
     assert not left & {"ParkedConnection", "PollLane", "PollGroup", "PollWaiter", "Lane",
                        "Subscription", "RelayHandler"}, left
 
