@@ -244,23 +244,10 @@ def response_bytes(status: str, headers: Sequence[tuple[str, str]], body: bytes,
     ``close`` is not answered with one), the date, then the body. Headers given as a tuple
     (a long-poll's) are taken to be the same every time: the response is made once per
     body and date (the polls one message wakes share their answer's body)."""
-    global _last
     if type(headers) is not tuple:
         return _response_bytes(status, headers, body, close)
-    date = http_date()
-    last = _last  # the polls one flush answers ask for it one after another
-    if last[2] is body and last[1] is headers and last[4] is date and last[3] is close \
-            and last[0] == status:
-        return last[5]
-    response = remember(_responses, (status, headers, body, close, date),
-                        lambda: _response_bytes(status, headers, body, close), RESPONSES_KEPT)
-    _last = (status, headers, body, close, date, response)
-    return response
-
-
-#: The last response made from a tuple of headers, and what it was made of.
-_last: tuple[str, tuple[tuple[str, str], ...], bytes, bool, bytes, bytes] = (
-    "", (), b"", False, b"", b"")
+    return remember(_responses, (status, headers, body, close, http_date()),
+                    lambda: _response_bytes(status, headers, body, close), RESPONSES_KEPT)
 
 
 def _response_bytes(status: str, headers: Sequence[tuple[str, str]], body: bytes,
