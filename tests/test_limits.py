@@ -94,6 +94,15 @@ def test_connects_of_one_ip_are_rate_limited():
     assert limit.counts()["connecting"] == 2
 
 
+def test_an_admission_over_the_connect_rate_takes_no_place():
+    limit = limits(max_per_ip=10)
+    limit.admit("10.0.0.1", 0.0, stream=True)
+    limit.admit("10.0.0.1", 0.0, stream=True)  # the burst is 2
+    refused = refusal(limit.admit, "10.0.0.1", 0.2, stream=True)
+    assert refused.code == "connect_rate_limited"
+    assert limit.counts()["connections"] == 2 and limit.counts()["streams"] == 2
+
+
 def test_connections_of_one_ip_are_capped_and_released():
     limit = limits()
     limit.enter("10.0.0.1", stream=False)

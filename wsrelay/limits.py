@@ -220,6 +220,12 @@ class Limits:
         if stream:
             self.streams += 1
 
+    def admit(self, client: str, now: float, *, stream: bool) -> None:
+        """A new connection of ``client``: :meth:`check_connect`, then :meth:`enter` (every
+        transport, and a long-poll's every repeat, in this order)."""
+        self.check_connect(client, now)
+        self.enter(client, stream=stream)
+
     def leave(self, client: str, *, stream: bool) -> None:
         if client not in self.exempt:
             count = self._per_ip.pop(client) - 1

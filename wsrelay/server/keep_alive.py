@@ -35,7 +35,8 @@ class KeepAlive:
             self._waiting.discard(sock)
 
     def add(self, sock: Any) -> None:
-        """``sock`` waits in a watcher (:mod:`wsrelay.server.parked`) until :meth:`discard`."""
+        """``sock`` (anything with a socket's ``shutdown``: a parked connection, see
+        :mod:`wsrelay.server.parked`) is told to end by :meth:`end` until :meth:`discard`."""
         self._waiting.add(sock)
 
     def discard(self, sock: Any) -> None:

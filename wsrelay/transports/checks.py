@@ -324,8 +324,7 @@ def occupy(client: ClientRequest, *, stream: bool) -> Callable[[], None]:
     429 or 503 when its IP connects too fast or it or the worker is full."""
     limits = client.state.limits
     address = client_address(client)
-    limits.check_connect(address, time.monotonic())
-    limits.enter(address, stream=stream)
+    limits.admit(address, time.monotonic(), stream=stream)
     return functools.partial(limits.leave, address, stream=stream)
 
 

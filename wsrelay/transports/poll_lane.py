@@ -186,10 +186,8 @@ class PollLane(Pending):
         group = lanes.join(self.channel, since)
         if group is None:
             return None
-        limits = lanes.limits
         try:
-            limits.check_connect(self.address, time.monotonic())
-            limits.enter(self.address, stream=True)
+            lanes.limits.admit(self.address, time.monotonic(), stream=True)
         except ApiError as exc:
             if not group.polls:
                 group.end()
